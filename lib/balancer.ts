@@ -1,0 +1,27 @@
+import type { Target } from './target.js'
+
+/**
+ * Picks a target for a request among those that are available
+ * (one predicate, `Target#available`, for every policy).
+ */
+export interface Balancer {
+  /** A target, or undefined when none is available. */
+  pick (targets: readonly Target[]): Target | undefined
+}
+
+/** Round-robin over the available targets. */
+export class RoundRobin implements Balancer {
+  #next = 0
+
+  pick (targets: readonly Target[]): Target | undefined {
+    const n = targets.length
+    for (let i = 0; i < n; i++) {
+      const t = targets[(this.#next + i) % n]
+      if (t.available) {
+        this.#next = (this.#next + i + 1) % n
+        return t
+      }
+    }
+    return undefined
+  }
+}

@@ -1,0 +1,152 @@
+import { Transform } from 'node:stream'
+import type { TransformCallback, Readable } from 'node:stream'
+import type { IncomingMessage, ServerResponse, IncomingHttpHeaders } from 'node:http'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
+import httpProxy from '@fastify/http-proxy'
+import type { ResolvedRoute } from './options.js'
+import { kLease } from './upstream.js'
+import type { Lease, Upstream } from './upstream.js'
+import { BodyTooLargeError, toUpstreamError } from './errors.js'
+import type { SssonectorError } from './errors.js'
+
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease }
+type Headers = IncomingHttpHeaders & { [kLease]?: Lease }
+
+// Hop-by-hop headers (RFC 9110 7.6.1 and the classic list of RFC 2616 13.5.1):
+// they describe one connection, never the next. reply-from already drops
+// Connection, the headers it names, and Transfer-Encoding.
+const HOP_BY_HOP_REQUEST = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization']
+const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate']
+
+/** Releases the request's lease once its response is closed: 'close' fires on every path, the hooks do not. */
+function onResponseClose (this: ServerResponse): void {
+  (this.req as LeasedMessage)[kLease]?.release()
+}
+
+/** Counts a streamed (chunked) request body and fails it past the limit. */
+class BodyLimit extends Transform {
+  #left: number
+  readonly #limit: number
+
+  constructor (limit: number) {
+    super()
+    this.#left = limit
+    this.#limit = limit
+  }
+
+  override _transform (chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.#left -= chunk.length
+    if (this.#left < 0) {
+      cb(new BodyTooLargeError(this.#limit))
+      return
+    }
+    cb(null, chunk)
+  }
+}
+
+function sendError (reply: FastifyReply, err: SssonectorError): void {
+  if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
+  // The rest of an unread body would be taken for the next request.
+  if (err.statusCode === 413) reply.header('connection', 'close')
+  reply.send(err)
+}
+
+/** Registers one proxy route on @fastify/http-proxy, wired through the upstream's pool. */
+export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstream: Upstream): void {
+  const { prefix, bodyLimit } = route
+  const userOpts = route.proxy
+  const userReply = (userOpts.replyOptions ?? {}) as Record<string, unknown>
+  const userRewriteRequestHeaders = userReply.rewriteRequestHeaders as ((req: FastifyRequest, h: Headers) => Headers) | undefined
+  const userPreHandler = (userOpts.preHandler ?? userOpts.beforeHandler) as preHandlerHookHandler | undefined
+
+  // Last of the route's preHandlers, so the app's own hooks (auth) run first and a
+  // rejected request takes no slot.
+  function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    const limit = bodyLimit ?? request.routeOptions.bodyLimit
+    const length = request.headers['content-length']
+    if (length !== undefined && Number(length) > limit) {
+      sendError(reply, new BodyTooLargeError(limit) as unknown as SssonectorError)
+      return
+    }
+    // A chunked body has no length up front: count it as it streams
+    // (http-proxy's pass-through parser bypasses Fastify's bodyLimit).
+    if (length === undefined && request.body != null && typeof (request.body as Readable).pipe === 'function') {
+      const counter = new BodyLimit(limit)
+      const source = request.body as Readable
+      source.on('error', (err) => counter.destroy(err))
+      request.body = source.pipe(counter)
+    }
+    let lease: Lease
+    try {
+      lease = upstream.admit()
+    } catch (err) {
+      sendError(reply, err as SssonectorError)
+      return
+    }
+    (request.raw as LeasedMessage)[kLease] = lease
+    reply.raw.on('close', onResponseClose)
+    upstream.armRequestTimeout(lease, (err) => {
+      // Nothing sent yet: 504. Otherwise the response can only be cut.
+      if (!reply.sent) sendError(reply, err)
+      else reply.raw.destroy(err)
+    })
+    done()
+  }
+
+  function getUpstream (request: FastifyRequest): string {
+    return (request.raw as LeasedMessage)[kLease]!.target.origin
+  }
+
+  function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
+    for (let i = 0; i < HOP_BY_HOP_REQUEST.length; i++) {
+      if (headers[HOP_BY_HOP_REQUEST[i]] !== undefined) headers[HOP_BY_HOP_REQUEST[i]] = undefined
+    }
+    const peer = request.raw.socket.remoteAddress
+    if (peer !== undefined) {
+      const prior = headers['x-forwarded-for']
+      headers['x-forwarded-for'] = prior === undefined ? peer : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${peer}`
+    }
+    headers['x-forwarded-proto'] = request.protocol
+    headers['x-forwarded-host'] = request.host
+    const out = userRewriteRequestHeaders === undefined ? headers : userRewriteRequestHeaders(request, headers)
+    out[kLease] = (request.raw as LeasedMessage)[kLease]
+    return out
+  }
+
+  function rewriteHeaders (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> {
+    for (let i = 0; i < HOP_BY_HOP_RESPONSE.length; i++) {
+      if (headers[HOP_BY_HOP_RESPONSE[i]] !== undefined) delete headers[HOP_BY_HOP_RESPONSE[i]]
+    }
+    const user = userReply.rewriteHeaders as ((h: Record<string, unknown>, r: FastifyRequest) => Record<string, unknown>) | undefined
+    return user === undefined ? headers : user(headers, request)
+  }
+
+  function onError (reply: FastifyReply, { error }: { error: Error & { cause?: unknown } }): void {
+    // reply-from wraps what the dispatcher failed with; the dispatcher's error is the cause.
+    const err = toUpstreamError(error.cause ?? error)
+    // A client that hung up has nobody left to answer.
+    if (err.category === 'client_abort' && reply.raw.destroyed) return
+    sendError(reply, err)
+  }
+
+  const replyOptions = {
+    ...userReply,
+    getUpstream,
+    rewriteRequestHeaders,
+    rewriteHeaders,
+    onError,
+    // reply-from's own retries re-use the first upstream and leak the discarded
+    // body: the pool retries instead, on another target.
+    retryDelay: () => null
+  }
+
+  fastify.register(httpProxy, {
+    ...userOpts,
+    prefix,
+    upstream: '',
+    undici: upstream.dispatcher,
+    disableRequestLogging: userOpts.disableRequestLogging ?? true,
+    preHandler: (userPreHandler === undefined ? admit : [userPreHandler, admit]) as preHandlerHookHandler,
+    replyOptions
+  } as unknown as Parameters<typeof httpProxy>[1])
+}

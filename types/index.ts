@@ -1,0 +1,281 @@
+/**
+ * The public contract of fastify-sssonector: option and decorator types.
+ * lib/ imports its public types from here, so contract and code cannot drift.
+ */
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyHttpProxyOptions } from '@fastify/http-proxy'
+import type { Dispatcher } from 'undici'
+import type { Readable } from 'node:stream'
+import type { Registry } from 'prom-client'
+
+/** A duration: a number is milliseconds; a string carries its unit: `'250ms'`, `'5s'`, `'5m'`, `'1h'`. */
+export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h'}`
+
+/** Load-balancing policy of an upstream. */
+export type BalancePolicy = 'round-robin' | 'least-request' | 'random' | 'consistent-hash'
+
+/** A target: an `http(s)://host:port` origin, alone or with a weight. */
+export type TargetInput = string | {
+  url: string
+  /** Relative share of traffic, an integer from 1 to 1000. @default 1 */
+  weight?: number
+}
+
+export interface PoolOptions {
+  /** Connections open at once to one upstream, across its targets, busy or idle. @default 1000 */
+  maxActive?: number
+  /** Connections open at once to one target (HAProxy `maxconn`). @default maxActive */
+  maxActivePerTarget?: number
+  /** Idle keep-alive connections kept per upstream. @default 100 */
+  maxIdle?: number
+  /** An idle connection is closed after this. @default '5m' */
+  idleTimeout?: Duration
+  /** A failed target is skipped this long, then given one trial; doubles while it keeps failing. @default '5s' */
+  retryInterval?: Duration
+  /** Cap of the doubling `retryInterval`. @default '1m' */
+  maxRetryInterval?: Duration
+  /** Retries after the first attempt, so at most `maxRetries + 1` attempts. @default 3 */
+  maxRetries?: number
+  /** Requests that may wait for a connection. @default 1000 */
+  maxQueue?: number
+  /** How long a request may wait for a connection before a 503. @default '2s' */
+  queueTimeout?: Duration
+}
+
+export interface HealthCheckOptions {
+  /** Probe path; active checks run only where it is given. */
+  path?: string
+  /** Probe method. @default 'GET' */
+  method?: 'GET' | 'HEAD' | 'OPTIONS'
+  /** Extra probe request headers. */
+  headers?: Record<string, string>
+  /** Time between probes of one target. @default '5s' */
+  interval?: Duration
+  /** Time between probes while the target is unhealthy. @default interval */
+  unhealthyInterval?: Duration
+  /** Probe timeout. @default '2s' */
+  timeout?: Duration
+  /** Good probes in a row that mark a target up. @default 2 */
+  healthyThreshold?: number
+  /** Failed probes in a row that mark a target down. @default 3 */
+  unhealthyThreshold?: number
+  /** Statuses counted as healthy, inclusive range. @default [200, 399] */
+  expectedStatus?: [number, number]
+}
+
+export interface CircuitBreakerOptions {
+  /** Consecutive failures that open the breaker. @default 5 */
+  consecutiveFailures?: number
+  /** Failure ratio over `window` that opens the breaker (0 to 1). @default 0.5 */
+  failureRate?: number
+  /** Sliding window of the failure rate. @default '10s' */
+  window?: Duration
+  /** Requests in the window before the rate counts. @default 20 */
+  minimumRequests?: number
+  /** Trial requests let through while half-open. @default 1 */
+  halfOpenRequests?: number
+}
+
+export interface RetryBudget {
+  /** Retries in flight, as a percent of active requests. @default 20 */
+  percent?: number
+  /** Retries always allowed in flight. @default 3 */
+  minConcurrent?: number
+}
+
+export interface RetryOptions {
+  /** Methods that may be retried after a byte reached the upstream. @default ['GET','HEAD','OPTIONS','PUT','DELETE','TRACE'] */
+  methods?: string[]
+  /** Statuses retried on another target for the methods above. @default [502, 503, 504] */
+  statusCodes?: number[]
+  /** Base of the exponential backoff with full jitter. @default '25ms' */
+  baseDelay?: Duration
+  /** Cap of the backoff. @default '250ms' */
+  maxDelay?: Duration
+  /** Envoy's retry budget. @default { percent: 20, minConcurrent: 3 } */
+  budget?: RetryBudget
+  /** Request bodies up to this many bytes are kept for replay. @default 65536 */
+  bufferBody?: number
+}
+
+export interface TimeoutOptions {
+  /** TCP (and TLS) connect. @default '5s' */
+  connect?: Duration
+  /** From the request sent to the response headers. @default '30s' */
+  headers?: Duration
+  /** Longest gap between response body chunks. @default '30s' */
+  body?: Duration
+  /** The whole exchange; `false` for none. @default false */
+  request?: Duration | false
+}
+
+/** TLS settings for https targets. Certificates are always verified unless `rejectUnauthorized: false`. */
+export interface TlsOptions {
+  /** Trusted CA certificates (PEM), replacing Node's default set. */
+  ca?: string | Buffer | Array<string | Buffer>
+  /** Client certificate (PEM) for mutual TLS. */
+  cert?: string | Buffer
+  /** Client key (PEM) for mutual TLS. */
+  key?: string | Buffer
+  /** TLS server name (SNI and the name verified). @default the target's host */
+  servername?: string
+  /** Verify the target's certificate. @default true */
+  rejectUnauthorized?: boolean
+}
+
+/** Settings that the top level gives as defaults and an upstream block may override key by key. */
+export interface UpstreamDefaults {
+  pool?: PoolOptions
+  healthCheck?: HealthCheckOptions | false
+  circuitBreaker?: CircuitBreakerOptions | false
+  retry?: RetryOptions | false
+  timeouts?: TimeoutOptions
+  tls?: TlsOptions
+}
+
+export interface UpstreamOptions extends UpstreamDefaults {
+  /** The targets; may be empty when they come later from `addTarget` or `setTargets`. */
+  targets: TargetInput[]
+  /** @default 'least-request' */
+  balance?: BalancePolicy
+  /** The key for `consistent-hash`. */
+  hashKey?: (request: FastifyRequest) => string
+}
+
+/** The @fastify/http-proxy options the pool owns; giving them fails registration. */
+export type PoolOwnedProxyOption = 'upstream' | 'undici' | 'http' | 'http2' | 'base' | 'websocket' | 'wsUpstream' | 'retryMethods' | 'globalAgent' | 'destroyAgent'
+
+/** A proxy route: `prefix`, `upstream` (a name), `rewritePrefix`, and the other @fastify/http-proxy options. */
+export interface RouteOptions extends Omit<FastifyHttpProxyOptions, PoolOwnedProxyOption | 'replyOptions' | 'prefix'> {
+  /** The path prefix the route serves. */
+  prefix: string
+  /** The name of the upstream that serves it. */
+  upstream: string
+  /** Largest request body in bytes; beyond it 413. @default the Fastify instance's bodyLimit */
+  bodyLimit?: number
+  /** @fastify/reply-from hooks, except those the pool owns (`getUpstream`, `retryDelay`, `onError`, `retriesCount`, `maxRetriesOn503`). */
+  replyOptions?: Omit<NonNullable<FastifyHttpProxyOptions['replyOptions']>, 'getUpstream' | 'retryDelay' | 'onError' | 'retriesCount' | 'maxRetriesOn503'>
+}
+
+export interface MetricsOptions {
+  /** Path of the scrape route; `false` for no route (metrics still kept). @default '/metrics' */
+  path?: string | false
+  /** Prefix of every metric name. @default 'sssonector_' */
+  prefix?: string
+  /** A prom-client Registry to share; else the plugin makes its own. */
+  registry?: Registry
+}
+
+export interface GracefulCloseOptions {
+  /** How long in-flight requests may take after a signal. @default '10s' */
+  delay?: Duration
+}
+
+export interface SssonectorOptions extends UpstreamDefaults {
+  /** Upstreams by name. */
+  upstreams: Record<string, UpstreamOptions>
+  /** Proxy routes. @default [] */
+  routes?: RouteOptions[]
+  /** @default { path: '/metrics', prefix: 'sssonector_' } */
+  metrics?: MetricsOptions | false
+  /** @default { delay: '10s' } */
+  gracefulClose?: GracefulCloseOptions | false
+}
+
+/** What can fail an attempt or a request, as logged and counted. */
+export type ErrorCategory =
+  | 'connect_refused'
+  | 'connect_timeout'
+  | 'dns'
+  | 'tls'
+  | 'reset'
+  | 'headers_timeout'
+  | 'body_timeout'
+  | 'request_timeout'
+  | 'protocol'
+  | 'http_5xx'
+  | 'pool_exhausted'
+  | 'circuit_open'
+  | 'no_target'
+  | 'body_too_large'
+  | 'client_abort'
+  | 'unknown'
+
+export interface TargetStats {
+  url: string
+  origin: string
+  weight: number
+  /** `up`, or `draining` while it is being removed. */
+  state: 'up' | 'draining'
+  /** Requests on this target now (sent, response not finished). */
+  active: number
+  /** Idle keep-alive connections. */
+  idle: number
+  /** Connections open (busy or idle). */
+  connections: number
+  /** Requests waiting for a connection of this target. */
+  pending: number
+  /** Attempts sent to this target since start. */
+  requests: number
+  /** Attempts that failed, by category. */
+  errors: Partial<Record<ErrorCategory, number>>
+  /** Milliseconds since the target was added. */
+  age: number
+}
+
+export interface UpstreamStats {
+  name: string
+  balance: BalancePolicy
+  /** Requests admitted and not yet released. */
+  active: number
+  /** Requests waiting for admission. */
+  pending: number
+  /** Requests admitted since start. */
+  admitted: number
+  /** Requests refused at admission, by category. */
+  rejected: Partial<Record<ErrorCategory, number>>
+  targets: TargetStats[]
+}
+
+export interface UpstreamRequestOptions {
+  method: string
+  /** Path and query, e.g. `/v1/users/1?x=1`. */
+  path: string
+  headers?: Record<string, string | string[] | undefined>
+  body?: string | Buffer | Uint8Array | Readable | null
+  signal?: AbortSignal
+}
+
+export interface UpstreamResponse {
+  statusCode: number
+  headers: Record<string, string | string[] | undefined>
+  /** The body; read it or destroy it to release the connection. */
+  body: Dispatcher.ResponseData['body']
+}
+
+/** An upstream: its targets, balancer, admission and connections. */
+export interface SssonectorUpstream {
+  readonly name: string
+  /** Plain JSON of its state. */
+  stats(): UpstreamStats
+  /** A request through the pool, for client use. Does not throw on a 5xx; throws `FST_SSSONECTOR_*` when nothing can serve. */
+  request(options: UpstreamRequestOptions): Promise<UpstreamResponse>
+  addTarget(target: TargetInput): void
+  /** Stops new requests to the target, waits for those in flight, then closes its connections. */
+  removeTarget(url: string): Promise<void>
+}
+
+export interface SssonectorDecorator {
+  /** The upstream of that name; an unknown name throws `FST_SSSONECTOR_UNKNOWN_UPSTREAM`. */
+  upstream(name: string): SssonectorUpstream
+  /** The names of all upstreams. */
+  readonly names: readonly string[]
+}
+
+export type SssonectorPlugin = FastifyPluginAsync<SssonectorOptions>
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    sssonector: SssonectorDecorator
+  }
+}
