@@ -1,6 +1,6 @@
 import http from 'node:http'
 import net from 'node:net'
-import { once } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import { Agent } from 'undici'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
@@ -129,6 +129,12 @@ export interface Gateway {
   url: string
   /** A client of the gateway (its own connections, closed at teardown). */
   agent: Agent
+  /** Emits 'closed' each time a response of the gateway has closed (after the plugin's own handlers ran). */
+  events: EventEmitter
+  /** Responses closed so far. */
+  closed: number
+  /** Resolves once n responses in all have closed. */
+  closedCount (n: number): Promise<void>
 }
 
 /** A Fastify app with the plugin, listening on 127.0.0.1:0, closed at teardown. */
@@ -139,6 +145,15 @@ export async function startGateway (
   fastifyOptions: FastifyServerOptions = {}
 ): Promise<Gateway> {
   const app = Fastify({ logger: false, ...fastifyOptions })
+  const events = new EventEmitter()
+  const gw = { closed: 0 }
+  app.addHook('onRequest', (_req, reply, done) => {
+    reply.raw.on('close', () => {
+      gw.closed++
+      events.emit('closed')
+    })
+    done()
+  })
   if (setup !== undefined) await setup(app)
   await app.register(sssonectorPool, { gracefulClose: false, ...options })
   await app.listen({ port: 0, host: '127.0.0.1' })
@@ -148,7 +163,13 @@ export async function startGateway (
     await app.close()
   })
   const port = (app.server.address() as net.AddressInfo).port
-  return { app, url: `http://127.0.0.1:${port}`, agent }
+  return Object.assign(gw, {
+    app,
+    url: `http://127.0.0.1:${port}`,
+    agent,
+    events,
+    closedCount: async (n: number) => { await until(events, 'closed', () => gw.closed >= n) }
+  })
 }
 
 /** Resolves when the predicate holds, checked on each of the emitter's events (no polling by time). */

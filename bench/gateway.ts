@@ -1,0 +1,48 @@
+// A gateway for the benchmark, run in its own process by run.ts: Fastify on
+// 127.0.0.1:0 (logger off) proxying the scenario's prefix to its targets,
+// either with plain @fastify/http-proxy or with this plugin.
+import Fastify from 'fastify'
+import type { FastifyInstance } from 'fastify'
+import type { AddressInfo } from 'node:net'
+import { childMain } from './protocol.js'
+import type { GatewayConfig, GatewayKind } from './scenarios.js'
+
+type Builder = (app: FastifyInstance, config: GatewayConfig) => Promise<void>
+
+const builders: Record<GatewayKind, Builder> = {
+  'http-proxy': async (app, config) => {
+    const { default: proxy } = await import('@fastify/http-proxy')
+    if (config.targets.length === 1) {
+      await app.register(proxy, { upstream: config.targets[0]!, prefix: config.prefix })
+    } else {
+      // http-proxy takes one upstream URL: balance several with undici's BalancedPool
+      const { BalancedPool } = await import('undici')
+      await app.register(proxy, { upstream: '', undici: new BalancedPool(config.targets), prefix: config.prefix })
+    }
+  },
+  // loaded only in its own child, so a plugin that fails to load fails this arm alone
+  sssonector: async (app, config) => {
+    const { default: sssonectorPool } = await import('../lib/index.js')
+    await app.register(sssonectorPool, {
+      upstreams: { bench: { targets: config.targets } },
+      routes: [{ prefix: config.prefix, upstream: 'bench' }],
+      metrics: false,
+      gracefulClose: false
+    })
+  }
+}
+
+childMain<GatewayConfig>(async (config) => {
+  const build = builders[config.kind]
+  if (build === undefined) throw new Error(`unknown gateway kind ${JSON.stringify(config.kind)}`)
+  const app = Fastify({ logger: false })
+  try {
+    await build(app, config)
+    await app.listen({ host: '127.0.0.1', port: 0 })
+  } catch (err) {
+    await app.close().catch(() => {})
+    throw err
+  }
+  const { port } = app.server.address() as AddressInfo
+  return { port, close: async () => { await app.close() } }
+})

@@ -1,0 +1,123 @@
+// The load generator: autocannon's programmatic API, with latencies kept in
+// full precision (autocannon's own histogram rounds them to whole ms, too
+// coarse for a sub-millisecond loopback hop).
+import { createRequire } from 'node:module'
+import type { EventEmitter } from 'node:events'
+import type { RequestSpec } from './scenarios.js'
+
+interface AutocannonOptions {
+  url: string | string[]
+  connections: number
+  pipelining: number
+  duration: number
+  timeout: number
+  method: string
+  path?: string
+  headers?: Record<string, string>
+  body?: string
+}
+
+interface AutocannonResult {
+  duration: number
+  errors: number
+  timeouts: number
+  non2xx: number
+  statusCodeStats: Record<string, { count: number }>
+}
+
+interface AutocannonInstance extends EventEmitter {
+  stop: () => void
+}
+
+type Autocannon = (opts: AutocannonOptions, cb: (err: Error | null, result: AutocannonResult) => void) => AutocannonInstance
+
+const require = createRequire(import.meta.url)
+const autocannon = require('autocannon') as Autocannon
+
+export interface LoadOptions {
+  urls: string[]
+  request: RequestSpec
+  connections: number
+  pipelining: number
+  /** seconds */
+  duration: number
+}
+
+export interface LoadResult {
+  /** completed responses (any status) per second */
+  rps: number
+  responses: number
+  /** latency of every response, ms */
+  latency: { mean: number, p50: number, p90: number, p99: number, max: number }
+  /** connection errors, timeouts included */
+  errors: number
+  timeouts: number
+  non2xx: number
+  statusCodes: Record<string, number>
+  seconds: number
+}
+
+const running = new Set<AutocannonInstance>()
+
+/** Stops every load run in progress (they still resolve, with what they got). */
+export function stopAllLoad (): void {
+  for (const instance of running) instance.stop()
+}
+
+export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
+  let latencies = new Float64Array(1 << 16)
+  let count = 0
+  return await new Promise<LoadResult>((resolve, reject) => {
+    const instance = autocannon({
+      url: opts.urls.map((u) => new URL(opts.request.path, u).href),
+      connections: opts.connections,
+      pipelining: opts.pipelining,
+      duration: opts.duration,
+      timeout: 10,
+      method: opts.request.method,
+      ...(opts.request.headers !== undefined ? { headers: opts.request.headers } : {}),
+      ...(opts.request.body !== undefined ? { body: opts.request.body } : {})
+    }, (err, result) => {
+      running.delete(instance)
+      if (err !== null) {
+        reject(err)
+        return
+      }
+      const sorted = latencies.subarray(0, count).sort()
+      const statusCodes: Record<string, number> = {}
+      for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) statusCodes[code] = Number(stat.count)
+      resolve({
+        rps: result.duration > 0 ? count / result.duration : 0,
+        responses: count,
+        latency: {
+          mean: count > 0 ? sorted.reduce((a, b) => a + b, 0) / count : 0,
+          p50: percentile(sorted, 50),
+          p90: percentile(sorted, 90),
+          p99: percentile(sorted, 99),
+          max: count > 0 ? sorted[count - 1]! : 0
+        },
+        errors: result.errors,
+        timeouts: result.timeouts,
+        non2xx: result.non2xx,
+        statusCodes,
+        seconds: result.duration
+      })
+    })
+    running.add(instance)
+    instance.on('response', (_client: unknown, _status: number, _bytes: number, ms: number) => {
+      if (count === latencies.length) {
+        const bigger = new Float64Array(latencies.length * 2)
+        bigger.set(latencies)
+        latencies = bigger
+      }
+      latencies[count++] = ms
+    })
+  })
+}
+
+/** Nearest-rank percentile of sorted values. */
+function percentile (sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return 0
+  const rank = Math.ceil((p / 100) * sorted.length)
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!
+}

@@ -1,0 +1,102 @@
+// Messages between the benchmark's parent process and its children (the
+// upstream servers and the gateways), sent over the fork() IPC channel.
+
+/** Sent by a child once it listens on 127.0.0.1. */
+export interface ReadyMessage {
+  type: 'ready'
+  port: number
+}
+
+/** Sent by a child that could not start; it exits right after. */
+export interface FailedMessage {
+  type: 'failed'
+  error: string
+}
+
+/** A child's answer to `{ type: 'usage' }`. */
+export interface UsageMessage {
+  type: 'usage'
+  /** peak resident set size, KiB (`process.resourceUsage().maxRSS`) */
+  maxRSS: number
+  /** CPU time used so far, microseconds */
+  cpuUser: number
+  cpuSystem: number
+}
+
+export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage
+
+export type ParentMessage = { type: 'usage' } | { type: 'stop' }
+
+export function isChildMessage (value: unknown): value is ChildMessage {
+  if (typeof value !== 'object' || value === null) return false
+  const type = (value as { type?: unknown }).type
+  return type === 'ready' || type === 'failed' || type === 'usage'
+}
+
+export function isParentMessage (value: unknown): value is ParentMessage {
+  if (typeof value !== 'object' || value === null) return false
+  const type = (value as { type?: unknown }).type
+  return type === 'usage' || type === 'stop'
+}
+
+/** Sends a message to the parent, if there still is one. */
+export function toParent (message: ChildMessage): void {
+  if (process.send !== undefined && process.connected) process.send(message)
+}
+
+/** The usage numbers of this process, as sent to the parent. */
+export function usage (): UsageMessage {
+  const cpu = process.cpuUsage()
+  return { type: 'usage', maxRSS: process.resourceUsage().maxRSS, cpuUser: cpu.user, cpuSystem: cpu.system }
+}
+
+/**
+ * The common life of a child: reads its JSON config from argv[2], answers
+ * usage requests, and exits when told to stop or when the parent goes away
+ * (so no child outlives the benchmark, even when the parent is killed).
+ */
+export function childMain<T> (start: (config: T) => Promise<{ port: number, close: () => Promise<void> }>): void {
+  let close: (() => Promise<void>) | null = null
+  let stopping = false
+
+  const stop = (): void => {
+    if (stopping) return
+    stopping = true
+    setTimeout(() => process.exit(0), 2000).unref()
+    const done = close === null ? Promise.resolve() : close()
+    done.then(() => process.exit(0), () => process.exit(0))
+  }
+
+  process.on('disconnect', stop)
+  process.on('SIGTERM', stop)
+  process.on('message', (message: unknown) => {
+    if (!isParentMessage(message)) return
+    if (message.type === 'usage') toParent(usage())
+    else stop()
+  })
+
+  let config: T
+  try {
+    config = JSON.parse(process.argv[2] ?? '{}') as T
+  } catch (err) {
+    fail(err)
+    return
+  }
+  start(config).then((started) => {
+    close = started.close
+    if (stopping) {
+      stopping = false
+      stop()
+      return
+    }
+    toParent({ type: 'ready', port: started.port })
+  }, fail)
+}
+
+function fail (err: unknown): void {
+  const error = err instanceof Error ? (err.stack ?? err.message) : String(err)
+  const exit = (): never => process.exit(1)
+  setTimeout(exit, 1000)
+  if (process.send !== undefined && process.connected) process.send({ type: 'failed', error } satisfies FailedMessage, exit)
+  else exit()
+}
