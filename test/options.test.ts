@@ -1,0 +1,177 @@
+import t from 'tap'
+import Fastify from 'fastify'
+import sssonectorPool from '../lib/index.js'
+import { parseDuration, resolveOptions } from '../lib/options.js'
+import type { SssonectorOptions } from '../types/index.js'
+import type { Teardown } from './helpers/servers.js'
+
+async function registerFails (t: Teardown & { ok: (v: unknown, m?: string) => void, equal: (a: unknown, b: unknown) => void, match: (a: unknown, b: unknown) => void }, options: unknown, message: RegExp | string): Promise<void> {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  const err = await app.register(sssonectorPool, options as SssonectorOptions).then(() => null, (e: Error & { code?: string }) => e)
+  t.ok(err, 'register fails')
+  t.equal(err?.code, 'FST_SSSONECTOR_OPTIONS')
+  t.match(err?.message, message)
+}
+
+const ok = { upstreams: { users: { targets: ['http://127.0.0.1:1'] } }, gracefulClose: false as const }
+
+const bad: Array<[string, unknown, RegExp]> = [
+  ['no options', undefined, /^upstreams: undefined is required/],
+  ['no upstreams key', { routes: [] }, /^upstreams: undefined is required/],
+  ['no upstream at all', { upstreams: {} }, /^upstreams: \{\} has no upstream/],
+  ['unknown top-level key', { ...ok, pools: {} }, /^pools: unknown option \(allowed: upstreams, routes/],
+  ['unknown upstream key', { upstreams: { users: { targets: [], tagrets: [] } } }, /^upstreams\.users\.tagrets: unknown option/],
+  ['unknown pool key', { ...ok, pool: { maxActiv: 3 } }, /^pool\.maxActiv: unknown option/],
+  ['missing targets', { upstreams: { users: {} } }, /^upstreams\.users\.targets: undefined is required/],
+  ['targets not an array', { upstreams: { users: { targets: 'http://x' } } }, /^upstreams\.users\.targets: "http:\/\/x" is not an array/],
+  ['bad URL scheme', { upstreams: { users: { targets: ['http://a:1', 'htp://x'] } } }, /^upstreams\.users\.targets\[1\]: "htp:\/\/x" is not an http\(s\) URL/],
+  ['not a URL', { upstreams: { users: { targets: ['not a url'] } } }, /^upstreams\.users\.targets\[0\]: "not a url" is not an http\(s\) URL/],
+  ['URL with a path', { upstreams: { users: { targets: ['http://a:1/v1'] } } }, /^upstreams\.users\.targets\[0\]: "http:\/\/a:1\/v1" must be an origin/],
+  ['URL with credentials', { upstreams: { users: { targets: ['http://u:p@a:1'] } } }, /must not carry credentials/],
+  ['duplicate target', { upstreams: { users: { targets: ['http://a:1', 'http://a:1/'] } } }, /^upstreams\.users\.targets\[1\]: "http:\/\/a:1" is listed twice/],
+  ['weight out of range', { upstreams: { users: { targets: [{ url: 'http://a:1', weight: 0 }] } } }, /^upstreams\.users\.targets\[0\]\.weight: 0 is not between 1 and 1000/],
+  ['weight wrong type', { upstreams: { users: { targets: [{ url: 'http://a:1', weight: '2' }] } } }, /^upstreams\.users\.targets\[0\]\.weight: "2" is not an integer/],
+  ['negative number', { ...ok, pool: { maxActive: -1 } }, /^pool\.maxActive: -1 is less than 1/],
+  ['wrong type', { ...ok, pool: { maxIdle: '10' } }, /^pool\.maxIdle: "10" is not an integer/],
+  ['not an integer', { ...ok, pool: { maxRetries: 1.5 } }, /^pool\.maxRetries: 1\.5 is not an integer/],
+  ['out of range', { ...ok, circuitBreaker: { failureRate: 1.5 } }, /^circuitBreaker\.failureRate: 1\.5 is not between 0 and 1/],
+  ['bad duration', { ...ok, pool: { idleTimeout: '5 minutes' } }, /^pool\.idleTimeout: "5 minutes" is not a duration/],
+  ['negative duration', { ...ok, timeouts: { connect: -5 } }, /^timeouts\.connect: -5 is not a duration/],
+  ['zero timeout', { ...ok, timeouts: { headers: 0 } }, /^timeouts\.headers: 0 must be longer than 0/],
+  ['upstream override checked with its path', { upstreams: { users: { targets: [], pool: { maxQueue: -2 } } } }, /^upstreams\.users\.pool\.maxQueue: -2 is less than 0/],
+  ['maxActivePerTarget above maxActive', { ...ok, pool: { maxActive: 4, maxActivePerTarget: 5 } }, /^upstreams\.users\.pool\.maxActivePerTarget: 5 is more than pool\.maxActive \(4\)/],
+  ['bad balance', { upstreams: { users: { targets: [], balance: 'fastest' } } }, /^upstreams\.users\.balance: "fastest" is not one of "round-robin"/],
+  ['consistent-hash without hashKey', { upstreams: { users: { targets: [], balance: 'consistent-hash' } } }, /^upstreams\.users\.hashKey: undefined is required/],
+  ['bad retry method', { ...ok, retry: { methods: ['get'] } }, /^retry\.methods\[0\]: "get" is not an upper-case HTTP method/],
+  ['retry status not 5xx', { ...ok, retry: { statusCodes: [404] } }, /^retry\.statusCodes\[0\]: 404 is not between 500 and 599/],
+  ['bad budget', { ...ok, retry: { budget: { percent: 120 } } }, /^retry\.budget\.percent: 120 is not between 0 and 100/],
+  ['bad health check path', { ...ok, healthCheck: { path: 'health' } }, /^healthCheck\.path: "health" is not a path starting with "\/"/],
+  ['bad expected status', { ...ok, healthCheck: { path: '/h', expectedStatus: [300, 200] } }, /^healthCheck\.expectedStatus\[1\]: 200 is not between 300 and 599/],
+  ['bad tls', { ...ok, tls: { ca: 42 } }, /^tls\.ca: 42 is not a PEM string or Buffer/],
+  ['bad metrics path', { ...ok, metrics: { path: 'metrics' } }, /^metrics\.path: "metrics" is not a path/],
+  ['bad registry', { ...ok, metrics: { registry: {} } }, /^metrics\.registry: \{\} is not a prom-client Registry/],
+  ['bad graceful delay', { ...ok, gracefulClose: { delay: 'soon' } }, /^gracefulClose\.delay: "soon" is not a duration/],
+  ['routes not an array', { ...ok, routes: {} }, /^routes: \{\} is not an array/],
+  ['route naming an unknown upstream', { ...ok, routes: [{ prefix: '/x', upstream: 'orders' }] }, /^routes\[0\]\.upstream: "orders" is not an upstream \(the upstreams are: users\)/],
+  ['route without prefix', { ...ok, routes: [{ upstream: 'users' }] }, /^routes\[0\]\.prefix: undefined is not a non-empty string/],
+  ['unknown route key', { ...ok, routes: [{ prefix: '/x', upstream: 'users', rewritePrefx: '/' }] }, /^routes\[0\]\.rewritePrefx: unknown option/],
+  ['route option the pool owns: undici', { ...ok, routes: [{ prefix: '/x', upstream: 'users', undici: {} }] }, /^routes\[0\]\.undici: \{\} is not allowed here: the pool owns/],
+  ['route option the pool owns: http2', { ...ok, routes: [{ prefix: '/x', upstream: 'users', http2: true }] }, /^routes\[0\]\.http2: true is not allowed here/],
+  ['route option the pool owns: base', { ...ok, routes: [{ prefix: '/x', upstream: 'users', base: 'http://x' }] }, /^routes\[0\]\.base: "http:\/\/x" is not allowed here/],
+  ['websocket', { ...ok, routes: [{ prefix: '/x', upstream: 'users', websocket: true }] }, /^routes\[0\]\.websocket: true is not allowed here: WebSocket proxying does not go through the pool yet/],
+  ['replyOptions.getUpstream', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { getUpstream: () => 'http://x' } }] }, /^routes\[0\]\.replyOptions\.getUpstream: \[Function getUpstream\] is not allowed here: the pool picks/],
+  ['replyOptions.retryDelay', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { retryDelay: () => 1 } }] }, /^routes\[0\]\.replyOptions\.retryDelay: .* is not allowed here/],
+  ['replyOptions.onError', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { onError: () => {} } }] }, /^routes\[0\]\.replyOptions\.onError: .* is not allowed here/],
+  ['route preHandler not a function', { ...ok, routes: [{ prefix: '/x', upstream: 'users', preHandler: 'auth' }] }, /^routes\[0\]\.preHandler: "auth" is not a function/]
+]
+
+for (const [name, options, message] of bad) {
+  t.test(`bad option fails register, naming path and value: ${name}`, async (t) => {
+    await registerFails(t, options, message)
+  })
+}
+
+t.test('durations: a number is milliseconds, a string carries its unit', async (t) => {
+  t.equal(parseDuration(250, 'x'), 250)
+  t.equal(parseDuration(0, 'x'), 0)
+  t.equal(parseDuration('250ms', 'x'), 250)
+  t.equal(parseDuration('5s', 'x'), 5000)
+  t.equal(parseDuration('1.5s', 'x'), 1500)
+  t.equal(parseDuration('5m', 'x'), 300000)
+  t.equal(parseDuration('1h', 'x'), 3600000)
+  t.throws(() => parseDuration('5', 'x'), /x: "5" is not a duration/)
+  t.throws(() => parseDuration(Infinity, 'x'), /x: Infinity is not a duration/)
+  t.throws(() => parseDuration(null, 'x'), /x: null is not a duration/)
+})
+
+t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over the top level key by key', async (t) => {
+  const r = resolveOptions({
+    upstreams: {
+      plain: { targets: ['http://127.0.0.1:1'] },
+      tuned: {
+        targets: [{ url: 'https://127.0.0.1:2', weight: 3 }],
+        balance: 'round-robin',
+        pool: { maxIdle: 0 },
+        retry: { budget: { minConcurrent: 0 } },
+        timeouts: { headers: '1s' },
+        circuitBreaker: false
+      },
+      noRetry: { targets: [], retry: false, healthCheck: { path: '/ready' } }
+    },
+    pool: { maxActive: 50, idleTimeout: '30s' },
+    retry: { budget: { percent: 10 } },
+    healthCheck: { interval: '2s' },
+    timeouts: { connect: 100 }
+  })
+  const [plain, tuned, noRetry] = r.upstreams
+  t.same(plain.pool, {
+    maxActive: 50,
+    maxActivePerTarget: 50,
+    maxIdle: 100,
+    idleTimeout: 30000,
+    retryInterval: 5000,
+    maxRetryInterval: 60000,
+    maxRetries: 3,
+    maxQueue: 1000,
+    queueTimeout: 2000
+  })
+  t.equal(plain.balance, 'least-request')
+  t.same(plain.targets, [{ url: 'http://127.0.0.1:1', origin: 'http://127.0.0.1:1', weight: 1 }])
+  t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0 })
+  t.same([...plain.retry!.methods], ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
+  t.same([...plain.retry!.statusCodes], [502, 503, 504])
+  t.same(plain.retry!.budget, { percent: 10, minConcurrent: 3 })
+  t.equal(plain.retry!.bufferBody, 65536)
+  t.equal(plain.retry!.baseDelay, 25)
+  t.equal(plain.retry!.maxDelay, 250)
+  t.equal(plain.healthCheck, null, 'no active checks without a path')
+  t.same(plain.circuitBreaker, { consecutiveFailures: 5, failureRate: 0.5, window: 10000, minimumRequests: 20, halfOpenRequests: 1 })
+
+  t.equal(tuned.pool.maxIdle, 0, '0 is a real value')
+  t.equal(tuned.pool.maxActive, 50, 'the rest of the block comes from the top level')
+  t.equal(tuned.pool.idleTimeout, 30000)
+  t.same(tuned.retry!.budget, { percent: 10, minConcurrent: 0 }, 'nested budget merged key by key')
+  t.same(tuned.timeouts, { connect: 100, headers: 1000, body: 30000, request: 0 })
+  t.equal(tuned.circuitBreaker, null)
+  t.equal(tuned.targets[0].weight, 3)
+
+  t.equal(noRetry.retry, null)
+  t.same(noRetry.healthCheck, {
+    path: '/ready',
+    method: 'GET',
+    headers: {},
+    interval: 2000,
+    unhealthyInterval: 2000,
+    timeout: 2000,
+    healthyThreshold: 2,
+    unhealthyThreshold: 3,
+    expectedStatus: [200, 399]
+  })
+  t.same(r.metrics, { path: '/metrics', prefix: 'sssonector_', registry: undefined })
+  t.same(r.gracefulClose, { delay: 10000 })
+})
+
+t.test('the caller\'s options are never mutated', async (t) => {
+  const deepFreeze = <T>(o: T): T => {
+    if (o !== null && typeof o === 'object') {
+      for (const v of Object.values(o)) deepFreeze(v)
+      Object.freeze(o)
+    }
+    return o
+  }
+  const input = deepFreeze({
+    upstreams: { users: { targets: ['http://127.0.0.1:1', { url: 'http://127.0.0.1:2', weight: 2 }], pool: { maxIdle: 1 } } },
+    routes: [{ prefix: '/users', upstream: 'users', rewritePrefix: '/v1', replyOptions: { rewriteHeaders: (h: object) => h } }],
+    pool: { maxActive: 10 },
+    metrics: { path: '/m' },
+    gracefulClose: false as const
+  })
+  const copy = JSON.stringify(input)
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  await app.register(sssonectorPool, input as SssonectorOptions)
+  await app.ready()
+  t.equal(JSON.stringify(input), copy)
+  t.same(app.sssonector.names, ['users'])
+})
