@@ -21,6 +21,8 @@ export interface UsageMessage {
   /** CPU time used so far, microseconds */
   cpuUser: number
   cpuSystem: number
+  /** connections accepted so far (servers that count them) */
+  connections?: number
 }
 
 export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage
@@ -45,9 +47,15 @@ export function toParent (message: ChildMessage): void {
 }
 
 /** The usage numbers of this process, as sent to the parent. */
-export function usage (): UsageMessage {
+export function usage (connections?: number): UsageMessage {
   const cpu = process.cpuUsage()
-  return { type: 'usage', maxRSS: process.resourceUsage().maxRSS, cpuUser: cpu.user, cpuSystem: cpu.system }
+  return {
+    type: 'usage',
+    maxRSS: process.resourceUsage().maxRSS,
+    cpuUser: cpu.user,
+    cpuSystem: cpu.system,
+    ...(connections !== undefined ? { connections } : {})
+  }
 }
 
 /**
@@ -55,8 +63,16 @@ export function usage (): UsageMessage {
  * usage requests, and exits when told to stop or when the parent goes away
  * (so no child outlives the benchmark, even when the parent is killed).
  */
-export function childMain<T> (start: (config: T) => Promise<{ port: number, close: () => Promise<void> }>): void {
+export interface Started {
+  port: number
+  close: () => Promise<void>
+  /** connections accepted so far, reported with the usage numbers */
+  connections?: () => number
+}
+
+export function childMain<T> (start: (config: T) => Promise<Started>): void {
   let close: (() => Promise<void>) | null = null
+  let connections: (() => number) | undefined
   let stopping = false
 
   const stop = (): void => {
@@ -71,7 +87,7 @@ export function childMain<T> (start: (config: T) => Promise<{ port: number, clos
   process.on('SIGTERM', stop)
   process.on('message', (message: unknown) => {
     if (!isParentMessage(message)) return
-    if (message.type === 'usage') toParent(usage())
+    if (message.type === 'usage') toParent(usage(connections?.()))
     else stop()
   })
 
@@ -84,6 +100,7 @@ export function childMain<T> (start: (config: T) => Promise<{ port: number, clos
   }
   start(config).then((started) => {
     close = started.close
+    connections = started.connections
     if (stopping) {
       stopping = false
       stop()

@@ -29,11 +29,14 @@ childMain<UpstreamConfig>(async (config) => {
   const server = http.createServer(handlerFor(config.behaviour))
   server.keepAliveTimeout = config.keepAliveTimeout
   server.headersTimeout = config.keepAliveTimeout + 1000
+  let accepted = 0
+  server.on('connection', () => { accepted++ })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   const { port } = server.address() as AddressInfo
   return {
     port,
+    connections: () => accepted,
     close: async () => {
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))

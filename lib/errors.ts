@@ -95,6 +95,7 @@ export function categorize (err: unknown): ErrorCategory {
     case 'UND_ERR_INFO':
       return 'protocol'
   }
+  if ((err as Error).name === 'AbortError') return 'client_abort'
   if (code.startsWith('HPE_')) return 'protocol'
   if (TLS_CODES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_') || code.startsWith('CERT_')) return 'tls'
   return 'unknown'

@@ -3,9 +3,9 @@ import Fastify from 'fastify'
 import sssonectorPool from '../lib/index.js'
 import { parseDuration, resolveOptions } from '../lib/options.js'
 import type { SssonectorOptions } from '../types/index.js'
-import type { Teardown } from './helpers/servers.js'
+import type { Test } from 'tap'
 
-async function registerFails (t: Teardown & { ok: (v: unknown, m?: string) => void, equal: (a: unknown, b: unknown) => void, match: (a: unknown, b: unknown) => void }, options: unknown, message: RegExp | string): Promise<void> {
+async function registerFails (t: Test, options: unknown, message: RegExp | string): Promise<void> {
   const app = Fastify({ logger: false })
   t.teardown(() => app.close())
   const err = await app.register(sssonectorPool, options as SssonectorOptions).then(() => null, (e: Error & { code?: string }) => e)

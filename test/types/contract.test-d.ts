@@ -1,0 +1,114 @@
+/* eslint-disable no-void -- registering without awaiting is what these lines check */
+// Type tests, checked by `npm run typecheck`: the public contract as a user's code sees it.
+import Fastify from 'fastify'
+import type { FastifyRequest } from 'fastify'
+import sssonectorPool from '../../lib/index.js'
+import type {
+  SssonectorOptions, SssonectorUpstream, UpstreamStats, UpstreamResponse, TargetStats, ErrorCategory
+} from '../../lib/index.js'
+
+function expectType<T> (_value: T): void {}
+
+const app = Fastify()
+
+// Minimal options.
+void app.register(sssonectorPool, { upstreams: { users: { targets: ['http://10.0.0.5:8080'] } } })
+
+// Every option.
+const full: SssonectorOptions = {
+  upstreams: {
+    users: {
+      targets: ['http://10.0.0.5:8080', { url: 'http://10.0.0.6:8080', weight: 2 }],
+      balance: 'consistent-hash',
+      hashKey: (request: FastifyRequest) => String(request.headers['x-user'] ?? ''),
+      pool: { maxActive: 10 },
+      healthCheck: false,
+      circuitBreaker: false,
+      retry: false,
+      timeouts: { request: '2s' },
+      tls: { ca: 'PEM', rejectUnauthorized: true, servername: 'users.internal' }
+    }
+  },
+  routes: [{
+    prefix: '/users',
+    upstream: 'users',
+    rewritePrefix: '/v1/users',
+    bodyLimit: 1024,
+    httpMethods: ['GET', 'POST'],
+    replyOptions: { rewriteHeaders: (headers) => headers }
+  }],
+  pool: {
+    maxActive: 1000,
+    maxActivePerTarget: 100,
+    maxIdle: 100,
+    idleTimeout: '5m',
+    retryInterval: '5s',
+    maxRetryInterval: '1m',
+    maxRetries: 3,
+    maxQueue: 1000,
+    queueTimeout: 2000
+  },
+  healthCheck: {
+    path: '/health',
+    method: 'GET',
+    headers: { 'x-probe': '1' },
+    interval: '5s',
+    unhealthyInterval: '1s',
+    timeout: '2s',
+    healthyThreshold: 2,
+    unhealthyThreshold: 3,
+    expectedStatus: [200, 399]
+  },
+  circuitBreaker: { consecutiveFailures: 5, failureRate: 0.5, window: '10s', minimumRequests: 20, halfOpenRequests: 1 },
+  retry: {
+    methods: ['GET'],
+    statusCodes: [502, 503, 504],
+    baseDelay: '25ms',
+    maxDelay: '250ms',
+    budget: { percent: 20, minConcurrent: 3 },
+    bufferBody: 65536
+  },
+  timeouts: { connect: '5s', headers: '30s', body: '30s', request: false },
+  metrics: { path: '/metrics', prefix: 'sssonector_' },
+  gracefulClose: { delay: '10s' }
+}
+void app.register(sssonectorPool, full)
+void app.register(sssonectorPool, { ...full, metrics: false, gracefulClose: false })
+
+// Wrong options.
+// @ts-expect-error upstreams are required
+void app.register(sssonectorPool, {})
+// @ts-expect-error targets are required
+void app.register(sssonectorPool, { upstreams: { users: {} } })
+// @ts-expect-error unknown balance policy
+void app.register(sssonectorPool, { upstreams: { users: { targets: [], balance: 'fastest' } } })
+// @ts-expect-error a duration string carries a known unit
+void app.register(sssonectorPool, { upstreams: { users: { targets: [] } }, pool: { idleTimeout: '5 minutes' } })
+// @ts-expect-error the pool owns undici
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', undici: {} }] })
+// @ts-expect-error the pool owns getUpstream
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', replyOptions: { getUpstream: () => '' } }] })
+// @ts-expect-error websocket does not go through the pool
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', websocket: true }] })
+
+// The decorator.
+async function use (): Promise<void> {
+  const users = app.sssonector.upstream('users')
+  expectType<SssonectorUpstream>(users)
+  expectType<readonly string[]>(app.sssonector.names)
+  const stats = users.stats()
+  expectType<UpstreamStats>(stats)
+  expectType<TargetStats[]>(stats.targets)
+  expectType<'up' | 'draining'>(stats.targets[0].state)
+  expectType<Partial<Record<ErrorCategory, number>>>(stats.targets[0].errors)
+  const res = await users.request({ method: 'GET', path: '/v1/users/1' })
+  expectType<UpstreamResponse>(res)
+  expectType<number>(res.statusCode)
+  expectType<unknown>(await res.body.json())
+  users.addTarget('http://10.0.0.7:8080')
+  users.addTarget({ url: 'http://10.0.0.8:8080', weight: 2 })
+  await users.removeTarget('http://10.0.0.5:8080')
+  // @ts-expect-error a request needs a path
+  await users.request({ method: 'GET' })
+}
+void use
