@@ -15,9 +15,12 @@ const builders: Record<GatewayKind, Builder> = {
     if (config.targets.length === 1) {
       await app.register(proxy, { upstream: config.targets[0]!, prefix: config.prefix })
     } else {
-      // http-proxy takes one upstream URL: balance several with undici's BalancedPool
+      // http-proxy takes one upstream URL: balance several with undici's
+      // BalancedPool (every target then sees the first target's Host)
       const { BalancedPool } = await import('undici')
-      await app.register(proxy, { upstream: '', undici: new BalancedPool(config.targets), prefix: config.prefix })
+      const pool = new BalancedPool(config.targets)
+      app.addHook('onClose', async () => { await pool.close() })
+      await app.register(proxy, { upstream: config.targets[0]!, undici: pool, prefix: config.prefix })
     }
   },
   // loaded only in its own child, so a plugin that fails to load fails this arm alone

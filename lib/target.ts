@@ -91,12 +91,6 @@ export class Target {
     await this.pool.close()
   }
 
-  /** Closes its connections at once, failing what is on them. */
-  async destroy (): Promise<void> {
-    this.state = 'draining'
-    await this.pool.destroy()
-  }
-
   stats (now: number): TargetStats {
     const s = this.pool.stats
     return {

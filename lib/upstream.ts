@@ -100,11 +100,6 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     this.#inner.onError?.(e)
   }
 
-  onUpgrade (statusCode: number, headers: Buffer[] | string[] | null, socket: import('node:stream').Duplex): void {
-    this.#finish()
-    this.#inner.onUpgrade?.(statusCode, headers, socket)
-  }
-
   onResponseStarted (): void {
     this.#inner.onResponseStarted?.()
   }

@@ -2,10 +2,11 @@
 // "N passed, N failed" (", N skipped" when any), taken from tap's own
 // closing summary "# { total: N, pass: N, fail: N, ... }". Keeps tap's exit code.
 import { spawn } from 'node:child_process'
-import { createRequire } from 'node:module'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 
-const require = createRequire(import.meta.url)
-const tapBin = require.resolve('tap/bin/run.js', { paths: [process.cwd()] })
+const tapDir = join(process.cwd(), 'node_modules', 'tap')
+const tapBin = join(tapDir, JSON.parse(readFileSync(join(tapDir, 'package.json'), 'utf8')).bin.tap)
 
 const child = spawn(process.execPath, [tapBin, ...process.argv.slice(2)], {
   stdio: ['ignore', 'pipe', 'inherit'],

@@ -151,3 +151,18 @@ t.test('addTarget and removeTarget: a removed target finishes what it has, takes
   await t.rejects(a.removeTarget(second.url), { code: 'FST_SSSONECTOR_UNKNOWN_TARGET' })
   await t.rejects(a.removeTarget('::'), { code: 'FST_SSSONECTOR_UNKNOWN_TARGET' })
 })
+
+t.test('the dispatcher: no target fails the handler; close() closes the upstream, which then refuses with 503', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, { upstreams: { a: { targets: [up.url] }, empty: { targets: [] } } })
+  const empty = gw.app.sssonector.upstream('empty') as unknown as { dispatcher: import('undici').Dispatcher }
+  await t.rejects(request('http://x.invalid/', { dispatcher: empty.dispatcher }), { code: 'FST_SSSONECTOR_NO_TARGET' })
+
+  const a = gw.app.sssonector.upstream('a') as unknown as { dispatcher: import('undici').Dispatcher } & import('../types/index.js').SssonectorUpstream
+  const res = await a.request({ method: 'GET', path: '/' })
+  await res.body.dump()
+  await a.dispatcher.close()
+  await a.dispatcher.destroy()
+  await t.rejects(a.request({ method: 'GET', path: '/' }), { code: 'FST_SSSONECTOR_CLOSED', statusCode: 503 })
+  t.same(a.stats().rejected, { no_target: 1 })
+})
