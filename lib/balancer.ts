@@ -1,8 +1,8 @@
 import type { Target } from './target.js'
 
 /**
- * Picks a target for a request among those that are available
- * (one predicate, `Target#available`, for every policy).
+ * Picks a target for a request among those that can take one now
+ * (one predicate, `Target#canTake()`: in rotation and under its connection caps, for every policy).
  */
 export interface Balancer {
   /** A target, or undefined when none is available. */
@@ -17,7 +17,7 @@ export class RoundRobin implements Balancer {
     const n = targets.length
     for (let i = 0; i < n; i++) {
       const t = targets[(this.#next + i) % n]
-      if (t.available) {
+      if (t.canTake()) {
         this.#next = (this.#next + i + 1) % n
         return t
       }

@@ -20,12 +20,12 @@ export class Metrics {
     // eslint-disable-next-line no-new
     new Gauge({
       name: `${prefix}pool_active_connections`,
-      help: 'Requests on each target now (connections busy)',
+      help: 'Connections to each target in use now',
       labelNames,
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.active)
+        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.busy)
       }
     })
     // eslint-disable-next-line no-new
@@ -36,7 +36,7 @@ export class Metrics {
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.stats?.free ?? 0)
+        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.idle.length)
       }
     })
     // eslint-disable-next-line no-new

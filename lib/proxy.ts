@@ -6,10 +6,12 @@ import httpProxy from '@fastify/http-proxy'
 import type { ResolvedRoute } from './options.js'
 import { kLease } from './upstream.js'
 import type { Lease, Upstream } from './upstream.js'
+import type { Waiter } from './queue.js'
 import { BodyTooLargeError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 
-type LeasedMessage = IncomingMessage & { [kLease]?: Lease }
+const kWaiter = Symbol('sssonector.waiter')
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: ProxyWaiter }
 type Headers = IncomingHttpHeaders & { [kLease]?: Lease }
 
 // Hop-by-hop headers (RFC 9110 7.6.1 and the classic list of RFC 2616 13.5.1):
@@ -18,9 +20,59 @@ type Headers = IncomingHttpHeaders & { [kLease]?: Lease }
 const HOP_BY_HOP_REQUEST = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization']
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate']
 
-/** Releases the request's lease once its response is closed: 'close' fires on every path, the hooks do not. */
+/**
+ * Releases the request's lease once its response is closed ('close' fires on
+ * every path, the hooks do not); a request still queued leaves the queue.
+ */
 function onResponseClose (this: ServerResponse): void {
-  (this.req as LeasedMessage)[kLease]?.release()
+  const req = this.req as LeasedMessage
+  const lease = req[kLease]
+  if (lease !== undefined) {
+    lease.release()
+    return
+  }
+  const w = req[kWaiter]
+  if (w !== undefined) w.upstream.cancel(w)
+}
+
+/** A proxied request waiting in its upstream's queue for a connection. */
+class ProxyWaiter implements Waiter<Lease> {
+  deadline: number
+  cancelled = false
+  readonly upstream: Upstream
+  readonly #request: FastifyRequest
+  readonly #reply: FastifyReply
+  readonly #done: HookHandlerDoneFunction
+
+  constructor (upstream: Upstream, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    this.upstream = upstream
+    this.deadline = upstream.queueDeadline()
+    this.#request = request
+    this.#reply = reply
+    this.#done = done
+  }
+
+  grant (lease: Lease): void {
+    const raw = this.#request.raw as LeasedMessage
+    raw[kWaiter] = undefined
+    start(lease, raw, this.#reply, this.#done)
+  }
+
+  fail (err: Error): void {
+    (this.#request.raw as LeasedMessage)[kWaiter] = undefined
+    sendError(this.#reply, err as SssonectorError)
+  }
+}
+
+/** The request holds its lease: on to the handler. */
+function start (lease: Lease, raw: LeasedMessage, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  raw[kLease] = lease
+  lease.upstream.armRequestTimeout(lease, (err) => {
+    // Nothing sent yet: 504. Otherwise the response can only be cut.
+    if (!reply.sent) sendError(reply, err)
+    else reply.raw.destroy(err)
+  })
+  done()
 }
 
 /** Counts a streamed (chunked) request body and fails it past the limit. */
@@ -76,21 +128,27 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       source.on('error', (err) => counter.destroy(err))
       request.body = source.pipe(counter)
     }
-    let lease: Lease
+    let lease: Lease | null
     try {
-      lease = upstream.admit()
+      lease = upstream.tryAdmit()
     } catch (err) {
       sendError(reply, err as SssonectorError)
       return
     }
-    (request.raw as LeasedMessage)[kLease] = lease
     reply.raw.on('close', onResponseClose)
-    upstream.armRequestTimeout(lease, (err) => {
-      // Nothing sent yet: 504. Otherwise the response can only be cut.
-      if (!reply.sent) sendError(reply, err)
-      else reply.raw.destroy(err)
-    })
-    done()
+    const raw = request.raw as LeasedMessage
+    if (lease !== null) {
+      start(lease, raw, reply, done)
+      return
+    }
+    // Every target is at its caps: wait, bounded, for a connection.
+    const w = new ProxyWaiter(upstream, request, reply, done)
+    const err = upstream.enqueue(w)
+    if (err !== null) {
+      sendError(reply, err)
+      return
+    }
+    raw[kWaiter] = w
   }
 
   function getUpstream (request: FastifyRequest): string {

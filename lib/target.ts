@@ -1,41 +1,11 @@
-import { Pool } from 'undici'
-import type { Dispatcher } from 'undici'
-import type { ErrorCategory, TargetStats, TlsOptions } from '../types/index.js'
-import type { ResolvedPool, ResolvedTarget, ResolvedTimeouts } from './options.js'
-
-/** What a target needs from its upstream to open connections. */
-export interface TargetSettings {
-  pool: ResolvedPool
-  timeouts: ResolvedTimeouts
-  tls: TlsOptions
-}
-
-/** Makes the connection pool of one target: the seam tests and later pools use. */
-export type PoolFactory = (origin: string, settings: TargetSettings) => Dispatcher & { stats?: Pool['stats'] }
-
-export const defaultPoolFactory: PoolFactory = (origin, { pool, timeouts, tls }) => new Pool(origin, {
-  connections: pool.maxActivePerTarget,
-  pipelining: 1,
-  // An idle socket is never kept past the idle timeout, nor past the upstream's
-  // Keep-Alive hint minus undici's margin.
-  keepAliveTimeout: Math.min(pool.idleTimeout, 4000),
-  keepAliveMaxTimeout: Math.max(pool.idleTimeout, 1),
-  headersTimeout: timeouts.headers,
-  bodyTimeout: timeouts.body,
-  connect: {
-    timeout: timeouts.connect,
-    // Verified by default: reply-from turns verification off, we do not.
-    rejectUnauthorized: tls.rejectUnauthorized ?? true,
-    ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
-    ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
-    ...(tls.key !== undefined ? { key: tls.key } : {}),
-    ...(tls.servername !== undefined ? { servername: tls.servername } : {})
-  }
-})
+import type { ErrorCategory, TargetStats } from '../types/index.js'
+import type { ResolvedTarget } from './options.js'
+import { TargetPool } from './connection-pool.js'
+import type { ConnectionFactory, ConnectionSettings, SharedLimits } from './connection-pool.js'
 
 /**
- * A target (Envoy's host): its origin and weight, its state, its connections,
- * and the counters the balancer and stats read.
+ * A target (Envoy's host): its origin and weight, its state, its connection
+ * pool, and the counters the balancer and stats read.
  */
 export class Target {
   readonly url: string
@@ -44,7 +14,7 @@ export class Target {
   readonly host: string
   readonly weight: number
   readonly addedAt: number
-  readonly pool: Dispatcher & { stats?: Pool['stats'] }
+  readonly pool: TargetPool
   state: 'up' | 'draining' = 'up'
   /** Attempts on this target now. */
   active = 0
@@ -55,18 +25,23 @@ export class Target {
   readonly errors: Partial<Record<ErrorCategory, number>> = {}
   #onIdle: (() => void) | null = null
 
-  constructor (resolved: ResolvedTarget, settings: TargetSettings, factory: PoolFactory, now: number) {
+  constructor (resolved: ResolvedTarget, settings: ConnectionSettings, limits: SharedLimits, factory: ConnectionFactory, now: () => number, onFree: () => void) {
     this.url = resolved.url
     this.origin = resolved.origin
     this.host = new URL(resolved.origin).host
     this.weight = resolved.weight
-    this.addedAt = now
-    this.pool = factory(resolved.origin, settings)
+    this.addedAt = now()
+    this.pool = new TargetPool(resolved.origin, settings, limits, factory, now, onFree)
   }
 
-  /** Whether the balancer may pick it. */
+  /** Whether it is in rotation: the one predicate every balancing policy uses. */
   get available (): boolean {
     return this.state === 'up'
+  }
+
+  /** In rotation and able to hand out a connection now. */
+  canTake (): boolean {
+    return this.state === 'up' && this.pool.hasCapacity()
   }
 
   countError (category: ErrorCategory): void {
@@ -92,16 +67,18 @@ export class Target {
   }
 
   stats (now: number): TargetStats {
-    const s = this.pool.stats
+    const pool = this.pool
     return {
       url: this.url,
       origin: this.origin,
       weight: this.weight,
       state: this.state,
       active: this.active,
-      idle: s?.free ?? 0,
-      connections: s?.connected ?? 0,
-      pending: s?.pending ?? 0,
+      idle: pool.idle.length,
+      connections: pool.open,
+      opened: pool.opened,
+      closed: pool.closedCount,
+      connectionAges: pool.ages(now),
       requests: this.requests,
       errors: { ...this.errors },
       age: now - this.addedAt

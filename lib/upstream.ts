@@ -4,12 +4,15 @@ import type {
 } from '../types/index.js'
 import type { ResolvedUpstream } from './options.js'
 import { parseTarget } from './options.js'
-import { Target, defaultPoolFactory } from './target.js'
-import type { PoolFactory, TargetSettings } from './target.js'
+import { Target } from './target.js'
+import { SharedLimits, undiciConnectionFactory } from './connection-pool.js'
+import type { Connection, ConnectionFactory, ConnectionSettings } from './connection-pool.js'
 import { RoundRobin } from './balancer.js'
 import type { Balancer } from './balancer.js'
+import { WaitQueue } from './queue.js'
+import type { Waiter } from './queue.js'
 import {
-  ClosedError, NoTargetError, OptionsError, RequestTimeoutError, UnknownTargetError, toUpstreamError
+  ClosedError, NoTargetError, OptionsError, PoolExhaustedError, RequestTimeoutError, UnknownTargetError, toUpstreamError
 } from './errors.js'
 import type { SssonectorError } from './errors.js'
 
@@ -20,18 +23,23 @@ type AnyHeaders = Record<string | symbol, unknown>
 type Handler = Dispatcher.DispatchHandler
 
 export interface UpstreamDeps {
-  factory?: PoolFactory
+  /** Makes each connection's client (undici Client by default). */
+  factory?: ConnectionFactory
+  /** The clock (ms). */
   now?: () => number
 }
 
 /**
- * One request's hold on its upstream: the admission slot and the chosen target.
- * Released exactly once: by the proxy when the response closes, or by the
- * dispatcher when a client request it admitted itself ends.
+ * One request's hold on its upstream: the admission slot, the chosen target,
+ * and the connection taken for it until its attempt starts. Released exactly
+ * once: by the proxy when the response closes, or by the dispatcher when a
+ * request it admitted itself ends.
  */
 export class Lease {
   readonly upstream: Upstream
   target: Target
+  /** The connection taken at admission, until the attempt uses it. */
+  conn: Connection | null
   released = false
   /** Status or failure of the last attempt, for metrics and logs. */
   status = 0
@@ -42,33 +50,40 @@ export class Lease {
   abort: ((err: Error) => void) | null = null
   timer: NodeJS.Timeout | null = null
 
-  constructor (upstream: Upstream, target: Target) {
+  constructor (upstream: Upstream, target: Target, conn: Connection) {
     this.upstream = upstream
     this.target = target
+    this.conn = conn
   }
 
   release (): void {
     if (this.released) return
     this.released = true
     if (this.timer !== null) clearTimeout(this.timer)
+    const conn = this.conn
+    if (conn !== null) {
+      // Admitted but never sent (the client left, or an error came first).
+      this.conn = null
+      conn.pool.put(conn, true)
+    }
     this.upstream.active--
     this.target.leased--
     this.target.settle()
   }
 }
 
-/** Wraps the caller's handler for one attempt on one target: counts it, categorizes its failure. */
+/** Wraps the caller's handler for one attempt on one connection: counts it, categorizes its failure, gives the connection back. */
 class AttemptHandler implements Dispatcher.DispatchHandler {
   readonly #inner: Handler
   readonly #lease: Lease
-  readonly #target: Target
+  readonly #conn: Connection
   readonly #own: boolean
   #done = false
 
-  constructor (inner: Handler, lease: Lease, target: Target, own: boolean) {
+  constructor (inner: Handler, lease: Lease, conn: Connection, own: boolean) {
     this.#inner = inner
     this.#lease = lease
-    this.#target = target
+    this.#conn = conn
     this.#own = own
   }
 
@@ -88,15 +103,15 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
   }
 
   onComplete (trailers: string[] | null): void {
-    this.#finish()
+    this.#finish(true)
     this.#inner.onComplete?.(trailers)
   }
 
   onError (err: Error): void {
     const e = toUpstreamError(err)
     this.#lease.category = e.category
-    if (e.category !== 'client_abort') this.#target.countError(e.category)
-    this.#finish()
+    if (e.category !== 'client_abort') this.#lease.target.countError(e.category)
+    this.#finish(false)
     this.#inner.onError?.(e)
   }
 
@@ -104,22 +119,74 @@ class AttemptHandler implements Dispatcher.DispatchHandler {
     this.#inner.onResponseStarted?.()
   }
 
-  #finish (): void {
+  #finish (ok: boolean): void {
     if (this.#done) return
     this.#done = true
     const lease = this.#lease
+    const target = lease.target
     lease.abort = null
-    this.#target.active--
+    target.active--
+    this.#conn.pool.put(this.#conn, ok)
     if (this.#own) lease.release()
-    this.#target.settle()
+    target.settle()
+  }
+}
+
+/** A request of plain undici use that waits for admission in the dispatcher. */
+class DispatchWaiter implements Waiter<Lease> {
+  deadline: number
+  cancelled = false
+  readonly #dispatcher: UpstreamDispatcher
+  readonly #opts: Dispatcher.DispatchOptions
+  readonly #handler: Handler
+
+  constructor (dispatcher: UpstreamDispatcher, opts: Dispatcher.DispatchOptions, handler: Handler, deadline: number) {
+    this.#dispatcher = dispatcher
+    this.#opts = opts
+    this.#handler = handler
+    this.deadline = deadline
+  }
+
+  grant (lease: Lease): void {
+    this.#dispatcher.run(this.#opts, this.#handler, lease, true)
+  }
+
+  fail (err: Error): void {
+    this.#handler.onError?.(err)
+  }
+}
+
+/** A waiter that settles a promise: `upstream.request()`. */
+class PromiseWaiter implements Waiter<Lease> {
+  deadline: number
+  cancelled = false
+  resolve!: (lease: Lease) => void
+  reject!: (err: Error) => void
+  readonly promise: Promise<Lease>
+
+  constructor (deadline: number) {
+    this.deadline = deadline
+    this.promise = new Promise<Lease>((resolve, reject) => {
+      this.resolve = resolve
+      this.reject = reject
+    })
+  }
+
+  grant (lease: Lease): void {
+    this.resolve(lease)
+  }
+
+  fail (err: Error): void {
+    this.reject(err)
   }
 }
 
 /**
  * The upstream as an undici Dispatcher: reply-from (for proxy routes) and
  * `upstream.request()` both send every attempt through `dispatch()`, which runs it
- * on the chosen target's connections. A request that comes without a lease
- * (plain undici use) is admitted here and released when it ends.
+ * on the connection taken for the request. A request that comes without a lease
+ * (plain undici use) is admitted here, waiting in the queue if it must, and
+ * released when it ends.
  */
 export class UpstreamDispatcher extends Dispatcher {
   readonly #upstream: Upstream
@@ -130,19 +197,39 @@ export class UpstreamDispatcher extends Dispatcher {
   }
 
   override dispatch (opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
-    const up = this.#upstream
     const headers = opts.headers as AnyHeaders | undefined
-    let lease = headers?.[kLease] as Lease | undefined
-    const own = lease === undefined
-    if (lease === undefined) {
-      try {
-        lease = up.admit()
-      } catch (err) {
-        handler.onError?.(err as Error)
+    const lease = headers?.[kLease] as Lease | undefined
+    if (lease !== undefined) return this.run(opts, handler, lease, false)
+    const up = this.#upstream
+    let own: Lease | null
+    try {
+      own = up.tryAdmit()
+    } catch (err) {
+      handler.onError?.(err as Error)
+      return false
+    }
+    if (own !== null) return this.run(opts, handler, own, true)
+    const err = up.enqueue(new DispatchWaiter(this, opts, handler, up.queueDeadline()))
+    if (err !== null) handler.onError?.(err)
+    return true
+  }
+
+  /** One attempt of the request on its lease's connection. */
+  run (opts: Dispatcher.DispatchOptions, handler: Handler, lease: Lease, own: boolean): boolean {
+    const up = this.#upstream
+    const target = lease.target
+    let conn = lease.conn
+    lease.conn = null
+    if (conn === null) {
+      // A second attempt on the same lease (the failover capability decides where it goes).
+      conn = target.pool.take() ?? null
+      if (conn === null) {
+        const err = new PoolExhaustedError(up.name) as unknown as SssonectorError
+        handler.onError?.(err)
+        if (own) lease.release()
         return false
       }
     }
-    const target = lease.target
     // The target decides the origin and timeouts, whatever the caller said.
     const o = opts as Dispatcher.DispatchOptions & { origin: string }
     o.origin = target.origin
@@ -151,7 +238,7 @@ export class UpstreamDispatcher extends Dispatcher {
     target.active++
     target.requests++
     lease.attempts++
-    return target.pool.dispatch(o, new AttemptHandler(handler, lease, target, own))
+    return conn.client.dispatch(o, new AttemptHandler(handler, lease, conn, own))
   }
 
   override async close (): Promise<void> {
@@ -163,56 +250,220 @@ export class UpstreamDispatcher extends Dispatcher {
   }
 }
 
-/** An upstream (Envoy's cluster): its targets, balancer, admission and dispatcher. */
+/** An upstream (Envoy's cluster): its targets, balancer, admission queue, connections and dispatcher. */
 export class Upstream implements SssonectorUpstream {
   readonly name: string
   readonly config: ResolvedUpstream
   readonly dispatcher: UpstreamDispatcher
   readonly targets: Target[] = []
+  readonly limits: SharedLimits
   /** Requests admitted and not yet released. */
   active = 0
   admitted = 0
   readonly rejected: Partial<Record<ErrorCategory, number>> = {}
   closed = false
+  readonly #queue = new WaitQueue<Lease>()
   readonly #balancer: Balancer
-  readonly #factory: PoolFactory
+  readonly #factory: ConnectionFactory
   readonly #now: () => number
-  readonly #settings: TargetSettings
+  readonly #settings: ConnectionSettings
   readonly #retryAfter: number
+  readonly #queueRetryAfter: number
+  readonly #onFree: () => void
+  #queueTimer: NodeJS.Timeout | null = null
+  #sweepTimer: NodeJS.Timeout | null = null
+  #draining = false
+  #drainAgain = false
 
   constructor (config: ResolvedUpstream, deps: UpstreamDeps = {}) {
     this.name = config.name
     this.config = config
-    this.#factory = deps.factory ?? defaultPoolFactory
+    this.#factory = deps.factory ?? undiciConnectionFactory
     this.#now = deps.now ?? Date.now
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
+    this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.#balancer = new RoundRobin()
     this.#retryAfter = Math.max(1, Math.ceil(config.pool.retryInterval / 1000))
+    this.#queueRetryAfter = Math.max(1, Math.ceil(config.pool.queueTimeout / 1000))
+    this.#onFree = () => { this.#freed() }
     this.dispatcher = new UpstreamDispatcher(this)
-    for (const t of config.targets) this.targets.push(new Target(t, this.#settings, this.#factory, this.#now()))
+    for (const t of config.targets) this.targets.push(this.#makeTarget(t))
+  }
+
+  #makeTarget (t: ResolvedUpstream['targets'][number]): Target {
+    return new Target(t, this.#settings, this.limits, this.#factory, this.#now, this.#onFree)
   }
 
   get balance (): BalancePolicy {
     return this.config.balance
   }
 
-  /** Takes an admission slot and picks a target; throws a 503 error when nothing can serve. */
-  admit (): Lease {
-    if (this.closed) throw this.#reject(new ClosedError(this.name) as SssonectorError, 'no_target')
+  /** Requests waiting in the queue. */
+  get pending (): number {
+    return this.#queue.size
+  }
+
+  /**
+   * Admission: a target and a connection for the request now, or null when it
+   * must wait (every target in rotation is at its caps). Throws a 503 error when
+   * no target is in rotation at all.
+   */
+  tryAdmit (): Lease | null {
+    if (this.closed) throw this.#reject(new ClosedError(this.name) as SssonectorError, 'no_target', this.#retryAfter)
+    // Waiting requests go first (FIFO).
+    if (this.#queue.size > 0) {
+      if (!this.#anyAvailable()) throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
+      return null
+    }
+    return this.#admitNow()
+  }
+
+  #admitNow (): Lease | null {
     const target = this.#balancer.pick(this.targets)
     if (target === undefined) {
-      throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target')
+      if (this.#anyAvailable()) return null
+      throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
+    }
+    let conn = target.pool.take()
+    if (conn === undefined) {
+      // At maxActive with idle connections elsewhere: close the least recently used to make room.
+      this.#evictIdle(target)
+      conn = target.pool.take()
+      if (conn === undefined) return null
     }
     this.active++
     this.admitted++
     target.leased++
-    return new Lease(this, target)
+    return new Lease(this, target, conn)
   }
 
-  #reject (err: SssonectorError, category: ErrorCategory): SssonectorError {
-    err.retryAfter = this.#retryAfter
+  #anyAvailable (): boolean {
+    for (const t of this.targets) if (t.available) return true
+    return false
+  }
+
+  #evictIdle (except: Target): void {
+    let oldest: Target | undefined
+    let at = Infinity
+    for (const t of this.targets) {
+      if (t === except) continue
+      const since = t.pool.oldestIdle()
+      if (since < at) {
+        at = since
+        oldest = t
+      }
+    }
+    if (oldest !== undefined) oldest.pool.evictIdle()
+    else except.pool.evictIdle()
+  }
+
+  #reject (err: SssonectorError, category: ErrorCategory, retryAfter: number): SssonectorError {
+    err.retryAfter = retryAfter
     this.rejected[category] = (this.rejected[category] ?? 0) + 1
     return err
+  }
+
+  /** When a request queued now gives up. */
+  queueDeadline (): number {
+    return this.#now() + this.config.pool.queueTimeout
+  }
+
+  /** Queues a waiter; returns the 503 error instead when the queue is full. */
+  enqueue (w: Waiter<Lease>): SssonectorError | null {
+    if (this.#queue.size >= this.config.pool.maxQueue) {
+      return this.#reject(new PoolExhaustedError(this.name) as unknown as SssonectorError, 'pool_exhausted', this.#queueRetryAfter)
+    }
+    this.#queue.push(w)
+    if (this.#queueTimer === null) this.#armQueueTimer(w.deadline)
+    return null
+  }
+
+  /** A waiter whose client left: out of the queue at once. */
+  cancel (w: Waiter<Lease>): void {
+    this.#queue.cancel(w)
+  }
+
+  /** A lease now, or after waiting in the queue. */
+  async acquire (signal?: AbortSignal): Promise<Lease> {
+    const lease = this.tryAdmit()
+    if (lease !== null) return lease
+    const w = new PromiseWaiter(this.queueDeadline())
+    const err = this.enqueue(w)
+    if (err !== null) throw err
+    if (signal !== undefined) {
+      const onAbort = (): void => {
+        this.cancel(w)
+        w.reject(signal.reason as Error)
+      }
+      signal.addEventListener('abort', onAbort, { once: true })
+      void w.promise.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {})
+    }
+    return await w.promise
+  }
+
+  #armQueueTimer (deadline: number): void {
+    this.#queueTimer = setTimeout(() => { this.#expireQueue() }, Math.max(0, deadline - this.#now()))
+    this.#queueTimer.unref()
+  }
+
+  #expireQueue (): void {
+    this.#queueTimer = null
+    const now = this.#now()
+    let w = this.#queue.peek()
+    while (w !== undefined && w.deadline <= now) {
+      this.#queue.shift()
+      w.fail(this.#reject(new PoolExhaustedError(this.name) as unknown as SssonectorError, 'pool_exhausted', this.#queueRetryAfter))
+      w = this.#queue.peek()
+    }
+    if (w !== undefined) this.#armQueueTimer(w.deadline)
+  }
+
+  /** Capacity came free (a connection went idle or closed): serve the queue, keep the idle sweep armed. */
+  #freed (): void {
+    if (this.limits.idle > 0 && this.#sweepTimer === null) this.#armSweep()
+    if (this.#queue.size === 0) return
+    if (this.#draining) {
+      this.#drainAgain = true
+      return
+    }
+    this.#draining = true
+    try {
+      do {
+        this.#drainAgain = false
+        while (this.#queue.size > 0) {
+          let lease: Lease | null
+          try {
+            lease = this.#admitNow()
+          } catch (err) {
+            // No target in rotation any more: nobody in the queue can be served.
+            for (let w = this.#queue.shift(); w !== undefined; w = this.#queue.shift()) w.fail(err as Error)
+            break
+          }
+          if (lease === null) break
+          const w = this.#queue.shift()!
+          w.grant(lease)
+        }
+      } while (this.#drainAgain)
+    } finally {
+      this.#draining = false
+    }
+  }
+
+  #armSweep (): void {
+    let due = Infinity
+    for (const t of this.targets) due = Math.min(due, t.pool.oldestIdle())
+    if (due === Infinity) return
+    due += this.config.pool.idleTimeout
+    this.#sweepTimer = setTimeout(() => { this.sweep() }, Math.max(0, due - this.#now()))
+    this.#sweepTimer.unref()
+  }
+
+  /** Closes idle connections past the idle timeout, and arms the next sweep. */
+  sweep (): void {
+    this.#sweepTimer = null
+    const now = this.#now()
+    for (const t of this.targets) t.pool.sweep(now)
+    if (this.limits.idle > 0 && this.#sweepTimer === null) this.#armSweep()
   }
 
   /** Arms the whole-exchange timeout (`timeouts.request`) of a lease, if one is set. */
@@ -232,7 +483,7 @@ export class Upstream implements SssonectorUpstream {
     if (options === null || typeof options !== 'object') throw new OptionsError(`request: ${String(options)} is not an object { method, path }`)
     if (typeof options.path !== 'string' || !options.path.startsWith('/')) throw new OptionsError(`request.path: ${JSON.stringify(options.path)} is not a path starting with "/"`)
     if (typeof options.method !== 'string' || options.method === '') throw new OptionsError(`request.method: ${JSON.stringify(options.method)} is not an HTTP method`)
-    const lease = this.admit()
+    const lease = await this.acquire(options.signal)
     const headers: AnyHeaders = { ...options.headers }
     headers.host = lease.target.host
     headers[kLease] = lease
@@ -261,7 +512,8 @@ export class Upstream implements SssonectorUpstream {
     if (this.targets.some((t) => t.origin === resolved.origin)) {
       throw new OptionsError(`upstream(${this.name}).addTarget: ${JSON.stringify(resolved.url)} is a target already`)
     }
-    this.targets.push(new Target(resolved, this.#settings, this.#factory, this.#now()))
+    this.targets.push(this.#makeTarget(resolved))
+    this.#freed()
   }
 
   async removeTarget (url: string): Promise<void> {
@@ -276,31 +528,36 @@ export class Upstream implements SssonectorUpstream {
     const target = this.targets[i]
     this.targets.splice(i, 1)
     await target.drain()
+    // Its connections are gone: room for the queue elsewhere.
+    this.#freed()
   }
 
   stats (): UpstreamStats {
     const now = this.#now()
-    let pending = 0
-    const targets = this.targets.map((t) => {
-      const s = t.stats(now)
-      pending += s.pending
-      return s
-    })
     return {
       name: this.name,
       balance: this.config.balance,
       active: this.active,
-      pending,
+      pending: this.#queue.size,
+      connections: this.limits.open,
+      idle: this.limits.idle,
       admitted: this.admitted,
       rejected: { ...this.rejected },
-      targets
+      targets: this.targets.map((t) => t.stats(now))
     }
   }
 
-  /** Stops admitting, lets what is in flight finish, closes every connection. */
+  /** Stops admitting, fails the queue, lets what is in flight finish, closes every connection, stops its timers. */
   async close (): Promise<void> {
     if (this.closed) return
     this.closed = true
+    for (let w = this.#queue.shift(); w !== undefined; w = this.#queue.shift()) {
+      w.fail(this.#reject(new ClosedError(this.name) as SssonectorError, 'no_target', this.#retryAfter))
+    }
+    if (this.#queueTimer !== null) clearTimeout(this.#queueTimer)
+    this.#queueTimer = null
     await Promise.all(this.targets.map((t) => t.drain()))
+    if (this.#sweepTimer !== null) clearTimeout(this.#sweepTimer)
+    this.#sweepTimer = null
   }
 }

@@ -25,10 +25,12 @@ t.test('stats() is plain JSON with per-target state, connections and counters', 
     balance: 'round-robin',
     active: 0,
     pending: 0,
+    connections: 0,
+    idle: 0,
     admitted: 0,
     rejected: {},
     targets: [
-      { url: up.url, origin: up.url, weight: 1, state: 'up', active: 0, idle: 0, connections: 0, pending: 0, requests: 0, errors: {} },
+      { url: up.url, origin: up.url, weight: 1, state: 'up', active: 0, idle: 0, connections: 0, opened: 0, closed: 0, connectionAges: [], requests: 0, errors: {} },
       { url: 'http://127.0.0.1:1', weight: 2, state: 'up' }
     ]
   })

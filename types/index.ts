@@ -211,10 +211,14 @@ export interface TargetStats {
   active: number
   /** Idle keep-alive connections. */
   idle: number
-  /** Connections open (busy or idle). */
+  /** Connections open (connecting, busy or idle). */
   connections: number
-  /** Requests waiting for a connection of this target. */
-  pending: number
+  /** Connections opened since start. */
+  opened: number
+  /** Connections closed since start. */
+  closed: number
+  /** Age (ms) of each connection open now. */
+  connectionAges: number[]
   /** Attempts sent to this target since start. */
   requests: number
   /** Attempts that failed, by category. */
@@ -228,8 +232,11 @@ export interface UpstreamStats {
   balance: BalancePolicy
   /** Requests admitted and not yet released. */
   active: number
-  /** Requests waiting for admission. */
+  /** Requests waiting for a connection (the queue; a request gets its target when it leaves it). */
   pending: number
+  /** Connections open across the targets, and idle among them. */
+  connections: number
+  idle: number
   /** Requests admitted since start. */
   admitted: number
   /** Requests refused at admission, by category. */

@@ -1,0 +1,276 @@
+import { Client } from 'undici'
+import type { Dispatcher } from 'undici'
+import type { TlsOptions } from '../types/index.js'
+import type { ResolvedPool, ResolvedTimeouts } from './options.js'
+
+/** What a target's connections are made with. */
+export interface ConnectionSettings {
+  pool: ResolvedPool
+  timeouts: ResolvedTimeouts
+  tls: TlsOptions
+}
+
+/**
+ * One connection as the pool sees it: an undici Client holding one socket
+ * (pipelining 1). It emits 'connect' and 'disconnect' as its socket opens and closes.
+ */
+export interface ConnectionClient {
+  dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean
+  destroy (): Promise<void>
+  on (event: 'connect' | 'disconnect', listener: (...args: unknown[]) => void): unknown
+}
+
+/** Makes the client of one connection: the seam tests and other transports use. */
+export type ConnectionFactory = (origin: string, settings: ConnectionSettings) => ConnectionClient
+
+export const undiciConnectionFactory: ConnectionFactory = (origin, { pool, timeouts, tls }) => new Client(origin, {
+  pipelining: 1,
+  // undici closes the socket itself at the upstream's Keep-Alive hint minus its
+  // margin (2 s), and never later than the idle timeout; the pool's sweep closes
+  // it at the idle timeout too, by its own clock.
+  keepAliveTimeout: Math.max(pool.idleTimeout, 1),
+  keepAliveMaxTimeout: Math.max(pool.idleTimeout, 1),
+  headersTimeout: timeouts.headers,
+  bodyTimeout: timeouts.body,
+  connect: {
+    timeout: timeouts.connect,
+    // Verified by default: reply-from turns verification off, we do not.
+    rejectUnauthorized: tls.rejectUnauthorized ?? true,
+    ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+    ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
+    ...(tls.key !== undefined ? { key: tls.key } : {}),
+    ...(tls.servername !== undefined ? { servername: tls.servername } : {})
+  }
+})
+
+/** Connections open and idle across one upstream's targets, against its caps. */
+export class SharedLimits {
+  /** Connections that exist (connecting, busy or idle). */
+  open = 0
+  idle = 0
+  readonly maxActive: number
+  readonly maxIdle: number
+
+  constructor (maxActive: number, maxIdle: number) {
+    this.maxActive = maxActive
+    this.maxIdle = maxIdle
+  }
+}
+
+/** A pooled connection: its client, its state, and when it opened and last went idle. */
+export class Connection {
+  readonly client: ConnectionClient
+  readonly pool: TargetPool
+  readonly openedAt: number
+  idleSince = 0
+  /** Index in the pool's idle stack, -1 when not idle. */
+  idleIndex = -1
+  /** Its socket has connected at least once. */
+  connected = false
+  /** The socket closed (peer, timeout or error): never reused. */
+  broken = false
+  /** Destroyed by the pool. */
+  closed = false
+
+  constructor (client: ConnectionClient, pool: TargetPool, now: number) {
+    this.client = client
+    this.pool = pool
+    this.openedAt = now
+  }
+}
+
+function onConnect (this: { conn: Connection }): void {
+  this.conn.connected = true
+  // undici reconnects a client that still has a request queued: a fresh socket.
+  this.conn.broken = false
+}
+
+function onDisconnect (this: { conn: Connection }): void {
+  const conn = this.conn
+  conn.broken = true
+  // An idle socket the peer closed leaves the idle set on the event, not on reuse.
+  if (conn.idleIndex !== -1) conn.pool.discard(conn)
+}
+
+/**
+ * The connections of one target, with the seed's Get/Put semantics:
+ * `take()` hands out the most recently used idle connection (LIFO keeps
+ * sockets warm) or opens a new one while under the caps; `put()` takes it
+ * back, keeping it idle unless it broke or `maxIdle` idle connections exist
+ * across the upstream already. Nothing is ever written to a socket to test it:
+ * a socket that closed is dropped on its 'disconnect' event.
+ */
+export class TargetPool {
+  readonly origin: string
+  readonly #settings: ConnectionSettings
+  readonly #limits: SharedLimits
+  readonly #factory: ConnectionFactory
+  readonly #now: () => number
+  readonly #onFree: () => void
+  readonly #maxPerTarget: number
+  /** Idle connections, most recently used last. */
+  readonly idle: Connection[] = []
+  /** Connections that exist (connecting, busy or idle). */
+  open = 0
+  busy = 0
+  /** Connections opened and closed since start. */
+  opened = 0
+  closedCount = 0
+  readonly #all = new Set<Connection>()
+  readonly #destroying = new Set<Promise<void>>()
+  #closing = false
+  #onEmpty: (() => void) | null = null
+
+  constructor (origin: string, settings: ConnectionSettings, limits: SharedLimits, factory: ConnectionFactory, now: () => number, onFree: () => void) {
+    this.origin = origin
+    this.#settings = settings
+    this.#limits = limits
+    this.#factory = factory
+    this.#now = now
+    this.#onFree = onFree
+    this.#maxPerTarget = settings.pool.maxActivePerTarget
+  }
+
+  /** Whether `take()` can hand out a connection now, counting an idle one of another target that could be closed to make room. */
+  hasCapacity (): boolean {
+    if (this.#closing) return false
+    if (this.idle.length > 0) return true
+    if (this.open >= this.#maxPerTarget) return false
+    return this.#limits.open < this.#limits.maxActive || this.#limits.idle > 0
+  }
+
+  /** Whether a new connection fits under both caps without closing anything. */
+  canOpen (): boolean {
+    return !this.#closing && this.open < this.#maxPerTarget && this.#limits.open < this.#limits.maxActive
+  }
+
+  /** Get: the most recently used idle connection, else a new one under the caps, else undefined. */
+  take (): Connection | undefined {
+    if (this.#closing) return undefined
+    const idle = this.idle
+    while (idle.length > 0) {
+      const conn = idle.pop()!
+      conn.idleIndex = -1
+      this.#limits.idle--
+      if (conn.broken) {
+        this.#destroy(conn)
+        continue
+      }
+      this.busy++
+      return conn
+    }
+    if (!this.canOpen()) return undefined
+    const client = this.#factory(this.origin, this.#settings)
+    const conn = new Connection(client, this, this.#now())
+    const ctx = { conn }
+    client.on('connect', onConnect.bind(ctx))
+    client.on('disconnect', onDisconnect.bind(ctx))
+    this.#all.add(conn)
+    this.open++
+    this.opened++
+    this.#limits.open++
+    this.busy++
+    return conn
+  }
+
+  /** Put: back to the idle set when it can serve again, else closed. */
+  put (conn: Connection, reusable: boolean): void {
+    this.busy--
+    if (!reusable || conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle) {
+      this.#destroy(conn)
+    } else {
+      conn.idleSince = this.#now()
+      conn.idleIndex = this.idle.length
+      this.idle.push(conn)
+      this.#limits.idle++
+    }
+    this.#checkEmpty()
+    this.#onFree()
+  }
+
+  /** Drops an idle connection whose socket closed. */
+  discard (conn: Connection): void {
+    this.#removeIdle(conn)
+    this.#destroy(conn)
+    this.#onFree()
+  }
+
+  /** Closes the least recently used idle connection, to make room elsewhere. */
+  evictIdle (): boolean {
+    if (this.idle.length === 0) return false
+    const conn = this.idle[0]
+    this.#removeIdle(conn)
+    this.#destroy(conn)
+    return true
+  }
+
+  /** When its least recently used idle connection went idle, or Infinity. */
+  oldestIdle (): number {
+    return this.idle.length > 0 ? this.idle[0].idleSince : Infinity
+  }
+
+  /** Closes idle connections idle for `idleTimeout` or more; returns when the next one will be due, or Infinity. */
+  sweep (now: number): number {
+    const timeout = this.#settings.pool.idleTimeout
+    let closed = false
+    while (this.idle.length > 0 && now - this.idle[0].idleSince >= timeout) {
+      const conn = this.idle[0]
+      this.#removeIdle(conn)
+      this.#destroy(conn)
+      closed = true
+    }
+    if (closed) this.#onFree()
+    return this.idle.length > 0 ? this.idle[0].idleSince + timeout : Infinity
+  }
+
+  #removeIdle (conn: Connection): void {
+    const i = conn.idleIndex
+    if (i === -1) return
+    this.idle.splice(i, 1)
+    for (let j = i; j < this.idle.length; j++) this.idle[j].idleIndex = j
+    conn.idleIndex = -1
+    this.#limits.idle--
+  }
+
+  #destroy (conn: Connection): void {
+    if (conn.closed) return
+    conn.closed = true
+    this.#all.delete(conn)
+    this.open--
+    this.closedCount++
+    this.#limits.open--
+    const p = conn.client.destroy().catch(() => {})
+    this.#destroying.add(p)
+    void p.then(() => this.#destroying.delete(p))
+  }
+
+  #checkEmpty (): void {
+    if (this.#onEmpty !== null && this.busy === 0) {
+      const fn = this.#onEmpty
+      this.#onEmpty = null
+      fn()
+    }
+  }
+
+  /** Ages (ms) of the connections open now. */
+  ages (now: number): number[] {
+    const out: number[] = []
+    for (const c of this.#all) out.push(now - c.openedAt)
+    return out
+  }
+
+  /** Stops handing out connections, closes the idle ones, waits for the busy ones, then closes those too. */
+  async close (): Promise<void> {
+    this.#closing = true
+    while (this.idle.length > 0) {
+      const conn = this.idle.pop()!
+      conn.idleIndex = -1
+      this.#limits.idle--
+      this.#destroy(conn)
+    }
+    if (this.busy > 0) await new Promise<void>((resolve) => { this.#onEmpty = resolve })
+    // Busy connections were closed as they came back; any left never came back.
+    for (const conn of [...this.#all]) this.#destroy(conn)
+    await Promise.all(this.#destroying)
+  }
+}
