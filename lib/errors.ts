@@ -95,8 +95,9 @@ export function categorize (err: unknown): ErrorCategory {
     case 'UND_ERR_INFO':
       return 'protocol'
   }
-  if ((err as Error).name === 'AbortError') return 'client_abort'
-  if (code.startsWith('HPE_')) return 'protocol'
+  const name = (err as Error).name
+  if (name === 'AbortError') return 'client_abort'
+  if (code.startsWith('HPE_') || name === 'HTTPParserError') return 'protocol'
   if (TLS_CODES.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_') || code.startsWith('CERT_')) return 'tls'
   return 'unknown'
 }

@@ -58,6 +58,12 @@ export interface Upstream {
   /** Requests inside the handler now, and the most there ever were. */
   inflight: number
   maxInflight: number
+  /** Connections accepted since start. */
+  accepted: number
+  /** Emits 'socket-closed' when a socket closes, 'request' when a request arrives. */
+  events: EventEmitter
+  /** Resolves once at most n sockets are open (awaiting their close events). */
+  socketsAtMost (n: number): Promise<void>
   close (): Promise<void>
 }
 
@@ -74,6 +80,11 @@ export async function startUpstream (t: Teardown, handler?: UpstreamHandler, opt
     sockets,
     inflight: 0,
     maxInflight: 0,
+    accepted: 0,
+    events: new EventEmitter(),
+    async socketsAtMost (n: number) {
+      await until(up.events, 'socket-closed', () => sockets.size <= n)
+    },
     async close () {
       if (!up.server.listening) return
       up.server.closeAllConnections()
@@ -86,6 +97,7 @@ export async function startUpstream (t: Teardown, handler?: UpstreamHandler, opt
     res.on('close', () => { up.inflight-- })
     const run = (body: Buffer): void => {
       up.seen.push({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body })
+      up.events.emit('request')
       if (handler !== undefined) {
         Promise.resolve(handler(req, res, body)).catch((err) => { res.destroy(err) })
         return
@@ -103,7 +115,11 @@ export async function startUpstream (t: Teardown, handler?: UpstreamHandler, opt
   })
   server.on('connection', (s: net.Socket) => {
     sockets.add(s)
-    s.on('close', () => sockets.delete(s))
+    up.accepted++
+    s.on('close', () => {
+      sockets.delete(s)
+      up.events.emit('socket-closed')
+    })
   })
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
@@ -194,4 +210,13 @@ export async function rawRequest (port: number, data: string | Buffer, until?: R
     socket.on('error', reject)
     socket.on('close', () => resolve(out))
   })
+}
+
+/**
+ * Resolves once the predicate holds, checked once per turn of the event loop: for state
+ * that changes on another component's event the test cannot subscribe to. No timer:
+ * tap's own timeout bounds it.
+ */
+export async function eventually (predicate: () => boolean): Promise<void> {
+  while (!predicate()) await new Promise((resolve) => setImmediate(resolve))
 }
