@@ -241,7 +241,7 @@ export class TargetPool {
     this.#limits.open--
     const p = conn.client.destroy().catch(() => {})
     this.#destroying.add(p)
-    void p.then(() => this.#destroying.delete(p))
+    p.then(() => { this.#destroying.delete(p) }, () => {})
   }
 
   #checkEmpty (): void {

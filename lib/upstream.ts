@@ -396,7 +396,7 @@ export class Upstream implements SssonectorUpstream {
         w.reject(signal.reason as Error)
       }
       signal.addEventListener('abort', onAbort, { once: true })
-      void w.promise.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {})
+      w.promise.finally(() => signal.removeEventListener('abort', onAbort)).catch(() => {})
     }
     return await w.promise
   }
