@@ -17,6 +17,7 @@ type Headers = IncomingHttpHeaders & { [kLease]?: Lease }
 // Hop-by-hop headers (RFC 9110 7.6.1 and the classic list of RFC 2616 13.5.1):
 // they describe one connection, never the next. reply-from already drops
 // Connection, the headers it names, and Transfer-Encoding.
+const PLACEHOLDER = 'http://upstream.sssonector.invalid'
 const HOP_BY_HOP_REQUEST = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization']
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate']
 
@@ -105,7 +106,9 @@ function sendError (reply: FastifyReply, err: SssonectorError): void {
 
 /** Registers one proxy route on @fastify/http-proxy, wired through the upstream's pool. */
 export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstream: Upstream): void {
-  const { prefix, bodyLimit } = route
+  const { prefix } = route
+  // Fastify's request.routeOptions builds a new object on every read: take the limit once.
+  const bodyLimit = route.bodyLimit ?? fastify.initialConfig.bodyLimit ?? 1024 * 1024
   const userOpts = route.proxy
   const userReply = (userOpts.replyOptions ?? {}) as Record<string, unknown>
   const userRewriteRequestHeaders = userReply.rewriteRequestHeaders as ((req: FastifyRequest, h: Headers) => Headers) | undefined
@@ -114,7 +117,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   // Last of the route's preHandlers, so the app's own hooks (auth) run first and a
   // rejected request takes no slot.
   function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    const limit = bodyLimit ?? request.routeOptions.bodyLimit
+    const limit = bodyLimit
     const length = request.headers['content-length']
     if (length !== undefined && Number(length) > limit) {
       sendError(reply, new BodyTooLargeError(limit) as unknown as SssonectorError)
@@ -151,11 +154,10 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     raw[kWaiter] = w
   }
 
-  function getUpstream (request: FastifyRequest): string {
-    return (request.raw as LeasedMessage)[kLease]!.target.origin
-  }
-
   function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
+    const lease = (request.raw as LeasedMessage)[kLease]!
+    // reply-from set the placeholder's host: the target's own goes out (undici takes TLS SNI from it too).
+    headers.host = lease.target.host
     for (let i = 0; i < HOP_BY_HOP_REQUEST.length; i++) {
       if (headers[HOP_BY_HOP_REQUEST[i]] !== undefined) headers[HOP_BY_HOP_REQUEST[i]] = undefined
     }
@@ -167,7 +169,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     headers['x-forwarded-proto'] = request.protocol
     headers['x-forwarded-host'] = request.host
     const out = userRewriteRequestHeaders === undefined ? headers : userRewriteRequestHeaders(request, headers)
-    out[kLease] = (request.raw as LeasedMessage)[kLease]
+    out[kLease] = lease
     return out
   }
 
@@ -189,7 +191,6 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
 
   const replyOptions = {
     ...userReply,
-    getUpstream,
     rewriteRequestHeaders,
     rewriteHeaders,
     onError,
@@ -201,7 +202,10 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   fastify.register(httpProxy, {
     ...userOpts,
     prefix,
-    upstream: '',
+    // A placeholder for http-proxy's path checks and reply-from's URL: the lease
+    // decides the target, its Host and its origin. (A getUpstream hook would
+    // cost http-proxy an object spread and a closure per request.)
+    upstream: PLACEHOLDER,
     undici: upstream.dispatcher,
     disableRequestLogging: userOpts.disableRequestLogging ?? true,
     preHandler: (userPreHandler === undefined ? admit : [userPreHandler, admit]) as preHandlerHookHandler,
