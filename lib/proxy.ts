@@ -40,6 +40,7 @@ function onResponseClose (this: ServerResponse): void {
 class ProxyWaiter implements Waiter<Lease> {
   deadline: number
   cancelled = false
+  key: string | undefined = undefined
   readonly upstream: Upstream
   readonly #request: FastifyRequest
   readonly #reply: FastifyReply
@@ -113,6 +114,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   const userReply = (userOpts.replyOptions ?? {}) as Record<string, unknown>
   const userRewriteRequestHeaders = userReply.rewriteRequestHeaders as ((req: FastifyRequest, h: Headers) => Headers) | undefined
   const userPreHandler = (userOpts.preHandler ?? userOpts.beforeHandler) as preHandlerHookHandler | undefined
+  const hashKey = upstream.config.balance === 'consistent-hash' ? upstream.config.hashKey : undefined
 
   // Last of the route's preHandlers, so the app's own hooks (auth) run first and a
   // rejected request takes no slot.
@@ -132,8 +134,9 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       request.body = source.pipe(counter)
     }
     let lease: Lease | null
+    const key = hashKey === undefined ? undefined : hashKey(request)
     try {
-      lease = upstream.tryAdmit()
+      lease = upstream.tryAdmit(key)
     } catch (err) {
       sendError(reply, err as SssonectorError)
       return
@@ -146,6 +149,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     }
     // Every target is at its caps: wait, bounded, for a connection.
     const w = new ProxyWaiter(upstream, request, reply, done)
+    w.key = key
     const err = upstream.enqueue(w)
     if (err !== null) {
       sendError(reply, err)

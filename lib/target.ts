@@ -12,7 +12,7 @@ export class Target {
   readonly origin: string
   /** `host[:port]`, as sent in the Host header. */
   readonly host: string
-  readonly weight: number
+  weight: number
   readonly addedAt: number
   readonly pool: TargetPool
   state: 'up' | 'draining' = 'up'
@@ -42,6 +42,11 @@ export class Target {
   /** In rotation and able to hand out a connection now. */
   canTake (): boolean {
     return this.state === 'up' && this.pool.hasCapacity()
+  }
+
+  /** Requests outstanding on it now (connections in use), for least request. */
+  get outstanding (): number {
+    return this.pool.busy
   }
 
   countError (category: ErrorCategory): void {

@@ -7,8 +7,8 @@ import { parseTarget } from './options.js'
 import { Target } from './target.js'
 import { SharedLimits, undiciConnectionFactory } from './connection-pool.js'
 import type { Connection, ConnectionFactory, ConnectionSettings } from './connection-pool.js'
-import { RoundRobin } from './balancer.js'
-import type { Balancer } from './balancer.js'
+import { makeBalancer } from './balancer.js'
+import type { Balancer, Random } from './balancer.js'
 import { WaitQueue } from './queue.js'
 import type { Waiter } from './queue.js'
 import {
@@ -27,6 +27,8 @@ export interface UpstreamDeps {
   factory?: ConnectionFactory
   /** The clock (ms). */
   now?: () => number
+  /** Uniform numbers in [0, 1) for the balancer's draws (seeded in tests). */
+  random?: Random
 }
 
 /**
@@ -160,6 +162,7 @@ class DispatchWaiter implements Waiter<Lease> {
 class PromiseWaiter implements Waiter<Lease> {
   deadline: number
   cancelled = false
+  key: string | undefined = undefined
   resolve!: (lease: Lease) => void
   reject!: (err: Error) => void
   readonly promise: Promise<Lease>
@@ -263,7 +266,7 @@ export class Upstream implements SssonectorUpstream {
   readonly rejected: Partial<Record<ErrorCategory, number>> = {}
   closed = false
   readonly #queue = new WaitQueue<Lease>()
-  readonly #balancer: Balancer
+  readonly #balancer: Balancer<Target>
   readonly #factory: ConnectionFactory
   readonly #now: () => number
   readonly #settings: ConnectionSettings
@@ -282,12 +285,13 @@ export class Upstream implements SssonectorUpstream {
     this.#now = deps.now ?? Date.now
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
-    this.#balancer = new RoundRobin()
+    this.#balancer = makeBalancer<Target>(config.balance, deps.random ?? Math.random)
     this.#retryAfter = Math.max(1, Math.ceil(config.pool.retryInterval / 1000))
     this.#queueRetryAfter = Math.max(1, Math.ceil(config.pool.queueTimeout / 1000))
     this.#onFree = () => { this.#freed() }
     this.dispatcher = new UpstreamDispatcher(this)
     for (const t of config.targets) this.targets.push(this.#makeTarget(t))
+    this.#balancer.update(this.targets)
   }
 
   #makeTarget (t: ResolvedUpstream['targets'][number]): Target {
@@ -308,18 +312,18 @@ export class Upstream implements SssonectorUpstream {
    * must wait (every target in rotation is at its caps). Throws a 503 error when
    * no target is in rotation at all.
    */
-  tryAdmit (): Lease | null {
+  tryAdmit (key?: string): Lease | null {
     if (this.closed) throw this.#reject(new ClosedError(this.name) as SssonectorError, 'no_target', this.#retryAfter)
     // Waiting requests go first (FIFO).
     if (this.#queue.size > 0) {
       if (!this.#anyAvailable()) throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
       return null
     }
-    return this.#admitNow()
+    return this.#admitNow(key)
   }
 
-  #admitNow (): Lease | null {
-    const target = this.#balancer.pick(this.targets)
+  #admitNow (key: string | undefined): Lease | null {
+    const target = this.#balancer.pick(key)
     if (target === undefined) {
       if (this.#anyAvailable()) return null
       throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
@@ -384,10 +388,11 @@ export class Upstream implements SssonectorUpstream {
   }
 
   /** A lease now, or after waiting in the queue. */
-  async acquire (signal?: AbortSignal): Promise<Lease> {
-    const lease = this.tryAdmit()
+  async acquire (signal?: AbortSignal, key?: string): Promise<Lease> {
+    const lease = this.tryAdmit(key)
     if (lease !== null) return lease
     const w = new PromiseWaiter(this.queueDeadline())
+    w.key = key
     const err = this.enqueue(w)
     if (err !== null) throw err
     if (signal !== undefined) {
@@ -430,17 +435,17 @@ export class Upstream implements SssonectorUpstream {
     try {
       do {
         this.#drainAgain = false
-        while (this.#queue.size > 0) {
+        for (let w = this.#queue.peek(); w !== undefined; w = this.#queue.peek()) {
           let lease: Lease | null
           try {
-            lease = this.#admitNow()
+            lease = this.#admitNow(w.key)
           } catch (err) {
             // No target in rotation any more: nobody in the queue can be served.
-            for (let w = this.#queue.shift(); w !== undefined; w = this.#queue.shift()) w.fail(err as Error)
+            for (let x = this.#queue.shift(); x !== undefined; x = this.#queue.shift()) x.fail(err as Error)
             break
           }
           if (lease === null) break
-          const w = this.#queue.shift()!
+          this.#queue.shift()
           w.grant(lease)
         }
       } while (this.#drainAgain)
@@ -483,7 +488,8 @@ export class Upstream implements SssonectorUpstream {
     if (options === null || typeof options !== 'object') throw new OptionsError(`request: ${String(options)} is not an object { method, path }`)
     if (typeof options.path !== 'string' || !options.path.startsWith('/')) throw new OptionsError(`request.path: ${JSON.stringify(options.path)} is not a path starting with "/"`)
     if (typeof options.method !== 'string' || options.method === '') throw new OptionsError(`request.method: ${JSON.stringify(options.method)} is not an HTTP method`)
-    const lease = await this.acquire(options.signal)
+    if (options.hashKey !== undefined && typeof options.hashKey !== 'string') throw new OptionsError(`request.hashKey: ${JSON.stringify(options.hashKey)} is not a string`)
+    const lease = await this.acquire(options.signal, options.hashKey)
     const headers: AnyHeaders = { ...options.headers }
     headers.host = lease.target.host
     headers[kLease] = lease
@@ -513,6 +519,7 @@ export class Upstream implements SssonectorUpstream {
       throw new OptionsError(`upstream(${this.name}).addTarget: ${JSON.stringify(resolved.url)} is a target already`)
     }
     this.targets.push(this.#makeTarget(resolved))
+    this.#balancer.update(this.targets)
     this.#freed()
   }
 
@@ -527,8 +534,38 @@ export class Upstream implements SssonectorUpstream {
     if (i === -1) throw new UnknownTargetError(this.name, JSON.stringify(url))
     const target = this.targets[i]
     this.targets.splice(i, 1)
+    this.#balancer.update(this.targets)
     await target.drain()
     // Its connections are gone: room for the queue elsewhere.
+    this.#freed()
+  }
+
+  async setTargets (list: TargetInput[]): Promise<void> {
+    if (!Array.isArray(list)) throw new OptionsError(`upstream(${this.name}).setTargets: ${JSON.stringify(list)} is not an array`)
+    const wanted = list.map((t, i) => parseTarget(t, `upstream(${this.name}).setTargets[${i}]`))
+    const seen = new Set<string>()
+    for (const [i, t] of wanted.entries()) {
+      if (seen.has(t.origin)) throw new OptionsError(`upstream(${this.name}).setTargets[${i}]: ${JSON.stringify(t.url)} is listed twice`)
+      seen.add(t.origin)
+    }
+    // One step: the new list is in force before anything drains.
+    const byOrigin = new Map(this.targets.map((t) => [t.origin, t]))
+    const next: Target[] = []
+    for (const w of wanted) {
+      const existing = byOrigin.get(w.origin)
+      if (existing !== undefined) {
+        existing.weight = w.weight
+        byOrigin.delete(w.origin)
+        next.push(existing)
+      } else {
+        next.push(this.#makeTarget(w))
+      }
+    }
+    this.targets.length = 0
+    this.targets.push(...next)
+    this.#balancer.update(this.targets)
+    this.#freed()
+    await Promise.all([...byOrigin.values()].map((t) => t.drain()))
     this.#freed()
   }
 

@@ -10,10 +10,12 @@ import { startGateway, startUpstream } from './helpers/servers.js'
 import type { Teardown } from './helpers/servers.js'
 
 const SIZE = 50 * 1024 * 1024
+/** Moved through the gateway in its own process: four times the 50 MB, so buffering would show. */
+const BIG = 200 * 1024 * 1024
 const CHUNK = Buffer.alloc(64 * 1024, 'x')
 
 /** An upstream that answers GET with SIZE bytes, honouring backpressure, and counts POSTed bytes. */
-async function bulkUpstream (t: Teardown): Promise<{ url: string, written: () => number, blocked: () => boolean, received: () => number }> {
+async function bulkUpstream (t: Teardown, size = SIZE): Promise<{ url: string, written: () => number, blocked: () => boolean, received: () => number }> {
   let written = 0
   let blocked = false
   let received = 0
@@ -22,8 +24,9 @@ async function bulkUpstream (t: Teardown): Promise<{ url: string, written: () =>
       res.end(String(received))
       return
     }
-    res.writeHead(200, { 'content-length': String(SIZE) })
-    while (written < SIZE && !res.destroyed) {
+    res.writeHead(200, { 'content-length': String(size) })
+    written = 0
+    while (written < size && !res.destroyed) {
       written += CHUNK.length
       if (!res.write(CHUNK)) {
         blocked = true
@@ -64,10 +67,10 @@ async function download (url: string, onFirstMiB?: (res: http.IncomingMessage) =
   return n
 }
 
-async function upload (url: string): Promise<string> {
-  const req = http.request(url, { method: 'POST', headers: { 'content-length': String(SIZE) } })
+async function upload (url: string, size = SIZE): Promise<string> {
+  const req = http.request(url, { method: 'POST', headers: { 'content-length': String(size) } })
   let sent = 0
-  while (sent < SIZE) {
+  while (sent < size) {
     sent += CHUNK.length
     if (!req.write(CHUNK)) await once(req, 'drain')
   }
@@ -105,8 +108,12 @@ t.test('a 50 MB download and a 50 MB upload stream through; a paused client stal
 const fixture = fileURLToPath(new URL('./fixtures/stream-gateway.mjs', import.meta.url))
 const built = existsSync(new URL('../dist/lib/index.js', import.meta.url))
 
-t.test('the gateway, in its own process, grows its peak RSS by less than 64 MB moving 100 MB', { skip: built ? false : 'dist/ not built: run npm run build' }, async (t) => {
-  const bulk = await bulkUpstream(t)
+// A streaming gateway's peak RSS still grows with the bytes it moves until V8 collects the
+// spent chunks: V8 starts a collection when external memory has grown by about 64 MB, so
+// plain @fastify/http-proxy grows 54 to 68 MB moving 50 MB here. The bound that shows
+// nothing is buffered is one that does not grow with the body: 200 MB each way, under 96 MB.
+t.test('the gateway, in its own process, does not grow its peak RSS with the body: 200 MB each way', { skip: built ? false : 'dist/ not built: run npm run build' }, async (t) => {
+  const bulk = await bulkUpstream(t, BIG)
   const counting = await countingUpstream(t)
   const children: Array<{ child: ChildProcess, port: number, base: number }> = []
   for (const target of [bulk.url, counting.url]) {
@@ -115,13 +122,13 @@ t.test('the gateway, in its own process, grows its peak RSS by less than 64 MB m
     const [msg] = await once(child, 'message') as [{ port: number, hwm: number }]
     children.push({ child, port: msg.port, base: msg.hwm })
   }
-  t.equal(await download(`http://127.0.0.1:${children[0].port}/x`), SIZE)
-  t.equal(await upload(`http://127.0.0.1:${children[1].port}/x`), String(SIZE))
+  t.equal(await download(`http://127.0.0.1:${children[0].port}/x`), BIG)
+  t.equal(await upload(`http://127.0.0.1:${children[1].port}/x`, BIG), String(BIG))
   for (const [i, c] of children.entries()) {
     c.child.send('hwm')
     const [msg] = await once(c.child, 'message') as [{ hwm: number }]
     const growth = msg.hwm - c.base
-    t.ok(growth < 64 * 1024 * 1024, `${i === 0 ? 'download' : 'upload'}: peak RSS ${(msg.hwm / 1048576).toFixed(1)} MiB, grew ${(growth / 1048576).toFixed(1)} MiB`)
+    t.ok(growth < 96 * 1024 * 1024, `${i === 0 ? 'download' : 'upload'}: peak RSS ${(msg.hwm / 1048576).toFixed(1)} MiB, grew ${(growth / 1048576).toFixed(1)} MiB`)
     c.child.send('close')
     await once(c.child, 'exit')
   }

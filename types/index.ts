@@ -251,6 +251,8 @@ export interface UpstreamRequestOptions {
   headers?: Record<string, string | string[] | undefined>
   body?: string | Buffer | Uint8Array | Readable | null
   signal?: AbortSignal
+  /** The key for `consistent-hash` balancing (proxy routes take it from `hashKey(request)`). */
+  hashKey?: string
 }
 
 export interface UpstreamResponse {
@@ -270,6 +272,8 @@ export interface SssonectorUpstream {
   addTarget(target: TargetInput): void
   /** Stops new requests to the target, waits for those in flight, then closes its connections. */
   removeTarget(url: string): Promise<void>
+  /** Applies a new list in one step (service discovery): adds the new, re-weights the kept, drains the gone. */
+  setTargets(targets: TargetInput[]): Promise<void>
 }
 
 export interface SssonectorDecorator {
