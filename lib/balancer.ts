@@ -37,98 +37,55 @@ function scanFrom<T extends Pickable> (targets: readonly T[], start: number): T 
   return undefined
 }
 
-interface Entry<T> {
-  target: T
-  deadline: number
-  /** Insertion order: ties go to the earlier one, so equal weights make plain round-robin. */
-  seq: number
-}
-
 /**
- * Weighted round-robin as an earliest-deadline-first schedule (Envoy's EDF
- * scheduler): each target's next turn comes 1/weight after its last, so weights
- * are honoured smoothly (no bursts to the heavy target, like NGINX's smooth
- * weighted round-robin) and equal weights give exact rotation. O(log n) a pick.
+ * Round-robin. With equal weights, exact rotation: O(1) a pick. With weights,
+ * NGINX's smooth weighted round-robin: each pick adds every target's weight to
+ * its current value and takes the largest, which then gives back the total; so
+ * {5, 1, 1} goes a a b a c a a, never a burst to the heavy target. That is O(n)
+ * a pick, as in NGINX: the schedules that are O(log n) (EDF, stride) send the
+ * heavy target its whole share in a row when the light ones' turns coincide.
  */
 export class RoundRobin<T extends Pickable = Pickable> implements Balancer<T> {
-  #heap: Array<Entry<T>> = []
-  #now = 0
-  #seq = 0
-  #skipped: Array<Entry<T>> = []
+  #targets: readonly T[] = []
+  #current: Float64Array = new Float64Array(0)
+  #weighted = false
+  #next = 0
 
   update (targets: readonly T[]): void {
-    const old = new Map(this.#heap.map((e) => [e.target, e]))
-    this.#heap = []
-    for (const t of targets) {
-      const prev = old.get(t)
-      this.#push(prev ?? { target: t, deadline: this.#now + 1 / t.weight, seq: this.#seq++ })
-    }
+    const previous = new Map(this.#targets.map((t, i) => [t, this.#current[i]]))
+    this.#targets = targets.slice()
+    this.#current = Float64Array.from(this.#targets, (t) => previous.get(t) ?? 0)
+    this.#weighted = this.#targets.some((t) => t.weight !== this.#targets[0].weight)
+    if (this.#next >= this.#targets.length) this.#next = 0
   }
 
   pick (): T | undefined {
-    const heap = this.#heap
-    let found: Entry<T> | undefined
-    while (heap.length > 0) {
-      const e = this.#pop()
-      if (e.target.canTake()) {
-        found = e
-        break
+    const targets = this.#targets
+    const n = targets.length
+    if (!this.#weighted) {
+      for (let i = 0; i < n; i++) {
+        const j = (this.#next + i) % n
+        if (targets[j].canTake()) {
+          this.#next = (j + 1) % n
+          return targets[j]
+        }
       }
-      this.#skipped.push(e)
+      return undefined
     }
-    // Skipped targets keep their place, but earn no credit while they could not serve.
-    for (const e of this.#skipped) {
-      if (e.deadline < this.#now) e.deadline = this.#now
-      this.#push(e)
+    const current = this.#current
+    let best = -1
+    let total = 0
+    for (let i = 0; i < n; i++) {
+      const t = targets[i]
+      // A target that cannot serve takes no part, and earns no credit meanwhile.
+      if (!t.canTake()) continue
+      current[i] += t.weight
+      total += t.weight
+      if (best === -1 || current[i] > current[best]) best = i
     }
-    this.#skipped.length = 0
-    if (found === undefined) return undefined
-    this.#now = found.deadline
-    found.deadline += 1 / found.target.weight
-    found.seq = this.#seq++
-    this.#push(found)
-    return found.target
-  }
-
-  #less (a: Entry<T>, b: Entry<T>): boolean {
-    return a.deadline < b.deadline || (a.deadline === b.deadline && a.seq < b.seq)
-  }
-
-  #push (e: Entry<T>): void {
-    const heap = this.#heap
-    heap.push(e)
-    let i = heap.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      if (!this.#less(heap[i], heap[parent])) break
-      const tmp = heap[i]
-      heap[i] = heap[parent]
-      heap[parent] = tmp
-      i = parent
-    }
-  }
-
-  #pop (): Entry<T> {
-    const heap = this.#heap
-    const top = heap[0]
-    const last = heap.pop()!
-    if (heap.length > 0) {
-      heap[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < heap.length && this.#less(heap[l], heap[m])) m = l
-        if (r < heap.length && this.#less(heap[r], heap[m])) m = r
-        if (m === i) break
-        const tmp = heap[i]
-        heap[i] = heap[m]
-        heap[m] = tmp
-        i = m
-      }
-    }
-    return top
+    if (best === -1) return undefined
+    current[best] -= total
+    return targets[best]
   }
 }
 
@@ -220,8 +177,9 @@ export class LeastRequest<T extends Pickable = Pickable> implements Balancer<T> 
     }
     if (a === undefined) return scanFrom(index.targets, Math.floor(this.#random() * n))
     if (b === undefined || b === a) return a
-    // Fewer outstanding per unit of weight; (x + 1) so idle targets still follow their weights.
-    return (a.outstanding + 1) * b.weight <= (b.outstanding + 1) * a.weight ? a : b
+    // Fewer outstanding per unit of weight wins; on a tie (idle targets) the first
+    // draw does, and the draws follow the weights.
+    return a.outstanding * b.weight <= b.outstanding * a.weight ? a : b
   }
 }
 

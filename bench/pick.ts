@@ -1,0 +1,57 @@
+// Micro-benchmark of the balancers: the cost of one pick with 3, 30 and 300
+// targets, for each policy. Run with `npm run bench:pick`. CPU only, no network.
+import { makeBalancer } from '../lib/balancer.js'
+import type { Pickable } from '../lib/balancer.js'
+import type { BalancePolicy } from '../types/index.js'
+
+class Target implements Pickable {
+  readonly origin: string
+  readonly weight: number
+  outstanding = 0
+  constructor (i: number, weight: number) {
+    this.origin = `http://10.0.${i >> 8}.${i & 255}:8080`
+    this.weight = weight
+  }
+
+  canTake (): boolean { return true }
+}
+
+const PICKS = Number(process.env.PICKS ?? 2_000_000)
+const policies: Array<[string, BalancePolicy, (i: number) => number]> = [
+  ['round-robin', 'round-robin', () => 1],
+  ['round-robin weighted', 'round-robin', (i) => 1 + (i % 5)],
+  ['least-request', 'least-request', () => 1],
+  ['least-request weighted', 'least-request', (i) => 1 + (i % 5)],
+  ['random weighted', 'random', (i) => 1 + (i % 5)],
+  ['consistent-hash', 'consistent-hash', () => 1]
+]
+const keys = Array.from({ length: 1024 }, (_, i) => `user-${i}`)
+
+const rows: string[][] = [['policy', '3 targets', '30 targets', '300 targets', '300/3']]
+for (const [label, policy, weight] of policies) {
+  const row = [label]
+  const perPick: number[] = []
+  for (const n of [3, 30, 300]) {
+    const targets = Array.from({ length: n }, (_, i) => new Target(i, weight(i)))
+    const b = makeBalancer<Target>(policy, Math.random)
+    b.update(targets)
+    let sink = 0
+    // warm up, then measure
+    for (let i = 0; i < 100_000; i++) sink += b.pick(keys[i & 1023])!.weight
+    const start = process.hrtime.bigint()
+    for (let i = 0; i < PICKS; i++) {
+      const t = b.pick(keys[i & 1023])!
+      t.outstanding = (t.outstanding + 1) & 7 // some load for least-request
+      sink += t.weight
+    }
+    const ns = Number(process.hrtime.bigint() - start) / PICKS
+    if (sink === 0) console.log('')
+    perPick.push(ns)
+    row.push(`${ns.toFixed(0)} ns`)
+  }
+  row.push(`x${(perPick[2] / perPick[0]).toFixed(1)}`)
+  rows.push(row)
+}
+const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)))
+for (const r of rows) console.log(r.map((cell, c) => c === 0 ? cell.padEnd(widths[c]) : cell.padStart(widths[c])).join('  '))
+console.log(`(${PICKS} picks each, node ${process.version})`)
