@@ -39,6 +39,7 @@ export const BodyTimeoutError = define('FST_SSSONECTOR_UPSTREAM_BODY_TIMEOUT', '
 export const RequestTimeoutError = define('FST_SSSONECTOR_REQUEST_TIMEOUT', 'Request to upstream timed out: %s', 504, 'request_timeout')
 export const ProtocolError = define('FST_SSSONECTOR_UPSTREAM_PROTOCOL', 'Upstream sent a malformed response: %s', 502, 'protocol')
 export const UpstreamError = define('FST_SSSONECTOR_UPSTREAM_ERROR', 'Upstream request failed: %s', 502, 'unknown')
+export const UpstreamStatusError = define('FST_SSSONECTOR_UPSTREAM_STATUS', 'Upstream answered %s', 502, 'http_5xx')
 export const NoTargetError = define('FST_SSSONECTOR_NO_TARGET', 'No target of upstream %s can take the request', 503, 'no_target')
 export const PoolExhaustedError = define('FST_SSSONECTOR_POOL_EXHAUSTED', 'Upstream %s is at capacity', 503, 'pool_exhausted')
 export const BodyTooLargeError = define('FST_SSSONECTOR_BODY_TOO_LARGE', 'Request body is larger than %s bytes', 413, 'body_too_large')

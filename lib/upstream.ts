@@ -12,9 +12,23 @@ import type { Balancer, Random } from './balancer.js'
 import { WaitQueue } from './queue.js'
 import type { Waiter } from './queue.js'
 import {
-  ClosedError, NoTargetError, OptionsError, PoolExhaustedError, RequestTimeoutError, UnknownTargetError, toUpstreamError
+  ClosedError, NoTargetError, OptionsError, PoolExhaustedError, RequestTimeoutError, UnknownTargetError, UpstreamStatusError, toUpstreamError
 } from './errors.js'
+import { fullJitter } from './backoff.js'
 import type { SssonectorError } from './errors.js'
+
+/** Reads a request body of known length in full, for replay. */
+async function readAll (body: AsyncIterable<Buffer>, length: number): Promise<Buffer> {
+  const out = Buffer.allocUnsafe(length)
+  let at = 0
+  for await (const chunk of body) {
+    if (at + chunk.length > length) throw Object.assign(new Error('request body longer than its Content-Length'), { code: 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' })
+    chunk.copy(out, at)
+    at += chunk.length
+  }
+  if (at !== length) throw Object.assign(new Error('request body shorter than its Content-Length'), { code: 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH' })
+  return out
+}
 
 /** The lease of a request travels to the dispatcher on its headers object, under this symbol (undici ignores symbol keys). */
 export const kLease = Symbol('sssonector.lease')
@@ -43,13 +57,16 @@ export class Lease {
   /** The connection taken at admission, until the attempt uses it. */
   conn: Connection | null
   released = false
-  /** Status or failure of the last attempt, for metrics and logs. */
+  /** Status or failure and latency (ms) of the last attempt, for metrics and logs. */
   status = 0
   category: ErrorCategory | null = null
+  latency = 0
   /** Attempts made. */
   attempts = 0
-  /** Aborts the attempt in flight. */
-  abort: ((err: Error) => void) | null = null
+  /** Every attempt's outcome, kept once a request takes more than one. */
+  history: AttemptOutcome[] | null = null
+  /** The request in flight, to abort it. */
+  exchange: Exchange | null = null
   timer: NodeJS.Timeout | null = null
 
   constructor (upstream: Upstream, target: Target, conn: Connection) {
@@ -74,63 +91,264 @@ export class Lease {
   }
 }
 
-/** Wraps the caller's handler for one attempt on one connection: counts it, categorizes its failure, gives the connection back. */
-class AttemptHandler implements Dispatcher.DispatchHandler {
+const CONNECT_FAILURES: ReadonlySet<ErrorCategory> = new Set<ErrorCategory>(['connect_refused', 'connect_timeout', 'dns', 'tls'])
+/** A retriable answer's body up to this size is read and dropped, keeping its connection; a larger one is cut. */
+const DISCARD_LIMIT = 64 * 1024
+
+type Body = Dispatcher.DispatchOptions['body']
+
+/** Whether a request body can be sent again: none, a buffer, or a stream nothing has read yet. */
+function replayable (body: Body): boolean {
+  if (body == null || typeof body === 'string' || body instanceof Uint8Array) return true
+  const r = body as { readableDidRead?: boolean, destroyed?: boolean }
+  return r.readableDidRead === false && r.destroyed !== true
+}
+
+/** Content-Length from undici's raw headers, or -1. */
+function contentLength (raw: Buffer[]): number {
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]
+    if (name.length === 14 && name.toString('latin1').toLowerCase() === 'content-length') return Number(raw[i + 1].toString('latin1'))
+  }
+  return -1
+}
+
+/** What one attempt came to, kept on the lease when a request took more than one. */
+export interface AttemptOutcome {
+  target: string
+  /** The status of the answer, 0 when there was none. */
+  status: number
+  category: ErrorCategory | null
+  /** Milliseconds. */
+  latency: number
+  retried: boolean
+}
+
+/**
+ * One request through the upstream, over one or more attempts: it wraps the
+ * caller's handler, runs each attempt on a connection of its target, counts it,
+ * and, while nothing of the answer has gone to the caller, moves a failed
+ * attempt to another target (failover) within the retry policy and budget.
+ */
+class Exchange implements Dispatcher.DispatchHandler {
+  readonly #up: Upstream
   readonly #inner: Handler
   readonly #lease: Lease
-  readonly #conn: Connection
+  readonly #opts: Dispatcher.DispatchOptions & { origin: string, headers?: AnyHeaders }
   readonly #own: boolean
+  #conn: Connection | null = null
+  #target: Target | null = null
+  #attemptAbort: ((err?: Error) => void) | null = null
+  #attemptStart = 0
+  /** The answer's headers went to the caller: no retry from here on. */
+  #started = false
+  /** A retriable answer is being read and dropped. */
+  #discarding = false
+  /** This attempt is a retry, counted in the upstream's budget. */
+  #isRetry = false
+  #aborted: Error | null = null
+  #timer: NodeJS.Timeout | null = null
+  #tried: Target[] | null = null
+  #last: SssonectorError | null = null
   #done = false
 
-  constructor (inner: Handler, lease: Lease, conn: Connection, own: boolean) {
+  constructor (up: Upstream, inner: Handler, lease: Lease, opts: Dispatcher.DispatchOptions, own: boolean) {
+    this.#up = up
     this.#inner = inner
     this.#lease = lease
-    this.#conn = conn
+    this.#opts = opts as Dispatcher.DispatchOptions & { origin: string, headers?: AnyHeaders }
     this.#own = own
+    lease.exchange = this
+  }
+
+  /** Runs an attempt on this connection of this target. */
+  start (conn: Connection, target: Target): void {
+    const up = this.#up
+    const o = this.#opts
+    // The target decides the origin, the Host and the timeouts, whatever the caller said.
+    o.origin = target.origin
+    if (o.headers !== undefined) o.headers.host = target.host
+    o.headersTimeout = up.config.timeouts.headers
+    o.bodyTimeout = up.config.timeouts.body
+    this.#conn = conn
+    this.#target = target
+    this.#attemptStart = up.now()
+    target.active++
+    target.requests++
+    target.attemptStarted()
+    this.#lease.attempts++
+    conn.client.dispatch(o, this)
   }
 
   onConnect (abort: (err?: Error) => void, context?: unknown): void {
-    this.#lease.abort = abort
-    // undici passes a context as second argument; its types do not say so.
+    this.#attemptAbort = abort
+    if (this.#aborted !== null) {
+      abort(this.#aborted)
+      return
+    }
+    // Each attempt's abort goes to the caller, as undici's own retry handler does:
+    // the caller's hang-up always reaches the attempt in flight.
     ;(this.#inner.onConnect as ((abort: (err?: Error) => void, context?: unknown) => void) | undefined)?.(abort, context)
   }
 
   onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
+    const target = this.#target!
+    target.connected()
+    if (this.#retriesStatus(statusCode)) {
+      this.#last = new UpstreamStatusError(statusCode) as unknown as SssonectorError
+      this.#discarding = true
+      const length = contentLength(headers)
+      // Too large (or of unknown length) to read and drop: cut it.
+      if (length < 0 || length > DISCARD_LIMIT) this.#attemptAbort?.(this.#last)
+      return true
+    }
+    this.#started = true
     this.#lease.status = statusCode
     return this.#inner.onHeaders?.(statusCode, headers, resume, statusText) ?? true
   }
 
   onData (chunk: Buffer): boolean {
+    if (this.#discarding) return true
     return this.#inner.onData?.(chunk) ?? true
   }
 
   onComplete (trailers: string[] | null): void {
-    this.#finish(true)
+    if (this.#discarding) {
+      this.#discarding = false
+      this.#endAttempt(true, 'http_5xx', true)
+      this.#retry()
+      return
+    }
+    this.#endAttempt(true, null, false)
+    this.#end()
     this.#inner.onComplete?.(trailers)
   }
 
   onError (err: Error): void {
-    const e = toUpstreamError(err)
-    this.#lease.category = e.category
-    if (e.category !== 'client_abort') this.#lease.target.countError(e.category)
-    this.#finish(false)
-    this.#inner.onError?.(e)
+    const e = toUpstreamError(this.#aborted ?? err)
+    const discarded = this.#discarding
+    this.#discarding = false
+    const category = discarded && e === this.#last ? 'http_5xx' : e.category
+    const target = this.#target!
+    if (CONNECT_FAILURES.has(category)) target.connectFailed(this.#up.config.pool.retryInterval, this.#up.config.pool.maxRetryInterval)
+    else if (category !== 'client_abort') target.connected()
+    if (category !== 'client_abort' && category !== 'http_5xx') target.countError(category)
+    const retry = discarded || (this.#aborted === null && !this.#started && this.#retriable(e))
+    this.#endAttempt(false, category, retry)
+    if (!discarded) this.#last = e
+    if (retry) {
+      this.#retry()
+      return
+    }
+    this.#fail(e)
   }
 
   onResponseStarted (): void {
     this.#inner.onResponseStarted?.()
   }
 
-  #finish (ok: boolean): void {
+  /** The request body failed before the first attempt (the client left, or it was too large). */
+  onBodyError (err: Error): void {
+    this.#fail(toUpstreamError(err))
+  }
+
+  /** Ends the exchange from outside (request timeout): the attempt in flight, or the wait before the next. */
+  abort (err: Error): void {
+    if (this.#done || this.#aborted !== null) return
+    this.#aborted = err
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer)
+      this.#timer = null
+      this.#fail(toUpstreamError(err))
+      return
+    }
+    this.#attemptAbort?.(err)
+  }
+
+  /** Whether an error before the answer may be retried on another target. */
+  #retriable (e: SssonectorError): boolean {
+    const policy = this.#up.config.retry
+    if (policy === null) return false
+    const body = this.#opts.body
+    // No byte reached the upstream: any method may go elsewhere, if its body is intact.
+    if (CONNECT_FAILURES.has(e.category)) return replayable(body) && this.#mayRetry()
+    // The upstream may have acted on it: idempotent methods only, with a body that can be sent again.
+    if (e.category === 'reset') return policy.methods.has(this.#opts.method) && replayable(body) && this.#mayRetry()
+    return false
+  }
+
+  /** Whether an answer with this status is dropped and retried elsewhere. */
+  #retriesStatus (status: number): boolean {
+    const policy = this.#up.config.retry
+    if (policy === null || status < 500 || !policy.statusCodes.has(status)) return false
+    return policy.methods.has(this.#opts.method) && replayable(this.#opts.body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
+  }
+
+  /** Attempts left, and room in the retry budget. */
+  #mayRetry (): boolean {
+    return this.#lease.attempts <= this.#up.config.pool.maxRetries && this.#up.retryBudgetAllows()
+  }
+
+  #endAttempt (reusable: boolean, category: ErrorCategory | null, retried: boolean): void {
+    const target = this.#target!
+    const conn = this.#conn!
+    const lease = this.#lease
+    this.#conn = null
+    this.#attemptAbort = null
+    target.active--
+    if (this.#isRetry) {
+      this.#isRetry = false
+      this.#up.retriesActive--
+    }
+    conn.pool.put(conn, reusable)
+    const latency = this.#up.now() - this.#attemptStart
+    lease.category = category
+    lease.latency = latency
+    if (retried || lease.history !== null) {
+      lease.history ??= []
+      lease.history.push({ target: target.url, status: lease.status, category, latency, retried })
+    }
+    target.settle()
+  }
+
+  /** The next attempt: an untried target at once; when none is left, any after a backoff. */
+  #retry (): void {
+    const up = this.#up
+    const tried = this.#tried ?? (this.#tried = [])
+    tried.push(this.#target!)
+    up.retriesActive++
+    this.#isRetry = true
+    const next = up.takeForRetry(tried)
+    if (next !== null) {
+      this.start(next.conn, next.target)
+      return
+    }
+    const policy = up.config.retry!
+    const delay = fullJitter(tried.length - 1, policy.baseDelay, policy.maxDelay, up.random)
+    this.#timer = setTimeout(() => {
+      this.#timer = null
+      const again = up.takeForRetry(null)
+      if (again === null) {
+        this.#isRetry = false
+        up.retriesActive--
+        this.#fail(this.#last ?? (new NoTargetError(up.name) as unknown as SssonectorError))
+        return
+      }
+      this.start(again.conn, again.target)
+    }, delay)
+    this.#timer.unref()
+  }
+
+  #fail (e: SssonectorError): void {
+    this.#end()
+    this.#inner.onError?.(e)
+  }
+
+  #end (): void {
     if (this.#done) return
     this.#done = true
-    const lease = this.#lease
-    const target = lease.target
-    lease.abort = null
-    target.active--
-    this.#conn.pool.put(this.#conn, ok)
-    if (this.#own) lease.release()
-    target.settle()
+    this.#lease.exchange = null
+    if (this.#own) this.#lease.release()
   }
 }
 
@@ -217,31 +435,34 @@ export class UpstreamDispatcher extends Dispatcher {
     return true
   }
 
-  /** One attempt of the request on its lease's connection. */
+  /** Starts the request on its lease: on the connection taken at admission, after reading a small idempotent body in full so a retry can replay it. */
   run (opts: Dispatcher.DispatchOptions, handler: Handler, lease: Lease, own: boolean): boolean {
     const up = this.#upstream
-    const target = lease.target
-    let conn = lease.conn
-    lease.conn = null
+    const conn = lease.conn
     if (conn === null) {
-      // A second attempt on the same lease (the failover capability decides where it goes).
-      conn = target.pool.take() ?? null
-      if (conn === null) {
-        const err = new PoolExhaustedError(up.name) as unknown as SssonectorError
-        handler.onError?.(err)
-        if (own) lease.release()
-        return false
+      // One dispatch per lease: a second one (a caller's own retry) gets a lease of its own.
+      handler.onError?.(new PoolExhaustedError(up.name))
+      return false
+    }
+    lease.conn = null
+    const exchange = new Exchange(up, handler, lease, opts, own)
+    const body = opts.body as { pipe?: unknown } | null | undefined
+    const policy = up.config.retry
+    if (policy !== null && body != null && typeof body.pipe === 'function' && policy.methods.has(opts.method)) {
+      const length = Number((opts.headers as AnyHeaders | undefined)?.['content-length'] ?? -1)
+      if (length > 0 && length <= policy.bufferBody) {
+        readAll(opts.body as unknown as AsyncIterable<Buffer>, length).then((buf) => {
+          opts.body = buf
+          exchange.start(conn, lease.target)
+        }, (err: Error) => {
+          conn.pool.put(conn, true)
+          exchange.onBodyError(err)
+        })
+        return true
       }
     }
-    // The target decides the origin and timeouts, whatever the caller said.
-    const o = opts as Dispatcher.DispatchOptions & { origin: string }
-    o.origin = target.origin
-    o.headersTimeout = up.config.timeouts.headers
-    o.bodyTimeout = up.config.timeouts.body
-    target.active++
-    target.requests++
-    lease.attempts++
-    return conn.client.dispatch(o, new AttemptHandler(handler, lease, conn, own))
+    exchange.start(conn, lease.target)
+    return true
   }
 
   override async close (): Promise<void> {
@@ -265,6 +486,10 @@ export class Upstream implements SssonectorUpstream {
   admitted = 0
   readonly rejected: Partial<Record<ErrorCategory, number>> = {}
   closed = false
+  /** Retries in flight, against the retry budget. */
+  retriesActive = 0
+  readonly random: Random
+  readonly now: () => number
   readonly #queue = new WaitQueue<Lease>()
   readonly #balancer: Balancer<Target>
   readonly #factory: ConnectionFactory
@@ -283,9 +508,11 @@ export class Upstream implements SssonectorUpstream {
     this.config = config
     this.#factory = deps.factory ?? undiciConnectionFactory
     this.#now = deps.now ?? Date.now
+    this.now = this.#now
+    this.random = deps.random ?? Math.random
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
-    this.#balancer = makeBalancer<Target>(config.balance, deps.random ?? Math.random)
+    this.#balancer = makeBalancer<Target>(config.balance, this.random)
     this.#retryAfter = Math.max(1, Math.ceil(config.pool.retryInterval / 1000))
     this.#queueRetryAfter = Math.max(1, Math.ceil(config.pool.queueTimeout / 1000))
     this.#onFree = () => { this.#freed() }
@@ -316,7 +543,7 @@ export class Upstream implements SssonectorUpstream {
     if (this.closed) throw this.#reject(new ClosedError(this.name) as SssonectorError, 'no_target', this.#retryAfter)
     // Waiting requests go first (FIFO).
     if (this.#queue.size > 0) {
-      if (!this.#anyAvailable()) throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
+      if (!this.#anyAvailable()) throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#noTargetRetryAfter())
       return null
     }
     return this.#admitNow(key)
@@ -326,7 +553,7 @@ export class Upstream implements SssonectorUpstream {
     const target = this.#balancer.pick(key)
     if (target === undefined) {
       if (this.#anyAvailable()) return null
-      throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#retryAfter)
+      throw this.#reject(new NoTargetError(this.name) as unknown as SssonectorError, 'no_target', this.#noTargetRetryAfter())
     }
     let conn = target.pool.take()
     if (conn === undefined) {
@@ -341,9 +568,55 @@ export class Upstream implements SssonectorUpstream {
     return new Lease(this, target, conn)
   }
 
+  /** Envoy's retry budget: retries in flight at most `percent` of the requests active, `minConcurrent` always. */
+  retryBudgetAllows (): boolean {
+    const budget = this.config.retry?.budget
+    if (budget === undefined) return false
+    return this.retriesActive < Math.max(budget.minConcurrent, Math.floor(this.active * budget.percent / 100))
+  }
+
+  /** Whether a retry would find a target: an untried one, or the current one again (it is the last). */
+  hasTargetFor (tried: readonly Target[] | null, current: Target): boolean {
+    for (const t of this.targets) {
+      if (t !== current && (tried === null || !tried.includes(t)) && t.available) return true
+    }
+    return current.available
+  }
+
+  /**
+   * A target and connection for a retry: among those not tried yet when `tried`
+   * is given (null when none of those can take it now), else among all.
+   */
+  takeForRetry (tried: readonly Target[] | null): { target: Target, conn: Connection } | null {
+    if (tried !== null) for (const t of tried) t.excluded = true
+    let target: Target | undefined
+    try {
+      target = this.#balancer.pick()
+    } finally {
+      if (tried !== null) for (const t of tried) t.excluded = false
+    }
+    if (target === undefined) return null
+    let conn = target.pool.take()
+    if (conn === undefined) {
+      this.#evictIdle(target)
+      conn = target.pool.take()
+      if (conn === undefined) return null
+    }
+    return { target, conn }
+  }
+
   #anyAvailable (): boolean {
     for (const t of this.targets) if (t.available) return true
     return false
+  }
+
+  /** Seconds until the first skipped target may be tried again (at least 1); retryInterval when none is skipped. */
+  #noTargetRetryAfter (): number {
+    let soonest = Infinity
+    for (const t of this.targets) {
+      if (t.state === 'up' && t.downUntil !== 0) soonest = Math.min(soonest, t.retryIn())
+    }
+    return soonest === Infinity ? this.#retryAfter : Math.max(1, Math.ceil(soonest / 1000))
   }
 
   #evictIdle (except: Target): void {
@@ -478,7 +751,7 @@ export class Upstream implements SssonectorUpstream {
     lease.timer = setTimeout(() => {
       const err = new RequestTimeoutError(`${ms} ms`) as unknown as SssonectorError
       lease.category = 'request_timeout'
-      if (lease.abort !== null) lease.abort(err)
+      lease.exchange?.abort(err)
       onTimeout(err)
     }, ms)
     lease.timer.unref()

@@ -12,22 +12,25 @@ const key = readFileSync(new URL('./fixtures/key.pem', import.meta.url))
 
 interface ErrorBody { statusCode: number, code: string, error: string, message: string }
 
-t.test('connect refused: 502 FST_SSSONECTOR_UPSTREAM_CONNECT, never a 500', async (t) => {
+t.test('connect refused: 502 FST_SSSONECTOR_UPSTREAM_CONNECT, never a 500; then the target is skipped: fast 503', async (t) => {
   const port = await refusedPort()
   const gw = await startGateway(t, {
     upstreams: { a: { targets: [`http://127.0.0.1:${port}`] } },
     routes: [{ prefix: '/', upstream: 'a' }]
   })
-  for (const method of ['GET', 'POST']) {
-    const res = await request(`${gw.url}/x`, { dispatcher: gw.agent, method, body: method === 'POST' ? 'x' : undefined })
-    t.equal(res.statusCode, 502)
-    t.match(res.headers['content-type'], /application\/json/)
-    const body = await res.body.json() as ErrorBody
-    t.equal(body.code, 'FST_SSSONECTOR_UPSTREAM_CONNECT')
-    t.equal(body.statusCode, 502)
-  }
+  const res = await request(`${gw.url}/x`, { dispatcher: gw.agent, method: 'POST', body: 'x' })
+  t.equal(res.statusCode, 502)
+  t.match(res.headers['content-type'], /application\/json/)
+  const body = await res.body.json() as ErrorBody
+  t.equal(body.code, 'FST_SSSONECTOR_UPSTREAM_CONNECT')
+  t.equal(body.statusCode, 502)
+  const again = await request(`${gw.url}/x`, { dispatcher: gw.agent })
+  t.equal(again.statusCode, 503, 'skipped for pool.retryInterval')
+  t.equal(again.headers['retry-after'], '5')
+  t.equal((await again.body.json() as ErrorBody).code, 'FST_SSSONECTOR_NO_TARGET')
   const s = gw.app.sssonector.upstream('a').stats()
-  t.equal(s.targets[0].errors.connect_refused, 2)
+  t.equal(s.targets[0].errors.connect_refused, 1, 'one connect attempt, not two')
+  t.equal(s.targets[0].down?.failures, 1)
   t.equal(s.active, 0)
 })
 

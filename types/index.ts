@@ -207,6 +207,11 @@ export interface TargetStats {
   weight: number
   /** `up`, or `draining` while it is being removed. */
   state: 'up' | 'draining'
+  /**
+   * Set while the target is skipped after failed connects: since and until when
+   * (ms since the epoch), the failures in a row, and whether its one trial is in flight.
+   */
+  down: { since: number, until: number, failures: number, trial: boolean } | null
   /** Requests on this target now (sent, response not finished). */
   active: number
   /** Idle keep-alive connections. */
