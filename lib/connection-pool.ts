@@ -144,10 +144,15 @@ export class TargetPool {
     return !this.#closing && this.open < this.#maxPerTarget && this.#limits.open < this.#limits.maxActive
   }
 
-  /** Get: the most recently used idle connection, else a new one under the caps, else undefined. */
-  take (): Connection | undefined {
+  /**
+   * Get: the most recently used idle connection, else a new one under the caps,
+   * else undefined. `fresh` prefers a new connection when one fits: a retry after
+   * a reset should not land on a socket as old as the one that broke.
+   */
+  take (fresh = false): Connection | undefined {
     if (this.#closing) return undefined
-    const idle = this.idle
+    // A fresh one when asked and it fits; else the idle ones first.
+    const idle = fresh && this.canOpen() ? [] : this.idle
     while (idle.length > 0) {
       const conn = idle.pop()!
       conn.idleIndex = -1

@@ -259,6 +259,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#timer !== null) {
       clearTimeout(this.#timer)
       this.#timer = null
+      this.#isRetry = false
+      this.#up.retriesActive--
       this.#fail(toUpstreamError(err))
       return
     }
@@ -271,9 +273,9 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (policy === null) return false
     const body = this.#opts.body
     // No byte reached the upstream: any method may go elsewhere, if its body is intact.
-    if (CONNECT_FAILURES.has(e.category)) return replayable(body) && this.#mayRetry()
+    if (CONNECT_FAILURES.has(e.category)) return replayable(body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
     // The upstream may have acted on it: idempotent methods only, with a body that can be sent again.
-    if (e.category === 'reset') return policy.methods.has(this.#opts.method) && replayable(body) && this.#mayRetry()
+    if (e.category === 'reset') return policy.methods.has(this.#opts.method) && replayable(body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
     return false
   }
 
@@ -318,7 +320,9 @@ class Exchange implements Dispatcher.DispatchHandler {
     tried.push(this.#target!)
     up.retriesActive++
     this.#isRetry = true
-    const next = up.takeForRetry(tried)
+    // After a reset or a dropped answer, not on a socket as old as the one that failed.
+    const fresh = this.#lease.category !== null && !CONNECT_FAILURES.has(this.#lease.category)
+    const next = up.takeForRetry(tried, fresh)
     if (next !== null) {
       this.start(next.conn, next.target)
       return
@@ -327,7 +331,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     const delay = fullJitter(tried.length - 1, policy.baseDelay, policy.maxDelay, up.random)
     this.#timer = setTimeout(() => {
       this.#timer = null
-      const again = up.takeForRetry(null)
+      const again = up.takeForRetry(null, fresh)
       if (again === null) {
         this.#isRetry = false
         up.retriesActive--
@@ -587,7 +591,7 @@ export class Upstream implements SssonectorUpstream {
    * A target and connection for a retry: among those not tried yet when `tried`
    * is given (null when none of those can take it now), else among all.
    */
-  takeForRetry (tried: readonly Target[] | null): { target: Target, conn: Connection } | null {
+  takeForRetry (tried: readonly Target[] | null, fresh: boolean): { target: Target, conn: Connection } | null {
     if (tried !== null) for (const t of tried) t.excluded = true
     let target: Target | undefined
     try {
@@ -596,10 +600,10 @@ export class Upstream implements SssonectorUpstream {
       if (tried !== null) for (const t of tried) t.excluded = false
     }
     if (target === undefined) return null
-    let conn = target.pool.take()
+    let conn = target.pool.take(fresh)
     if (conn === undefined) {
       this.#evictIdle(target)
-      conn = target.pool.take()
+      conn = target.pool.take(fresh)
       if (conn === undefined) return null
     }
     return { target, conn }
