@@ -21,7 +21,7 @@ export { Upstream, UpstreamDispatcher } from './upstream.js'
 async function sssonector (fastify: FastifyInstance, options: SssonectorOptions): Promise<void> {
   const opts = resolveOptions(options)
   const upstreams = new Map<string, Upstream>()
-  for (const u of opts.upstreams) upstreams.set(u.name, new Upstream(u))
+  for (const u of opts.upstreams) upstreams.set(u.name, new Upstream(u, { log: fastify.log }))
   const list = [...upstreams.values()]
   const names = Object.freeze([...upstreams.keys()])
 

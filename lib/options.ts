@@ -35,6 +35,17 @@ export const DEFAULTS = {
     minimumRequests: 20,
     halfOpenRequests: 1
   },
+  outlierDetection: {
+    interval: 10 * 1000, // 10s
+    baseEjectionTime: 30 * 1000, // 30s
+    maxEjectionTime: 5 * 60 * 1000, // 5m
+    maxEjectionPercent: 50,
+    minimumRequests: 20,
+    failureRateFactor: 3,
+    latencyFactor: 3
+  },
+  panicThreshold: 50, // percent, Envoy's default
+  slowStart: 0, // off
   retry: {
     methods: ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'],
     statusCodes: [502, 503, 504],
@@ -85,6 +96,16 @@ export interface ResolvedCircuitBreaker {
   halfOpenRequests: number
 }
 
+export interface ResolvedOutlierDetection {
+  interval: number
+  baseEjectionTime: number
+  maxEjectionTime: number
+  maxEjectionPercent: number
+  minimumRequests: number
+  failureRateFactor: number
+  latencyFactor: number
+}
+
 export interface ResolvedRetry {
   methods: Set<string>
   statusCodes: Set<number>
@@ -118,6 +139,12 @@ export interface ResolvedUpstream {
   healthCheck: ResolvedHealthCheck | null
   /** null: disabled */
   circuitBreaker: ResolvedCircuitBreaker | null
+  /** null: disabled */
+  outlierDetection: ResolvedOutlierDetection | null
+  /** percent; 0: never */
+  panicThreshold: number
+  /** ms; 0: off */
+  slowStart: number
   /** null: disabled */
   retry: ResolvedRetry | null
   timeouts: ResolvedTimeouts
@@ -249,10 +276,11 @@ export function parseTarget (value: unknown, path: string): ResolvedTarget {
 const POOL_KEYS = ['maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout'] as const
 const HC_KEYS = ['path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus'] as const
 const CB_KEYS = ['consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests'] as const
+const OD_KEYS = ['interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor'] as const
 const RETRY_KEYS = ['methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody'] as const
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'request'] as const
 const TLS_KEYS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'] as const
-const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'retry', 'timeouts', 'tls'] as const
+const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls'] as const
 const UPSTREAM_KEYS = ['targets', 'balance', 'hashKey', ...DEFAULT_KEYS] as const
 const TOP_KEYS = ['upstreams', 'routes', 'metrics', 'gracefulClose', ...DEFAULT_KEYS] as const
 const BALANCE: readonly BalancePolicy[] = ['round-robin', 'least-request', 'random', 'consistent-hash']
@@ -318,6 +346,20 @@ function checkCircuitBreaker (value: unknown, path: string): Partial<ResolvedCir
   if (o.window !== undefined) out.window = positiveDuration(o.window, `${path}.window`)
   if (o.minimumRequests !== undefined) out.minimumRequests = intAt(o.minimumRequests, `${path}.minimumRequests`, 1)
   if (o.halfOpenRequests !== undefined) out.halfOpenRequests = intAt(o.halfOpenRequests, `${path}.halfOpenRequests`, 1)
+  return out
+}
+
+function checkOutlierDetection (value: unknown, path: string): Partial<ResolvedOutlierDetection> | false {
+  if (value === false) return false
+  const o = objectAt(value, path, OD_KEYS)
+  const out: Partial<ResolvedOutlierDetection> = {}
+  if (o.interval !== undefined) out.interval = positiveDuration(o.interval, `${path}.interval`)
+  if (o.baseEjectionTime !== undefined) out.baseEjectionTime = positiveDuration(o.baseEjectionTime, `${path}.baseEjectionTime`)
+  if (o.maxEjectionTime !== undefined) out.maxEjectionTime = positiveDuration(o.maxEjectionTime, `${path}.maxEjectionTime`)
+  if (o.maxEjectionPercent !== undefined) out.maxEjectionPercent = numberAt(o.maxEjectionPercent, `${path}.maxEjectionPercent`, 0, 100)
+  if (o.minimumRequests !== undefined) out.minimumRequests = intAt(o.minimumRequests, `${path}.minimumRequests`, 1)
+  if (o.failureRateFactor !== undefined) out.failureRateFactor = numberAt(o.failureRateFactor, `${path}.failureRateFactor`, 1, 1000)
+  if (o.latencyFactor !== undefined) out.latencyFactor = numberAt(o.latencyFactor, `${path}.latencyFactor`, 1, 1000)
   return out
 }
 
@@ -388,6 +430,9 @@ interface Layer {
   pool?: Partial<ResolvedPool>
   healthCheck?: Partial<ResolvedHealthCheck> | false
   circuitBreaker?: Partial<ResolvedCircuitBreaker> | false
+  outlierDetection?: Partial<ResolvedOutlierDetection> | false
+  panicThreshold?: number
+  slowStart?: number
   retry?: PartialRetry | false
   timeouts?: Partial<ResolvedTimeouts>
   tls?: TlsOptions
@@ -399,6 +444,9 @@ function checkLayer (o: Record<string, unknown>, path: string): Layer {
   if (o.pool !== undefined) layer.pool = checkPool(o.pool, at('pool'))
   if (o.healthCheck !== undefined) layer.healthCheck = checkHealthCheck(o.healthCheck, at('healthCheck'))
   if (o.circuitBreaker !== undefined) layer.circuitBreaker = checkCircuitBreaker(o.circuitBreaker, at('circuitBreaker'))
+  if (o.outlierDetection !== undefined) layer.outlierDetection = checkOutlierDetection(o.outlierDetection, at('outlierDetection'))
+  if (o.panicThreshold !== undefined) layer.panicThreshold = numberAt(o.panicThreshold, at('panicThreshold'), 0, 100)
+  if (o.slowStart !== undefined) layer.slowStart = parseDuration(o.slowStart, at('slowStart'))
   if (o.retry !== undefined) layer.retry = checkRetry(o.retry, at('retry'))
   if (o.timeouts !== undefined) layer.timeouts = checkTimeouts(o.timeouts, at('timeouts'))
   if (o.tls !== undefined) layer.tls = checkTls(o.tls, at('tls'))
@@ -473,6 +521,14 @@ function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUps
   const cbIn = mergeBlock(top.circuitBreaker, own.circuitBreaker)
   const circuitBreaker: ResolvedCircuitBreaker | null = cbIn === false ? null : { ...DEFAULTS.circuitBreaker, ...cbIn }
 
+  const odIn = mergeBlock(top.outlierDetection, own.outlierDetection)
+  const outlierDetection: ResolvedOutlierDetection | null = odIn === false ? null : { ...DEFAULTS.outlierDetection, ...odIn }
+  if (outlierDetection !== null && outlierDetection.maxEjectionTime < outlierDetection.baseEjectionTime) {
+    fail(`${path}.outlierDetection.maxEjectionTime`, outlierDetection.maxEjectionTime, `is less than outlierDetection.baseEjectionTime (${outlierDetection.baseEjectionTime} ms)`)
+  }
+  const panicThreshold = own.panicThreshold ?? top.panicThreshold ?? DEFAULTS.panicThreshold
+  const slowStart = own.slowStart ?? top.slowStart ?? DEFAULTS.slowStart
+
   const rIn = mergeBlock(top.retry, own.retry)
   let retry: ResolvedRetry | null = null
   if (rIn !== false) {
@@ -504,6 +560,9 @@ function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUps
     pool,
     healthCheck,
     circuitBreaker,
+    outlierDetection,
+    panicThreshold,
+    slowStart,
     retry,
     timeouts,
     tls

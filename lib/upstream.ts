@@ -1,10 +1,11 @@
 import { Dispatcher } from 'undici'
 import type {
-  BalancePolicy, ErrorCategory, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
+  BalancePolicy, ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
 } from '../types/index.js'
 import type { ResolvedUpstream } from './options.js'
 import { parseTarget } from './options.js'
 import { Target } from './target.js'
+import type { TargetOwner } from './target.js'
 import { SharedLimits, undiciConnectionFactory } from './connection-pool.js'
 import type { Connection, ConnectionFactory, ConnectionSettings } from './connection-pool.js'
 import { makeBalancer } from './balancer.js'
@@ -36,7 +37,18 @@ export const kLease = Symbol('sssonector.lease')
 type AnyHeaders = Record<string | symbol, unknown>
 type Handler = Dispatcher.DispatchHandler
 
+/** The part of Fastify's (pino's) logger an upstream uses. */
+export interface UpstreamLogger {
+  info (obj: object, msg: string): void
+  warn (obj: object, msg: string): void
+  debug (obj: object, msg: string): void
+}
+
+const silentLog: UpstreamLogger = { info () {}, warn () {}, debug () {} }
+
 export interface UpstreamDeps {
+  /** Where state changes are logged (Fastify's logger). */
+  log?: UpstreamLogger
   /** Makes each connection's client (undici Client by default). */
   factory?: ConnectionFactory
   /** The clock (ms). */
@@ -140,6 +152,10 @@ class Exchange implements Dispatcher.DispatchHandler {
   #target: Target | null = null
   #attemptAbort: ((err?: Error) => void) | null = null
   #attemptStart = 0
+  /** This attempt is one of its target's trials after a skip. */
+  #trial = false
+  /** The status of this attempt's answer, 0 before one. */
+  #status = 0
   /** The answer's headers went to the caller: no retry from here on. */
   #started = false
   /** A retriable answer is being read and dropped. */
@@ -175,7 +191,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#attemptStart = up.now()
     target.active++
     target.requests++
-    target.attemptStarted()
+    this.#trial = target.attemptStarted()
+    this.#status = 0
     this.#lease.attempts++
     conn.client.dispatch(o, this)
   }
@@ -192,8 +209,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   onHeaders (statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
-    const target = this.#target!
-    target.connected()
+    this.#status = statusCode
     if (this.#retriesStatus(statusCode)) {
       this.#last = new UpstreamStatusError(statusCode) as unknown as SssonectorError
       this.#discarding = true
@@ -215,10 +231,12 @@ class Exchange implements Dispatcher.DispatchHandler {
   onComplete (trailers: string[] | null): void {
     if (this.#discarding) {
       this.#discarding = false
+      this.#target!.outcome('http_5xx', this.#status, this.#trial)
       this.#endAttempt(true, 'http_5xx', true)
       this.#retry()
       return
     }
+    this.#target!.outcome(null, this.#status, this.#trial)
     this.#endAttempt(true, null, false)
     this.#end()
     this.#inner.onComplete?.(trailers)
@@ -230,8 +248,8 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#discarding = false
     const category = discarded && e === this.#last ? 'http_5xx' : e.category
     const target = this.#target!
-    if (CONNECT_FAILURES.has(category)) target.connectFailed(this.#up.config.pool.retryInterval, this.#up.config.pool.maxRetryInterval)
-    else if (category !== 'client_abort') target.connected()
+    // The target hears first, so a retry does not pick it if this made it down.
+    target.outcome(category, this.#status, this.#trial)
     if (category !== 'client_abort' && category !== 'http_5xx') target.countError(category)
     const retry = discarded || (this.#aborted === null && !this.#started && this.#retriable(e))
     this.#endAttempt(false, category, retry)
@@ -479,7 +497,7 @@ export class UpstreamDispatcher extends Dispatcher {
 }
 
 /** An upstream (Envoy's cluster): its targets, balancer, admission queue, connections and dispatcher. */
-export class Upstream implements SssonectorUpstream {
+export class Upstream implements SssonectorUpstream, TargetOwner {
   readonly name: string
   readonly config: ResolvedUpstream
   readonly dispatcher: UpstreamDispatcher
@@ -494,6 +512,12 @@ export class Upstream implements SssonectorUpstream {
   retriesActive = 0
   readonly random: Random
   readonly now: () => number
+  /** Fewer targets healthy than `panicThreshold`: the judgement flags are ignored. */
+  panic = false
+  readonly retryInterval: number
+  readonly maxRetryInterval: number
+  readonly slowStart: number
+  readonly #log: UpstreamLogger
   readonly #queue = new WaitQueue<Lease>()
   readonly #balancer: Balancer<Target>
   readonly #factory: ConnectionFactory
@@ -514,6 +538,10 @@ export class Upstream implements SssonectorUpstream {
     this.#now = deps.now ?? Date.now
     this.now = this.#now
     this.random = deps.random ?? Math.random
+    this.retryInterval = config.pool.retryInterval
+    this.maxRetryInterval = config.pool.maxRetryInterval
+    this.slowStart = config.slowStart
+    this.#log = deps.log ?? silentLog
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
@@ -526,7 +554,35 @@ export class Upstream implements SssonectorUpstream {
   }
 
   #makeTarget (t: ResolvedUpstream['targets'][number]): Target {
-    return new Target(t, this.#settings, this.limits, this.#factory, this.#now, this.#onFree)
+    return new Target(t, this.#settings, this.limits, this.#factory, this, this.#onFree, this.config.circuitBreaker)
+  }
+
+  /** A target went out of rotation or came back, for one cause: logged once, and the panic state follows. */
+  healthChanged (target: Target, cause: TargetHealthCause, down: boolean, reason: string): void {
+    const fields = { upstream: this.name, target: target.url, cause, reason }
+    if (down) this.#log.warn(fields, `target out of rotation: ${cause}`)
+    else this.#log.info(fields, `target back in rotation: ${cause} cleared`)
+    this.#updatePanic()
+  }
+
+  #updatePanic (): void {
+    const threshold = this.config.panicThreshold
+    let panic = false
+    if (threshold > 0) {
+      let up = 0
+      let healthy = 0
+      for (const t of this.targets) {
+        if (t.state !== 'up') continue
+        up++
+        if (t.healthy) healthy++
+      }
+      panic = up > 0 && healthy * 100 < threshold * up
+    }
+    if (panic !== this.panic) {
+      this.panic = panic
+      if (panic) this.#log.warn({ upstream: this.name, threshold }, 'panic: too few healthy targets, sending to all of them')
+      else this.#log.info({ upstream: this.name }, 'panic over')
+    }
   }
 
   get balance (): BalancePolicy {

@@ -47,25 +47,26 @@ t.test('target state, with an injected clock: skipped for retryInterval, one tri
   const config = resolveOptions({ upstreams: { u: { targets: ['http://127.0.0.1:1'], pool: { retryInterval: '1s', maxRetryInterval: '3s' } } } }).upstreams[0]
   const up = new Upstream(config, { factory: fakeFactory(made), now: () => now })
   const target = up.targets[0]
-  target.connectFailed(1000, 3000)
+  target.outcome('connect_refused', 0, false)
   t.equal(target.available, false, 'skipped')
   t.throws(() => up.tryAdmit(), { code: 'FST_SSSONECTOR_NO_TARGET', retryAfter: 1 })
   now = 999
   t.equal(target.available, false)
   now = 1000
   t.equal(target.available, true, 'after retryInterval: one trial')
-  target.attemptStarted()
+  t.equal(target.attemptStarted(), true, 'that attempt is the trial')
   t.equal(target.available, false, 'only one trial at a time')
-  target.connectFailed(1000, 3000)
+  target.outcome('connect_refused', 0, true)
   t.equal(target.downUntil, 1000 + 2000, 'doubled')
   now = 3000
   target.attemptStarted()
-  target.connectFailed(1000, 3000)
+  target.outcome('connect_timeout', 0, true)
   t.equal(target.downUntil, 3000 + 3000, 'capped at maxRetryInterval')
-  t.match(up.stats().targets[0].down, { since: 0, until: 6000, failures: 3, trial: false })
+  t.match(up.stats().targets[0].down, { since: 0, until: 6000, failures: 3 })
+  t.match(up.stats().targets[0].health, [{ cause: 'connect_failed', since: 0, until: 6000 }])
   now = 6000
-  target.attemptStarted()
-  target.connected()
+  const trial = target.attemptStarted()
+  target.outcome(null, 200, trial)
   t.equal(target.available, true)
   t.equal(up.stats().targets[0].down, null, 'back up: the count starts again')
   await up.close()
@@ -131,7 +132,8 @@ t.test('an upstream that resets the second request on each connection: GETs all 
     res.end(String(body.length))
   })
   const gw = await startGateway(t, {
-    upstreams: { a: { targets: [url], retry: { bufferBody: 1024 } } },
+    // The breaker would take this target out; here the retries alone are tested.
+    upstreams: { a: { targets: [url], retry: { bufferBody: 1024 }, circuitBreaker: false } },
     routes: [{ prefix: '/', upstream: 'a' }]
   })
   // Three at a time: within the default retry budget (3 retries in flight), which the budget test covers.
@@ -155,7 +157,8 @@ t.test('a target that always answers 503 beside two healthy ones: GETs succeed; 
     res.end('busy, try later')
   })
   const gw = await startGateway(t, {
-    upstreams: { a: { targets: [await counted(t, ids), busy, await counted(t, ids)], balance: 'round-robin' } },
+    // The breaker would take the busy target out; here the retries alone are tested.
+    upstreams: { a: { targets: [await counted(t, ids), busy, await counted(t, ids)], balance: 'round-robin', circuitBreaker: false } },
     routes: [{ prefix: '/', upstream: 'a' }]
   })
   const gets = await inParallel(60, 3, async (i) => (await send(gw, `/g${i}`, { headers: { 'x-id': `g${i}` } })).status)

@@ -76,6 +76,23 @@ export interface CircuitBreakerOptions {
   halfOpenRequests?: number
 }
 
+export interface OutlierDetectionOptions {
+  /** How often targets are compared with their peers. @default '10s' */
+  interval?: Duration
+  /** Ejection time of a first ejection; it grows with each ejection (base x count, jittered). @default '30s' */
+  baseEjectionTime?: Duration
+  /** Cap of the ejection time. @default '5m' */
+  maxEjectionTime?: Duration
+  /** Never more than this percent of the targets ejected at once. @default 50 */
+  maxEjectionPercent?: number
+  /** Requests a target needs in an interval to be judged. @default 20 */
+  minimumRequests?: number
+  /** Ejected when its failure rate is this many times its peers' (and at least 10 points above). @default 3 */
+  failureRateFactor?: number
+  /** Ejected when its mean latency is this many times its peers' median (and at least 10 ms more). @default 3 */
+  latencyFactor?: number
+}
+
 export interface RetryBudget {
   /** Retries in flight, as a percent of active requests. @default 20 */
   percent?: number
@@ -128,6 +145,12 @@ export interface UpstreamDefaults {
   pool?: PoolOptions
   healthCheck?: HealthCheckOptions | false
   circuitBreaker?: CircuitBreakerOptions | false
+  /** Ejection of targets that fail or lag far more than their peers (with 3 targets or more); `false` disables. @default on */
+  outlierDetection?: OutlierDetectionOptions | false
+  /** When fewer than this percent of targets are healthy, the judgement flags (active health, breaker, ejection) are ignored: traffic goes to all (Envoy's panic threshold). 0 disables. @default 50 */
+  panicThreshold?: number
+  /** A target that comes back or is added ramps its share up over this long. @default 0 (off) */
+  slowStart?: Duration
   retry?: RetryOptions | false
   timeouts?: TimeoutOptions
   tls?: TlsOptions
@@ -201,12 +224,25 @@ export type ErrorCategory =
   | 'client_abort'
   | 'unknown'
 
+/** Why a target is out of rotation: each cause is flagged apart. */
+export type TargetHealthCause = 'connect_failed' | 'circuit_open' | 'active_health' | 'ejected' | 'draining'
+
 export interface TargetStats {
   url: string
   origin: string
   weight: number
   /** `up`, or `draining` while it is being removed. */
   state: 'up' | 'draining'
+  /** Whether the balancer may pick it now. */
+  available: boolean
+  /** Every cause keeping it out of rotation, with since and until when (ms since the epoch, null when open-ended). */
+  health: Array<{ cause: TargetHealthCause, since: number | null, until: number | null }>
+  /** Its circuit breaker, with the successes and failures over its window; null when disabled. */
+  breaker: { state: 'closed' | 'open' | 'half-open', ok: number, failed: number } | null
+  /** Times it was ejected as an outlier. */
+  ejections: number
+  /** Ramping its share up after a return. */
+  slowStart: boolean
   /**
    * Set while the target is skipped after failed connects: since and until when
    * (ms since the epoch), the failures in a row, and whether its one trial is in flight.
