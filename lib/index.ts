@@ -46,6 +46,11 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
     })
   }
 
+  // Warming: ready() (so listen()) waits for the first round of active checks.
+  fastify.addHook('onReady', async () => {
+    await Promise.all(list.map(async (u) => await u.startHealth()))
+  })
+
   let grace: { uninstall: () => void } | null = null
   const gracefulClose = opts.gracefulClose
   if (gracefulClose !== false) {

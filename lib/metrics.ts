@@ -62,7 +62,11 @@ export class Metrics {
       name: `${prefix}pool_health_check_failures`,
       help: 'Failed active health checks of each target',
       labelNames,
-      registers
+      registers,
+      collect () {
+        this.reset()
+        for (const u of upstreams) for (const t of u.targets) if (t.hcFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.hcFailures)
+      }
     })
     // eslint-disable-next-line no-new
     new Gauge({

@@ -66,6 +66,8 @@ export class Target {
 
   /** Failed its active health checks. */
   hcDown = false
+  /** Active probes that failed since start. */
+  hcFailures = 0
   hcSince = 0
   /** Ejected as an outlier until then (ms); 0 when not. */
   ejectedUntil = 0

@@ -16,6 +16,9 @@ import {
   ClosedError, NoTargetError, OptionsError, PoolExhaustedError, RequestTimeoutError, UnknownTargetError, UpstreamStatusError, toUpstreamError
 } from './errors.js'
 import { fullJitter } from './backoff.js'
+import { HealthChecker, httpProber } from './health-checker.js'
+import type { Prober, ProbeResult } from './health-checker.js'
+import { OutlierDetector } from './outlier-detector.js'
 import type { SssonectorError } from './errors.js'
 
 /** Reads a request body of known length in full, for replay. */
@@ -55,6 +58,8 @@ export interface UpstreamDeps {
   now?: () => number
   /** Uniform numbers in [0, 1) for the balancer's draws (seeded in tests). */
   random?: Random
+  /** Runs one active health probe (an HTTP request on a connection of its own by default). */
+  prober?: Prober
 }
 
 /**
@@ -322,6 +327,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
     conn.pool.put(conn, reusable)
     const latency = this.#up.now() - this.#attemptStart
+    if (category !== 'client_abort') this.#up.outliers?.record(target, category !== null || this.#status >= 500, latency)
     lease.category = category
     lease.latency = latency
     if (retried || lease.history !== null) {
@@ -518,6 +524,12 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
   readonly maxRetryInterval: number
   readonly slowStart: number
   readonly #log: UpstreamLogger
+  /** Outlier detection, when on. */
+  readonly outliers: OutlierDetector | null
+  #odTimer: NodeJS.Timeout | null = null
+  #health: HealthChecker | null = null
+  #prober: { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } | null = null
+  readonly #customProber: Prober | undefined
   readonly #queue = new WaitQueue<Lease>()
   readonly #balancer: Balancer<Target>
   readonly #factory: ConnectionFactory
@@ -542,6 +554,8 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     this.maxRetryInterval = config.pool.maxRetryInterval
     this.slowStart = config.slowStart
     this.#log = deps.log ?? silentLog
+    this.outliers = config.outlierDetection === null ? null : new OutlierDetector(config.outlierDetection)
+    this.#customProber = deps.prober
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
@@ -563,6 +577,38 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     if (down) this.#log.warn(fields, `target out of rotation: ${cause}`)
     else this.#log.info(fields, `target back in rotation: ${cause} cleared`)
     this.#updatePanic()
+  }
+
+  /**
+   * Starts the active health checks and outlier detection. Resolves once every
+   * target had its first probe (each bounded by the probe timeout): a gateway
+   * never starts by sending traffic to a dead target (Envoy's cluster warming).
+   */
+  async startHealth (): Promise<void> {
+    const od = this.config.outlierDetection
+    if (od !== null && this.#odTimer === null && !this.closed) {
+      this.#odTimer = setTimeout(() => { this.#judgeOutliers() }, od.interval)
+      this.#odTimer.unref()
+    }
+    const hc = this.config.healthCheck
+    if (hc === null || this.#health !== null || this.closed) return
+    if (this.#customProber === undefined) this.#prober = httpProber(hc, this.config.tls, this.config.timeouts.connect)
+    const probe = this.#customProber ?? this.#prober!.probe
+    this.#health = new HealthChecker(hc, probe, this.random, (target, result) => { this.#probed(target, result) })
+    await this.#health.start(this.targets)
+  }
+
+  #probed (target: Target, result: ProbeResult): void {
+    if (!result.ok) {
+      target.hcFailures++
+      this.#log.debug({ upstream: this.name, target: target.url, reason: result.reason }, 'active check failed')
+    }
+  }
+
+  #judgeOutliers (): void {
+    const now = this.#now()
+    for (const { target, until, reason } of this.outliers!.judge(this.targets, now, this.random)) target.eject(until, reason)
+    this.#odTimer!.refresh()
   }
 
   #updatePanic (): void {
@@ -851,9 +897,25 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     if (this.targets.some((t) => t.origin === resolved.origin)) {
       throw new OptionsError(`upstream(${this.name}).addTarget: ${JSON.stringify(resolved.url)} is a target already`)
     }
-    this.targets.push(this.#makeTarget(resolved))
+    const target = this.#makeTarget(resolved)
+    this.#watch(target)
+    this.targets.push(target)
     this.#balancer.update(this.targets)
     this.#freed()
+  }
+
+  /** A target added at run time: with active checks on, kept out until its first probe passes. */
+  #watch (target: Target): void {
+    if (this.#health === null) return
+    target.setActiveHealth(true, 'added: waiting for its first active check')
+    this.#health.add(target).catch(() => {})
+  }
+
+  /** A target gone: its checks stop, its probe connection closes. */
+  async #unwatch (target: Target): Promise<void> {
+    this.#health?.remove(target)
+    this.outliers?.forget(target)
+    await this.#prober?.forget(target)
   }
 
   async removeTarget (url: string): Promise<void> {
@@ -868,6 +930,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     const target = this.targets[i]
     this.targets.splice(i, 1)
     this.#balancer.update(this.targets)
+    await this.#unwatch(target)
     await target.drain()
     // Its connections are gone: room for the queue elsewhere.
     this.#freed()
@@ -891,14 +954,19 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
         byOrigin.delete(w.origin)
         next.push(existing)
       } else {
-        next.push(this.#makeTarget(w))
+        const target = this.#makeTarget(w)
+        this.#watch(target)
+        next.push(target)
       }
     }
     this.targets.length = 0
     this.targets.push(...next)
     this.#balancer.update(this.targets)
     this.#freed()
-    await Promise.all([...byOrigin.values()].map((t) => t.drain()))
+    await Promise.all([...byOrigin.values()].map(async (t) => {
+      await this.#unwatch(t)
+      await t.drain()
+    }))
     this.#freed()
   }
 
@@ -909,6 +977,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
       balance: this.config.balance,
       active: this.active,
       pending: this.#queue.size,
+      panic: this.panic,
       connections: this.limits.open,
       idle: this.limits.idle,
       admitted: this.admitted,
@@ -926,6 +995,10 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     }
     if (this.#queueTimer !== null) clearTimeout(this.#queueTimer)
     this.#queueTimer = null
+    if (this.#odTimer !== null) clearTimeout(this.#odTimer)
+    this.#odTimer = null
+    this.#health?.stop()
+    await this.#prober?.close()
     await Promise.all(this.targets.map((t) => t.drain()))
     if (this.#sweepTimer !== null) clearTimeout(this.#sweepTimer)
     this.#sweepTimer = null

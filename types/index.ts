@@ -275,6 +275,8 @@ export interface UpstreamStats {
   active: number
   /** Requests waiting for a connection (the queue; a request gets its target when it leaves it). */
   pending: number
+  /** Fewer targets healthy than `panicThreshold`: traffic goes to all of them. */
+  panic: boolean
   /** Connections open across the targets, and idle among them. */
   connections: number
   idle: number

@@ -1,0 +1,173 @@
+import { Client } from 'undici'
+import type { ResolvedHealthCheck } from './options.js'
+import type { TlsOptions } from '../types/index.js'
+import type { Target } from './target.js'
+import { categorize } from './errors.js'
+
+/** What one probe found. */
+export interface ProbeResult {
+  ok: boolean
+  /** The status, or the failure's category. */
+  reason: string
+}
+
+/** Runs one probe of a target; the seam tests use. */
+export type Prober = (target: Target) => Promise<ProbeResult>
+
+/**
+ * The thresholds of one target's active checks: down after exactly
+ * `unhealthyThreshold` failed probes in a row, up after exactly
+ * `healthyThreshold` good ones. The first result decides at once: a target is
+ * not sent traffic on trust, nor kept out on one failure later on.
+ */
+export class ProbeCounter {
+  #first = true
+  #good = 0
+  #bad = 0
+  readonly #healthy: number
+  readonly #unhealthy: number
+
+  constructor (healthyThreshold: number, unhealthyThreshold: number) {
+    this.#healthy = healthyThreshold
+    this.#unhealthy = unhealthyThreshold
+  }
+
+  /** Records a probe; returns 'down' or 'up' when the target should move, else null. */
+  record (ok: boolean, down: boolean): 'down' | 'up' | null {
+    if (this.#first) {
+      this.#first = false
+      if (ok !== !down) return ok ? 'up' : 'down'
+      return null
+    }
+    if (ok) {
+      this.#bad = 0
+      if (down && ++this.#good >= this.#healthy) {
+        this.#good = 0
+        return 'up'
+      }
+    } else {
+      this.#good = 0
+      if (!down && ++this.#bad >= this.#unhealthy) {
+        this.#bad = 0
+        return 'down'
+      }
+    }
+    return null
+  }
+}
+
+/** A probe of its own: one undici Client per target, never a pooled socket. */
+export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectTimeout: number): { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } {
+  const clients = new Map<Target, Client>()
+  const probe: Prober = async (target) => {
+    let client = clients.get(target)
+    if (client === undefined) {
+      client = new Client(target.origin, {
+        pipelining: 1,
+        headersTimeout: opts.timeout,
+        bodyTimeout: opts.timeout,
+        connect: {
+          timeout: Math.min(opts.timeout, connectTimeout),
+          rejectUnauthorized: tls.rejectUnauthorized ?? true,
+          ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
+          ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
+          ...(tls.key !== undefined ? { key: tls.key } : {}),
+          ...(tls.servername !== undefined ? { servername: tls.servername } : {})
+        }
+      })
+      clients.set(target, client)
+    }
+    try {
+      const res = await client.request({
+        method: opts.method as 'GET',
+        path: opts.path,
+        headers: { ...opts.headers, host: target.host, 'user-agent': 'fastify-sssonector-health-check' }
+      })
+      await res.body.dump()
+      const [from, to] = opts.expectedStatus
+      return { ok: res.statusCode >= from && res.statusCode <= to, reason: `status ${res.statusCode}` }
+    } catch (err) {
+      return { ok: false, reason: categorize(err) }
+    }
+  }
+  const forget = async (t: Target): Promise<void> => {
+    const c = clients.get(t)
+    clients.delete(t)
+    await c?.destroy()
+  }
+  const close = async (): Promise<void> => {
+    const all = [...clients.values()]
+    clients.clear()
+    await Promise.all(all.map(async (c) => await c.destroy()))
+  }
+  return { probe, forget, close }
+}
+
+interface Watch {
+  target: Target
+  counter: ProbeCounter
+  timer: NodeJS.Timeout | null
+  running: boolean
+}
+
+/**
+ * Active health checks of an upstream's targets: each on its own timer
+ * (setTimeout re-armed after each probe, unref'ed, so probes never pile up),
+ * at `interval` (or `unhealthyInterval` while down) plus up to 10% of jitter,
+ * so many targets' probes do not fire together.
+ */
+export class HealthChecker {
+  readonly #opts: ResolvedHealthCheck
+  readonly #probe: Prober
+  readonly #random: () => number
+  readonly #onResult: (target: Target, result: ProbeResult) => void
+  readonly #watches = new Map<Target, Watch>()
+  #stopped = false
+
+  constructor (opts: ResolvedHealthCheck, probe: Prober, random: () => number, onResult: (target: Target, result: ProbeResult) => void) {
+    this.#opts = opts
+    this.#probe = probe
+    this.#random = random
+    this.#onResult = onResult
+  }
+
+  /** Starts watching these targets; resolves when each has had its first probe (each bounded by the probe timeout). */
+  async start (targets: readonly Target[]): Promise<void> {
+    await Promise.all(targets.map(async (t) => await this.add(t)))
+  }
+
+  /** Watches a target: probes it now, then on its timer. Resolves after the first probe. */
+  async add (target: Target): Promise<void> {
+    if (this.#stopped || this.#watches.has(target)) return
+    const w: Watch = { target, counter: new ProbeCounter(this.#opts.healthyThreshold, this.#opts.unhealthyThreshold), timer: null, running: false }
+    this.#watches.set(target, w)
+    await this.#run(w)
+  }
+
+  remove (target: Target): void {
+    const w = this.#watches.get(target)
+    if (w === undefined) return
+    this.#watches.delete(target)
+    if (w.timer !== null) clearTimeout(w.timer)
+  }
+
+  async #run (w: Watch): Promise<void> {
+    w.timer = null
+    w.running = true
+    const result = await this.#probe(w.target)
+    w.running = false
+    if (this.#stopped || this.#watches.get(w.target) !== w) return
+    const move = w.counter.record(result.ok, w.target.hcDown)
+    if (move !== null) w.target.setActiveHealth(move === 'down', `${move === 'down' ? 'failed' : 'passed'} active check: ${result.reason}`)
+    this.#onResult(w.target, result)
+    const base = w.target.hcDown ? this.#opts.unhealthyInterval : this.#opts.interval
+    w.timer = setTimeout(() => { this.#run(w).catch(() => {}) }, base + Math.floor(this.#random() * base * 0.1))
+    w.timer.unref()
+  }
+
+  stop (): void {
+    this.#stopped = true
+    for (const w of this.#watches.values()) if (w.timer !== null) clearTimeout(w.timer)
+    this.#watches.clear()
+  }
+}
