@@ -211,6 +211,11 @@ export class Target {
     else if (breaker.failure()) this.#skip('breaker', breaker.halfOpenRequests, `failures: ${category ?? status}`)
   }
 
+  /** An active probe connected: a skip for failed connects is over. */
+  probeConnected (): void {
+    if (this.downCause === 'connect') this.#unskip('an active check connected')
+  }
+
   /** Active health checks marked it down or up. */
   setActiveHealth (down: boolean, reason: string): void {
     if (this.hcDown === down) return

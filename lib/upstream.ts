@@ -599,7 +599,8 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
   }
 
   #probed (target: Target, result: ProbeResult): void {
-    if (!result.ok) {
+    if (result.ok) target.probeConnected()
+    else {
       target.hcFailures++
       this.#log.debug({ upstream: this.name, target: target.url, reason: result.reason }, 'active check failed')
     }
