@@ -57,6 +57,13 @@ export class SharedLimits {
   }
 }
 
+/** Hears of each connection a pool opens and closes. */
+export interface PoolObserver {
+  opened (): void
+  /** `age`: ms it was open. */
+  closed (age: number): void
+}
+
 /** A pooled connection: its client, its state, and when it opened and last went idle. */
 export class Connection {
   readonly client: ConnectionClient
@@ -116,6 +123,8 @@ export class TargetPool {
   /** Connections opened and closed since start. */
   opened = 0
   closedCount = 0
+  /** Told of each connection opened and closed (metrics, debug logs). */
+  observer: PoolObserver | null = null
   readonly #all = new Set<Connection>()
   readonly #destroying = new Set<Promise<void>>()
   #closing = false
@@ -175,6 +184,7 @@ export class TargetPool {
     this.opened++
     this.#limits.open++
     this.busy++
+    this.observer?.opened()
     return conn
   }
 
@@ -244,6 +254,7 @@ export class TargetPool {
     this.open--
     this.closedCount++
     this.#limits.open--
+    this.observer?.closed(this.#now() - conn.openedAt)
     const p = conn.client.destroy().catch(() => {})
     this.#destroying.add(p)
     p.then(() => { this.#destroying.delete(p) }, () => {})

@@ -1,12 +1,14 @@
 import fp from 'fastify-plugin'
 import closeWithGrace from 'close-with-grace'
-import type { FastifyInstance } from 'fastify'
+import Fastify from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { SssonectorDecorator, SssonectorOptions } from '../types/index.js'
 import { resolveOptions } from './options.js'
 import { Upstream } from './upstream.js'
 import { registerRoute } from './proxy.js'
 import { Metrics } from './metrics.js'
 import { UnknownUpstreamError } from './errors.js'
+import { renderStatus } from './status.js'
 
 export type * from '../types/index.js'
 export * as errors from './errors.js'
@@ -20,9 +22,11 @@ export { Upstream, UpstreamDispatcher } from './upstream.js'
  */
 async function sssonector (fastify: FastifyInstance, options: SssonectorOptions): Promise<void> {
   const opts = resolveOptions(options)
+  const metrics = new Metrics({ prefix: opts.metrics.prefix, registry: opts.metrics.registry, defaultMetrics: opts.metrics.defaultMetrics })
   const upstreams = new Map<string, Upstream>()
-  for (const u of opts.upstreams) upstreams.set(u.name, new Upstream(u, { log: fastify.log }))
+  for (const u of opts.upstreams) upstreams.set(u.name, new Upstream(u, { log: fastify.log, meter: metrics }))
   const list = [...upstreams.values()]
+  metrics.watch(list)
   const names = Object.freeze([...upstreams.keys()])
 
   const decorator: SssonectorDecorator = {
@@ -37,12 +41,38 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
 
   for (const route of opts.routes) registerRoute(fastify, route, upstreams.get(route.upstream)!)
 
-  const metrics = new Metrics(list, opts.metrics.prefix, opts.metrics.registry)
+  const scrape = async (_request: FastifyRequest, reply: FastifyReply): Promise<string> => {
+    reply.type(metrics.registry.contentType)
+    return await metrics.registry.metrics()
+  }
   const metricsPath = opts.metrics.path
-  if (metricsPath !== false) {
-    fastify.get(metricsPath, async (_request, reply) => {
-      reply.type(metrics.registry.contentType)
-      return await metrics.registry.metrics()
+  if (metricsPath !== false && opts.metrics.port === undefined) {
+    fastify.get(metricsPath, { onRequest: opts.metrics.onRequest as onRequestHookHandler | undefined, logLevel: 'warn' }, scrape)
+  }
+  // Metrics on a port of their own, apart from the app's (not exposed with it).
+  let metricsServer: FastifyInstance | null = null
+  if (metricsPath !== false && opts.metrics.port !== undefined) {
+    const server = metricsServer = Fastify({ logger: false })
+    server.get(metricsPath, { onRequest: opts.metrics.onRequest as onRequestHookHandler | undefined }, scrape)
+    const { port, host } = opts.metrics
+    fastify.addHook('onReady', async () => { await server.listen({ port, host }) })
+    fastify.addHook('onClose', async () => { await server.close() })
+  }
+  fastify.decorate('sssonectorMetrics', {
+    registry: metrics.registry,
+    get address () { return metricsServer?.server.address() ?? null }
+  })
+
+  const statusPath = opts.status.path
+  if (statusPath !== false) {
+    fastify.get(statusPath, { onRequest: opts.status.onRequest as onRequestHookHandler | undefined, logLevel: 'warn' }, async (request, reply) => {
+      const stats = list.map((u) => u.stats())
+      const accept = request.headers.accept ?? ''
+      if (accept.includes('text/html')) {
+        reply.type('text/html; charset=utf-8')
+        return renderStatus(stats, Date.now())
+      }
+      return { upstreams: stats }
     })
   }
 

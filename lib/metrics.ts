@@ -1,53 +1,87 @@
-import { Counter, Gauge, Registry } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import type { ErrorCategory } from '../types/index.js'
 import type { Upstream } from './upstream.js'
+import type { Target } from './target.js'
 
 // Categories counted as connection errors (the seed's connection_errors).
-const CONNECTION_CATEGORIES = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'protocol'] as const
+const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'unknown']
+const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error'] as const
+const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhausted']
+
+/** One target's series, with label sets built once: the request path only observes and increments. */
+export interface TargetMeter {
+  /** An attempt ended: status class index (status / 100 - 1, or 5 for a failure) and seconds. */
+  attempt (statusClass: number, seconds: number): void
+  connectionOpened (): void
+  /** `age`: ms the connection was open. */
+  connectionClosed (age: number): void
+}
+
+/** Where upstreams get their targets' meters, and count their retries. */
+export interface Meter {
+  target (upstream: string, target: Target): TargetMeter
+  retry (upstream: string, reason: ErrorCategory): void
+  /** A target is gone: its series go too. */
+  forget (upstream: string, target: Target): void
+}
+
+export interface MetricsOptions {
+  prefix: string
+  registry: Registry | undefined
+  defaultMetrics: boolean
+}
 
 /**
- * prom-client metrics on an injected Registry (or one of the plugin's own, never
- * the global one). Everything is read from the upstreams' own counters in
- * collect(): the request path does no metrics work.
+ * prom-client metrics on an injected Registry (or one of the plugin's own,
+ * never the global one). Point-in-time values (connections, queue, health,
+ * breaker, counts kept by the pools) are read in collect(); the request path
+ * only observes histograms and increments counters through label sets made
+ * once per target.
  */
-export class Metrics {
+export class Metrics implements Meter {
   readonly registry: Registry
+  #upstreams: readonly Upstream[] = []
+  readonly #duration: Histogram<'upstream' | 'target' | 'status_class'>
+  readonly #age: Histogram<'upstream' | 'target'>
+  readonly #opened: Counter<'upstream' | 'target'>
+  readonly #retries: Counter<'upstream' | 'reason'>
 
-  constructor (upstreams: readonly Upstream[], prefix: string, registry?: Registry) {
-    this.registry = registry ?? new Registry()
-    const registers = [this.registry]
-    const labelNames = ['upstream', 'target'] as const
+  constructor (opts: MetricsOptions) {
+    const registry = this.registry = opts.registry ?? new Registry()
+    const registers = [registry]
+    const prefix = opts.prefix
+    const ups = (): readonly Upstream[] => this.#upstreams
+    if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
 
-    // eslint-disable-next-line no-new
-    new Gauge({
+    // The seed's four, by their exact names.
+    new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_active_connections`,
       help: 'Connections to each target in use now',
-      labelNames,
+      labelNames: ['upstream', 'target'],
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.busy)
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.busy)
       }
     })
-    // eslint-disable-next-line no-new
-    new Gauge({
+    new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_idle_connections`,
       help: 'Idle keep-alive connections to each target',
-      labelNames,
+      labelNames: ['upstream', 'target'],
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.idle.length)
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.idle.length)
       }
     })
-    // eslint-disable-next-line no-new
-    new Counter({
+    new Counter({ // eslint-disable-line no-new
       name: `${prefix}pool_connection_errors`,
-      help: 'Failed attempts on each target, by reason',
+      help: 'Failed attempts on each target, by reason (the error category)',
       labelNames: ['upstream', 'target', 'reason'],
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) {
+        for (const u of ups()) {
           for (const t of u.targets) {
             for (const reason of CONNECTION_CATEGORIES) {
               const n = t.errors[reason]
@@ -57,27 +91,147 @@ export class Metrics {
         }
       }
     })
-    // eslint-disable-next-line no-new
-    new Counter({
+    new Counter({ // eslint-disable-line no-new
       name: `${prefix}pool_health_check_failures`,
       help: 'Failed active health checks of each target',
-      labelNames,
+      labelNames: ['upstream', 'target'],
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) for (const t of u.targets) if (t.hcFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.hcFailures)
+        for (const u of ups()) for (const t of u.targets) if (t.hcFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.hcFailures)
       }
     })
-    // eslint-disable-next-line no-new
-    new Gauge({
+
+    // Beside them.
+    this.#opened = new Counter({
+      name: `${prefix}pool_connections_opened`,
+      help: 'Connections opened to each target',
+      labelNames: ['upstream', 'target'],
+      registers
+    })
+    this.#age = new Histogram({
+      name: `${prefix}pool_connection_age_seconds`,
+      help: 'How long connections were open, observed when they close',
+      labelNames: ['upstream', 'target'],
+      buckets: [0.1, 1, 5, 15, 60, 300, 900, 3600],
+      registers
+    })
+    this.#duration = new Histogram({
+      name: `${prefix}request_duration_seconds`,
+      help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer)',
+      labelNames: ['upstream', 'target', 'status_class'],
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers
+    })
+    this.#retries = new Counter({
+      name: `${prefix}request_retries`,
+      help: 'Retries, by the reason of the attempt retried',
+      labelNames: ['upstream', 'reason'],
+      registers
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}requests_rejected`,
+      help: 'Requests refused at admission, by reason',
+      labelNames: ['upstream', 'reason'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const reason of REJECT_CATEGORIES) this.inc({ upstream: u.name, reason }, u.rejected[reason] ?? 0)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}pool_pending_requests`,
+      help: 'Requests waiting in each upstream\'s queue for a connection',
+      labelNames: ['upstream'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) this.set({ upstream: u.name }, u.pending)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
       name: `${prefix}upstream_active_requests`,
       help: 'Requests admitted to each upstream and not yet finished',
       labelNames: ['upstream'],
       registers,
       collect () {
         this.reset()
-        for (const u of upstreams) this.set({ upstream: u.name }, u.active)
+        for (const u of ups()) this.set({ upstream: u.name }, u.active)
       }
     })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}upstream_panic`,
+      help: '1 while the upstream is in panic (too few healthy targets)',
+      labelNames: ['upstream'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) this.set({ upstream: u.name }, u.panic ? 1 : 0)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}target_healthy`,
+      help: '1 while the target is in rotation, 0 while out',
+      labelNames: ['upstream', 'target'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.available ? 1 : 0)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}target_health_cause`,
+      help: '1 for each cause keeping the target out of rotation',
+      labelNames: ['upstream', 'target', 'cause'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) for (const h of t.causes()) this.set({ upstream: u.name, target: t.url, cause: h.cause }, 1)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}circuit_breaker_state`,
+      help: 'Breaker of each target: 0 closed, 1 open, 2 half-open',
+      labelNames: ['upstream', 'target'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) {
+          for (const t of u.targets) {
+            if (t.breaker === null) continue
+            const state = t.downCause !== 'breaker' ? 0 : u.now() >= t.downUntil ? 2 : 1
+            this.set({ upstream: u.name, target: t.url }, state)
+          }
+        }
+      }
+    })
+  }
+
+  /** The upstreams whose state collect() reads. */
+  watch (upstreams: readonly Upstream[]): void {
+    this.#upstreams = upstreams
+  }
+
+  target (upstream: string, target: Target): TargetMeter {
+    const labels = { upstream, target: target.url }
+    const classes = STATUS_CLASSES.map((c) => this.#duration.labels({ ...labels, status_class: c }))
+    const age = this.#age.labels(labels)
+    const opened = this.#opened.labels(labels)
+    return {
+      attempt (statusClass, seconds) { classes[statusClass].observe(seconds) },
+      connectionOpened () { opened.inc() },
+      connectionClosed (ms) { age.observe(ms / 1000) }
+    }
+  }
+
+  retry (upstream: string, reason: ErrorCategory): void {
+    this.#retries.inc({ upstream, reason })
+  }
+
+  forget (upstream: string, target: Target): void {
+    const labels = { upstream, target: target.url }
+    for (const c of STATUS_CLASSES) this.#duration.remove({ ...labels, status_class: c })
+    this.#age.remove(labels)
+    this.#opened.remove(labels)
   }
 }

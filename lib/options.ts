@@ -162,7 +162,18 @@ export interface ResolvedRoute {
 export interface ResolvedOptions {
   upstreams: ResolvedUpstream[]
   routes: ResolvedRoute[]
-  metrics: { path: string | false, prefix: string, registry: Registry | undefined }
+  metrics: {
+    path: string | false
+    prefix: string
+    registry: Registry | undefined
+    defaultMetrics: boolean
+    /** A guard run before the scrape route (auth). */
+    onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined
+    /** Served on a port of its own (on 127.0.0.1 unless `host`), apart from the app's. */
+    port: number | undefined
+    host: string
+  }
+  status: { path: string | false, onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined }
   gracefulClose: { delay: number } | false
 }
 
@@ -282,7 +293,7 @@ const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'request'] as const
 const TLS_KEYS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'] as const
 const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls'] as const
 const UPSTREAM_KEYS = ['targets', 'balance', 'hashKey', ...DEFAULT_KEYS] as const
-const TOP_KEYS = ['upstreams', 'routes', 'metrics', 'gracefulClose', ...DEFAULT_KEYS] as const
+const TOP_KEYS = ['upstreams', 'routes', 'metrics', 'status', 'gracefulClose', ...DEFAULT_KEYS] as const
 const BALANCE: readonly BalancePolicy[] = ['round-robin', 'least-request', 'random', 'consistent-hash']
 const HTTP_METHOD = /^[A-Z]+$/
 
@@ -643,11 +654,19 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   const routesIn = o.routes === undefined ? [] : arrayAt(o.routes, 'routes')
   const routes = routesIn.map((r, i) => resolveRoute(r, i, nameSet))
 
-  let metrics: ResolvedOptions['metrics'] = { path: DEFAULTS.metrics.path, prefix: DEFAULTS.metrics.prefix, registry: undefined }
+  let metrics: ResolvedOptions['metrics'] = {
+    path: DEFAULTS.metrics.path,
+    prefix: DEFAULTS.metrics.prefix,
+    registry: undefined,
+    defaultMetrics: false,
+    onRequest: undefined,
+    port: undefined,
+    host: '127.0.0.1'
+  }
   if (o.metrics === false) {
     metrics = { ...metrics, path: false }
   } else if (o.metrics !== undefined) {
-    const m = objectAt(o.metrics, 'metrics', ['path', 'prefix', 'registry'])
+    const m = objectAt(o.metrics, 'metrics', ['path', 'prefix', 'registry', 'defaultMetrics', 'onRequest', 'port', 'host'])
     if (m.path !== undefined) metrics.path = m.path === false ? false : pathAt(m.path, 'metrics.path')
     if (m.prefix !== undefined) {
       if (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(m.prefix)) fail('metrics.prefix', m.prefix, 'is not a valid Prometheus metric name prefix')
@@ -660,6 +679,23 @@ export function resolveOptions (input: unknown): ResolvedOptions {
       }
       metrics.registry = m.registry as Registry
     }
+    if (m.defaultMetrics !== undefined) metrics.defaultMetrics = boolAt(m.defaultMetrics, 'metrics.defaultMetrics')
+    if (m.onRequest !== undefined) {
+      if (typeof m.onRequest !== 'function') fail('metrics.onRequest', m.onRequest, 'is not a function (request, reply) => ...')
+      metrics.onRequest = m.onRequest as ResolvedOptions['metrics']['onRequest']
+    }
+    if (m.port !== undefined) metrics.port = intAt(m.port, 'metrics.port', 0, 65535)
+    if (m.host !== undefined) metrics.host = stringAt(m.host, 'metrics.host')
+  }
+
+  let status: ResolvedOptions['status'] = { path: false, onRequest: undefined }
+  if (o.status !== undefined && o.status !== false) {
+    const st = objectAt(o.status, 'status', ['path', 'onRequest'])
+    status = { path: pathAt(st.path, 'status.path'), onRequest: undefined }
+    if (st.onRequest !== undefined) {
+      if (typeof st.onRequest !== 'function') fail('status.onRequest', st.onRequest, 'is not a function (request, reply) => ...')
+      status.onRequest = st.onRequest as ResolvedOptions['status']['onRequest']
+    }
   }
 
   let gracefulClose: ResolvedOptions['gracefulClose'] = { delay: DEFAULTS.gracefulClose.delay }
@@ -670,5 +706,5 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     if (g.delay !== undefined) gracefulClose = { delay: positiveDuration(g.delay, 'gracefulClose.delay') }
   }
 
-  return { upstreams, routes, metrics, gracefulClose }
+  return { upstreams, routes, metrics, status, gracefulClose }
 }

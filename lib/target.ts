@@ -4,6 +4,7 @@ import { TargetPool } from './connection-pool.js'
 import type { ConnectionFactory, ConnectionSettings, SharedLimits } from './connection-pool.js'
 import { CircuitBreaker } from './circuit-breaker.js'
 import { skipInterval } from './backoff.js'
+import type { TargetMeter } from './metrics.js'
 
 /** What a target needs from its upstream: the clock, chance, panic, and where to report a change of health. */
 export interface TargetOwner {
@@ -77,6 +78,11 @@ export class Target {
   rampFrom = 0
 
   readonly breaker: CircuitBreaker | null
+  /** Its metrics, with label sets made once. */
+  meter: TargetMeter | null = null
+  /** Recent latency (ms) and failure ratio, moving averages over about the last 20 attempts. */
+  latency = 0
+  failureRatio = 0
   readonly #owner: TargetOwner
   #onIdle: (() => void) | null = null
 
@@ -136,6 +142,13 @@ export class Target {
   /** Requests outstanding on it now (connections in use), for least request. */
   get outstanding (): number {
     return this.pool.busy
+  }
+
+  /** An attempt ended: feeds the recent latency and failure ratio. */
+  observe (failed: boolean, latency: number): void {
+    if (this.latency === 0) this.latency = latency
+    else this.latency += (latency - this.latency) * 0.1
+    this.failureRatio += ((failed ? 1 : 0) - this.failureRatio) * 0.1
   }
 
   countError (category: ErrorCategory): void {
@@ -286,6 +299,8 @@ export class Target {
       breaker: this.breaker === null ? null : { state: this.downCause === 'breaker' ? (now >= this.downUntil ? 'half-open' : 'open') : 'closed', ...counts! },
       ejections: this.ejections,
       slowStart: this.rampFrom !== 0,
+      latency: Math.round(this.latency * 10) / 10,
+      failureRatio: Math.round(this.failureRatio * 1000) / 1000,
       active: this.active,
       idle: pool.idle.length,
       connections: pool.open,

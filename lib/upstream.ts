@@ -19,6 +19,7 @@ import { fullJitter } from './backoff.js'
 import { HealthChecker, httpProber } from './health-checker.js'
 import type { Prober, ProbeResult } from './health-checker.js'
 import { OutlierDetector } from './outlier-detector.js'
+import type { Meter } from './metrics.js'
 import type { SssonectorError } from './errors.js'
 
 /** Reads a request body of known length in full, for replay. */
@@ -60,6 +61,8 @@ export interface UpstreamDeps {
   random?: Random
   /** Runs one active health probe (an HTTP request on a connection of its own by default). */
   prober?: Prober
+  /** Metrics of the attempts, retries and connections. */
+  meter?: Meter
 }
 
 /**
@@ -257,6 +260,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     target.outcome(category, this.#status, this.#trial)
     if (category !== 'client_abort' && category !== 'http_5xx') target.countError(category)
     const retry = discarded || (this.#aborted === null && !this.#started && this.#retriable(e))
+    this.#up.attemptFailed(target, category, this.#lease.attempts, retry)
     this.#endAttempt(false, category, retry)
     if (!discarded) this.#last = e
     if (retry) {
@@ -327,7 +331,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     }
     conn.pool.put(conn, reusable)
     const latency = this.#up.now() - this.#attemptStart
-    if (category !== 'client_abort') this.#up.outliers?.record(target, category !== null || this.#status >= 500, latency)
+    if (category !== 'client_abort') {
+      const failed = category !== null || this.#status >= 500
+      this.#up.outliers?.record(target, failed, latency)
+      target.observe(failed, latency)
+      target.meter?.attempt(category === null || category === 'http_5xx' ? Math.min(4, Math.max(0, ((this.#status / 100) | 0) - 1)) : 5, latency / 1000)
+    }
     lease.category = category
     lease.latency = latency
     if (retried || lease.history !== null) {
@@ -342,6 +351,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     const up = this.#up
     const tried = this.#tried ?? (this.#tried = [])
     tried.push(this.#target!)
+    up.meter?.retry(up.name, this.#lease.category ?? 'unknown')
     up.retriesActive++
     this.#isRetry = true
     // After a reset or a dropped answer, not on a socket as old as the one that failed.
@@ -530,6 +540,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
   #health: HealthChecker | null = null
   #prober: { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } | null = null
   readonly #customProber: Prober | undefined
+  readonly meter: Meter | null
   readonly #queue = new WaitQueue<Lease>()
   readonly #balancer: Balancer<Target>
   readonly #factory: ConnectionFactory
@@ -556,6 +567,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     this.#log = deps.log ?? silentLog
     this.outliers = config.outlierDetection === null ? null : new OutlierDetector(config.outlierDetection)
     this.#customProber = deps.prober
+    this.meter = deps.meter ?? null
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
@@ -568,7 +580,30 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
   }
 
   #makeTarget (t: ResolvedUpstream['targets'][number]): Target {
-    return new Target(t, this.#settings, this.limits, this.#factory, this, this.#onFree, this.config.circuitBreaker)
+    const target = new Target(t, this.#settings, this.limits, this.#factory, this, this.#onFree, this.config.circuitBreaker)
+    const meter = this.meter?.target(this.name, target) ?? null
+    target.meter = meter
+    const log = this.#log
+    const fields = { upstream: this.name, target: target.url }
+    target.pool.observer = {
+      opened () {
+        meter?.connectionOpened()
+        log.debug(fields, 'connection opened')
+      },
+      closed (age) {
+        meter?.connectionClosed(age)
+        log.debug({ ...fields, age }, 'connection closed')
+      }
+    }
+    return target
+  }
+
+  /** A failed attempt, logged with its category: debug for a client that left, info when retried, warn when it was the last. */
+  attemptFailed (target: Target, category: ErrorCategory, attempt: number, retried: boolean): void {
+    const fields = { upstream: this.name, target: target.url, reason: category, attempt }
+    if (category === 'client_abort') this.#log.debug(fields, 'client left during the attempt')
+    else if (retried) this.#log.info(fields, 'attempt failed, retrying')
+    else this.#log.warn(fields, 'attempt failed')
   }
 
   /** A target went out of rotation or came back, for one cause: logged once, and the panic state follows. */
@@ -914,6 +949,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
 
   /** A target gone: its checks stop, its probe connection closes. */
   async #unwatch (target: Target): Promise<void> {
+    this.meter?.forget(this.name, target)
     this.#health?.remove(target)
     this.outliers?.forget(target)
     await this.#prober?.forget(target)

@@ -51,6 +51,13 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['bad tls', { ...ok, tls: { ca: 42 } }, /^tls\.ca: 42 is not a PEM string or Buffer/],
   ['bad metrics path', { ...ok, metrics: { path: 'metrics' } }, /^metrics\.path: "metrics" is not a path/],
   ['bad registry', { ...ok, metrics: { registry: {} } }, /^metrics\.registry: \{\} is not a prom-client Registry/],
+  ['bad panic threshold', { ...ok, panicThreshold: 120 }, /^panicThreshold: 120 is not between 0 and 100/],
+  ['bad slow start', { ...ok, slowStart: 'slowly' }, /^slowStart: "slowly" is not a duration/],
+  ['bad outlier option', { ...ok, outlierDetection: { maxEjectionPercent: -1 } }, /^outlierDetection\.maxEjectionPercent: -1 is not between 0 and 100/],
+  ['outlier max below base', { ...ok, outlierDetection: { baseEjectionTime: '1m', maxEjectionTime: '10s' } }, /^upstreams\.users\.outlierDetection\.maxEjectionTime: 10000 is less than/],
+  ['bad metrics guard', { ...ok, metrics: { onRequest: 'token' } }, /^metrics\.onRequest: "token" is not a function/],
+  ['bad metrics port', { ...ok, metrics: { port: 70000 } }, /^metrics\.port: 70000 is not between 0 and 65535/],
+  ['status without path', { ...ok, status: {} }, /^status\.path: undefined is not a non-empty string/],
   ['bad graceful delay', { ...ok, gracefulClose: { delay: 'soon' } }, /^gracefulClose\.delay: "soon" is not a duration/],
   ['routes not an array', { ...ok, routes: {} }, /^routes: \{\} is not an array/],
   ['route naming an unknown upstream', { ...ok, routes: [{ prefix: '/x', upstream: 'orders' }] }, /^routes\[0\]\.upstream: "orders" is not an upstream \(the upstreams are: users\)/],
@@ -148,7 +155,11 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
     unhealthyThreshold: 3,
     expectedStatus: [200, 399]
   })
-  t.same(r.metrics, { path: '/metrics', prefix: 'sssonector_', registry: undefined })
+  t.same(r.metrics, { path: '/metrics', prefix: 'sssonector_', registry: undefined, defaultMetrics: false, onRequest: undefined, port: undefined, host: '127.0.0.1' })
+  t.same(r.status, { path: false, onRequest: undefined })
+  t.equal(plain.panicThreshold, 50)
+  t.equal(plain.slowStart, 0)
+  t.same(plain.outlierDetection, { interval: 10000, baseEjectionTime: 30000, maxEjectionTime: 300000, maxEjectionPercent: 50, minimumRequests: 20, failureRateFactor: 3, latencyFactor: 3 })
   t.same(r.gracefulClose, { delay: 10000 })
 })
 

@@ -2,7 +2,7 @@
  * The public contract of fastify-sssonector: option and decorator types.
  * lib/ imports its public types from here, so contract and code cannot drift.
  */
-import type { FastifyPluginAsync, FastifyRequest } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import type { Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
@@ -187,6 +187,21 @@ export interface MetricsOptions {
   prefix?: string
   /** A prom-client Registry to share; else the plugin makes its own. */
   registry?: Registry
+  /** Also collect prom-client's default process metrics (with the same prefix). @default false */
+  defaultMetrics?: boolean
+  /** A guard run before the scrape (an onRequest hook: check a token, reply 401). */
+  onRequest?: onRequestHookHandler
+  /** Serve the metrics on a port of their own instead of the app's (0: any free port). */
+  port?: number
+  /** The address of that port. @default '127.0.0.1' */
+  host?: string
+}
+
+export interface StatusOptions {
+  /** Path of the status page: JSON for `Accept: application/json`, else an HTML page that refreshes itself. */
+  path: string
+  /** A guard run before it (an onRequest hook). */
+  onRequest?: onRequestHookHandler
 }
 
 export interface GracefulCloseOptions {
@@ -201,6 +216,8 @@ export interface SssonectorOptions extends UpstreamDefaults {
   routes?: RouteOptions[]
   /** @default { path: '/metrics', prefix: 'sssonector_' } */
   metrics?: MetricsOptions | false
+  /** A status page of every upstream and target, like HAProxy's. @default off */
+  status?: StatusOptions | false
   /** @default { delay: '10s' } */
   gracefulClose?: GracefulCloseOptions | false
 }
@@ -243,6 +260,9 @@ export interface TargetStats {
   ejections: number
   /** Ramping its share up after a return. */
   slowStart: boolean
+  /** Recent mean latency of its attempts (ms) and their failure ratio (0 to 1), moving averages over about the last 20. */
+  latency: number
+  failureRatio: number
   /**
    * Set while the target is skipped after failed connects: since and until when
    * (ms since the epoch), the failures in a row, and whether its one trial is in flight.
@@ -331,5 +351,7 @@ export type SssonectorPlugin = FastifyPluginAsync<SssonectorOptions>
 declare module 'fastify' {
   interface FastifyInstance {
     sssonector: SssonectorDecorator
+    /** The metrics registry, and the address of the metrics port when `metrics.port` is set. */
+    sssonectorMetrics: { readonly registry: Registry, readonly address: string | import('node:net').AddressInfo | null }
   }
 }
