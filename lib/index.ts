@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
-import closeWithGrace from 'close-with-grace'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { closeOnSignal } from './graceful.js'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { SssonectorDecorator, SssonectorOptions } from '../types/index.js'
@@ -15,6 +16,11 @@ export * as errors from './errors.js'
 export { parseDuration } from './options.js'
 export { Upstream, UpstreamDispatcher } from './upstream.js'
 
+/** While closing, every response ends its connection. */
+function closeAfter (_req: IncomingMessage, res: ServerResponse): void {
+  res.shouldKeepAlive = false
+}
+
 /**
  * The plugin: validates the options into a new object, builds the upstreams,
  * decorates `fastify.sssonector`, registers the proxy routes and the metrics
@@ -29,8 +35,10 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   metrics.watch(list)
   const names = Object.freeze([...upstreams.keys()])
 
+  const state = { closing: false }
   const decorator: SssonectorDecorator = {
     names,
+    get closing () { return state.closing },
     upstream (name: string): Upstream {
       const u = upstreams.get(name)
       if (u === undefined) throw new UnknownUpstreamError(JSON.stringify(name), names.join(', '))
@@ -39,7 +47,7 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   }
   fastify.decorate('sssonector', decorator)
 
-  for (const route of opts.routes) registerRoute(fastify, route, upstreams.get(route.upstream)!)
+  for (const route of opts.routes) registerRoute(fastify, route, upstreams.get(route.upstream)!, state)
 
   const scrape = async (_request: FastifyRequest, reply: FastifyReply): Promise<string> => {
     reply.type(metrics.registry.contentType)
@@ -81,21 +89,35 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
     await Promise.all(list.map(async (u) => await u.startHealth()))
   })
 
-  let grace: { uninstall: () => void } | null = null
+  // Closing: health checks and outlier timers stop first, before in-flight requests drain.
+  fastify.addHook('preClose', async () => {
+    state.closing = true
+    for (const u of list) u.stopHealth()
+    // Connections do not outlive the close: a request arriving now is answered
+    // with Connection: close (Fastify's 503), and a keep-alive socket that goes
+    // idle is closed at once rather than after keepAliveTimeout.
+    const server = fastify.server
+    server.prependListener('request', closeAfter)
+    server.keepAliveTimeout = 1
+  })
+
+  let forget: (() => void) | null = null
   const gracefulClose = opts.gracefulClose
   if (gracefulClose !== false) {
     fastify.addHook('onReady', async () => {
-      grace = closeWithGrace({ delay: gracefulClose.delay, logger: fastify.log }, async ({ signal, err }) => {
-        if (err !== undefined) fastify.log.error({ err }, 'closing after an uncaught error')
-        else fastify.log.info({ signal }, 'closing on signal')
-        await fastify.close()
+      forget = closeOnSignal({
+        app: fastify,
+        delay: gracefulClose.delay,
+        preStop: gracefulClose.preStop,
+        inFlight: () => list.reduce((n, u) => n + u.active + u.pending, 0),
+        onSignal: () => { state.closing = true }
       })
     })
   }
 
   fastify.addHook('onClose', async () => {
-    grace?.uninstall()
-    await Promise.all(list.map((u) => u.close()))
+    forget?.()
+    await Promise.all(list.map(async (u) => { await u.close() }))
   })
 }
 

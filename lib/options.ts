@@ -61,7 +61,7 @@ export const DEFAULTS = {
     request: 0 // off
   },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
-  gracefulClose: { delay: 10 * 1000 } // 10s
+  gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
 } as const
 
 export interface ResolvedPool {
@@ -174,7 +174,7 @@ export interface ResolvedOptions {
     host: string
   }
   status: { path: string | false, onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined }
-  gracefulClose: { delay: number } | false
+  gracefulClose: { delay: number, preStop: number } | false
 }
 
 // ---------------------------------------------------------------- durations
@@ -698,12 +698,14 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     }
   }
 
-  let gracefulClose: ResolvedOptions['gracefulClose'] = { delay: DEFAULTS.gracefulClose.delay }
+  let gracefulClose: ResolvedOptions['gracefulClose'] = { ...DEFAULTS.gracefulClose }
   if (o.gracefulClose === false) {
     gracefulClose = false
   } else if (o.gracefulClose !== undefined) {
-    const g = objectAt(o.gracefulClose, 'gracefulClose', ['delay'])
-    if (g.delay !== undefined) gracefulClose = { delay: positiveDuration(g.delay, 'gracefulClose.delay') }
+    const g = objectAt(o.gracefulClose, 'gracefulClose', ['delay', 'preStop'])
+    if (g.delay !== undefined) gracefulClose.delay = positiveDuration(g.delay, 'gracefulClose.delay')
+    if (g.preStop !== undefined) gracefulClose.preStop = parseDuration(g.preStop, 'gracefulClose.preStop')
+    if (gracefulClose.preStop >= gracefulClose.delay) fail('gracefulClose.preStop', gracefulClose.preStop, `is not less than gracefulClose.delay (${gracefulClose.delay} ms)`)
   }
 
   return { upstreams, routes, metrics, status, gracefulClose }

@@ -106,7 +106,7 @@ function sendError (reply: FastifyReply, err: SssonectorError): void {
 }
 
 /** Registers one proxy route on @fastify/http-proxy, wired through the upstream's pool. */
-export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstream: Upstream): void {
+export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstream: Upstream, app: { readonly closing: boolean }): void {
   const { prefix } = route
   // Fastify's request.routeOptions builds a new object on every read: take the limit once.
   const bodyLimit = route.bodyLimit ?? fastify.initialConfig.bodyLimit ?? 1024 * 1024
@@ -181,6 +181,8 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     for (let i = 0; i < HOP_BY_HOP_RESPONSE.length; i++) {
       if (headers[HOP_BY_HOP_RESPONSE[i]] !== undefined) delete headers[HOP_BY_HOP_RESPONSE[i]]
     }
+    // Closing: the client takes its next request elsewhere.
+    if (app.closing) headers.connection = 'close'
     const user = userReply.rewriteHeaders as ((h: Record<string, unknown>, r: FastifyRequest) => Record<string, unknown>) | undefined
     return user === undefined ? headers : user(headers, request)
   }

@@ -633,6 +633,13 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     await this.#health.start(this.targets)
   }
 
+  /** Stops the active checks and outlier detection (closing: they would only add noise). */
+  stopHealth (): void {
+    this.#health?.stop()
+    if (this.#odTimer !== null) clearTimeout(this.#odTimer)
+    this.#odTimer = null
+  }
+
   #probed (target: Target, result: ProbeResult): void {
     if (result.ok) target.probeConnected()
     else {
@@ -1032,9 +1039,7 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     }
     if (this.#queueTimer !== null) clearTimeout(this.#queueTimer)
     this.#queueTimer = null
-    if (this.#odTimer !== null) clearTimeout(this.#odTimer)
-    this.#odTimer = null
-    this.#health?.stop()
+    this.stopHealth()
     await this.#prober?.close()
     await Promise.all(this.targets.map((t) => t.drain()))
     if (this.#sweepTimer !== null) clearTimeout(this.#sweepTimer)

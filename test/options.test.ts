@@ -59,6 +59,7 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['bad metrics port', { ...ok, metrics: { port: 70000 } }, /^metrics\.port: 70000 is not between 0 and 65535/],
   ['status without path', { ...ok, status: {} }, /^status\.path: undefined is not a non-empty string/],
   ['bad graceful delay', { ...ok, gracefulClose: { delay: 'soon' } }, /^gracefulClose\.delay: "soon" is not a duration/],
+  ['preStop not below delay', { ...ok, gracefulClose: { delay: '1s', preStop: '2s' } }, /^gracefulClose\.preStop: 2000 is not less than gracefulClose\.delay/],
   ['routes not an array', { ...ok, routes: {} }, /^routes: \{\} is not an array/],
   ['route naming an unknown upstream', { ...ok, routes: [{ prefix: '/x', upstream: 'orders' }] }, /^routes\[0\]\.upstream: "orders" is not an upstream \(the upstreams are: users\)/],
   ['route without prefix', { ...ok, routes: [{ upstream: 'users' }] }, /^routes\[0\]\.prefix: undefined is not a non-empty string/],
@@ -160,7 +161,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(plain.panicThreshold, 50)
   t.equal(plain.slowStart, 0)
   t.same(plain.outlierDetection, { interval: 10000, baseEjectionTime: 30000, maxEjectionTime: 300000, maxEjectionPercent: 50, minimumRequests: 20, failureRateFactor: 3, latencyFactor: 3 })
-  t.same(r.gracefulClose, { delay: 10000 })
+  t.same(r.gracefulClose, { delay: 10000, preStop: 0 })
 })
 
 t.test('the caller\'s options are never mutated', async (t) => {

@@ -205,8 +205,14 @@ export interface StatusOptions {
 }
 
 export interface GracefulCloseOptions {
-  /** How long in-flight requests may take after a signal. @default '10s' */
+  /** How long, from the signal, everything may take before the process exits 1. @default '10s' */
   delay?: Duration
+  /**
+   * After the signal, keep serving this long before closing, with
+   * `app.sssonector.closing` true so a readiness route can fail and the load
+   * balancer take the instance out first. @default 0
+   */
+  preStop?: Duration
 }
 
 export interface SssonectorOptions extends UpstreamDefaults {
@@ -344,6 +350,8 @@ export interface SssonectorDecorator {
   upstream(name: string): SssonectorUpstream
   /** The names of all upstreams. */
   readonly names: readonly string[]
+  /** True from the close signal (or `app.close()`) on: answer readiness probes with 503. */
+  readonly closing: boolean
 }
 
 export type SssonectorPlugin = FastifyPluginAsync<SssonectorOptions>
