@@ -170,6 +170,8 @@ class Exchange implements Dispatcher.DispatchHandler {
   #discarding = false
   /** This attempt is a retry, counted in the upstream's budget. */
   #isRetry = false
+  /** This request already waited once for room in the retry budget. */
+  #budgetWaited = false
   #aborted: Error | null = null
   #timer: NodeJS.Timeout | null = null
   #tried: Target[] | null = null
@@ -286,8 +288,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (this.#timer !== null) {
       clearTimeout(this.#timer)
       this.#timer = null
-      this.#isRetry = false
-      this.#up.retriesActive--
+      if (this.#isRetry) {
+        this.#isRetry = false
+        this.#up.retriesActive--
+      }
       this.#fail(toUpstreamError(err))
       return
     }
@@ -313,9 +317,9 @@ class Exchange implements Dispatcher.DispatchHandler {
     return policy.methods.has(this.#opts.method) && replayable(this.#opts.body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
   }
 
-  /** Attempts left, and room in the retry budget. */
+  /** Attempts left, and room in the retry budget, or one wait for room still to come. */
   #mayRetry (): boolean {
-    return this.#lease.attempts <= this.#up.config.pool.maxRetries && this.#up.retryBudgetAllows()
+    return this.#lease.attempts <= this.#up.config.pool.maxRetries && (!this.#budgetWaited || this.#up.retryBudgetAllows())
   }
 
   #endAttempt (reusable: boolean, category: ErrorCategory | null, retried: boolean): void {
@@ -346,11 +350,29 @@ class Exchange implements Dispatcher.DispatchHandler {
     target.settle()
   }
 
-  /** The next attempt: an untried target at once; when none is left, any after a backoff. */
+  /**
+   * The next attempt: an untried target at once; when none is left, any after a
+   * backoff. With the retry budget spent (a burst: a target died under many
+   * requests at once), the retry waits one backoff for room, then goes or fails:
+   * a burst is spread out, a storm is still refused.
+   */
   #retry (): void {
     const up = this.#up
     const tried = this.#tried ?? (this.#tried = [])
     tried.push(this.#target!)
+    if (!up.retryBudgetAllows()) {
+      this.#budgetWaited = true
+      this.#wait(true, () => {
+        if (up.retryBudgetAllows()) this.#retryNow(tried)
+        else this.#giveUp('retry budget spent')
+      })
+      return
+    }
+    this.#retryNow(tried)
+  }
+
+  #retryNow (tried: Target[]): void {
+    const up = this.#up
     up.meter?.retry(up.name, this.#lease.category ?? 'unknown')
     up.retriesActive++
     this.#isRetry = true
@@ -361,18 +383,35 @@ class Exchange implements Dispatcher.DispatchHandler {
       this.start(next.conn, next.target)
       return
     }
-    const policy = up.config.retry!
-    const delay = fullJitter(tried.length - 1, policy.baseDelay, policy.maxDelay, up.random)
-    this.#timer = setTimeout(() => {
-      this.#timer = null
+    this.#wait(false, () => {
       const again = up.takeForRetry(null, fresh)
       if (again === null) {
         this.#isRetry = false
         up.retriesActive--
-        this.#fail(this.#last ?? (new NoTargetError(up.name) as unknown as SssonectorError))
+        this.#giveUp('no target can take the retry')
         return
       }
       this.start(again.conn, again.target)
+    })
+  }
+
+  /** A retry that could not happen: the last failure is the answer. */
+  #giveUp (why: string): void {
+    const e = this.#last ?? (new NoTargetError(this.#up.name) as unknown as SssonectorError)
+    this.#up.retryFailed(this.#target!, e.category, this.#lease.attempts, why)
+    this.#fail(e)
+  }
+
+  /**
+   * Backoff with full jitter before `then`, cancelled by an abort. Waiting for
+   * room in the budget, at least `baseDelay`: the retries in flight need time to end.
+   */
+  #wait (forBudget: boolean, then: () => void): void {
+    const policy = this.#up.config.retry!
+    const delay = (forBudget ? policy.baseDelay : 0) + fullJitter((this.#tried?.length ?? 1) - 1, policy.baseDelay, policy.maxDelay, this.#up.random)
+    this.#timer = setTimeout(() => {
+      this.#timer = null
+      then()
     }, delay)
     this.#timer.unref()
   }
@@ -596,6 +635,11 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
       }
     }
     return target
+  }
+
+  /** A retry that could not happen, logged with why. */
+  retryFailed (target: Target, category: ErrorCategory, attempt: number, why: string): void {
+    this.#log.warn({ upstream: this.name, target: target.url, reason: category, attempt, why, retries: this.retriesActive, active: this.active }, 'retry given up')
   }
 
   /** A failed attempt, logged with its category: debug for a client that left, info when retried, warn when it was the last. */
