@@ -121,27 +121,32 @@ class WeightIndex<T extends Pickable> {
   }
 }
 
-/** Weighted random: O(log n) a draw. */
-export class WeightedRandom<T extends Pickable = Pickable> implements Balancer<T> {
-  readonly #index = new WeightIndex<T>()
-  readonly #random: Random
+/** The targets, drawn at random by weight. */
+abstract class WeightedDraws<T extends Pickable> implements Balancer<T> {
+  protected readonly index = new WeightIndex<T>()
+  protected readonly random: Random
 
   constructor (random: Random) {
-    this.#random = random
+    this.random = random
   }
 
   update (targets: readonly T[]): void {
-    this.#index.update(targets)
+    this.index.update(targets)
   }
 
+  abstract pick (key?: string): T | undefined
+}
+
+/** Weighted random: O(log n) a draw. */
+export class WeightedRandom<T extends Pickable = Pickable> extends WeightedDraws<T> {
   pick (): T | undefined {
-    const index = this.#index
+    const index = this.index
     if (index.targets.length === 0) return undefined
     for (let i = 0; i < RANDOM_TRIES; i++) {
-      const t = index.draw(this.#random())
+      const t = index.draw(this.random())
       if (t.canTake()) return t
     }
-    return scanFrom(index.targets, Math.floor(this.#random() * index.targets.length))
+    return scanFrom(index.targets, Math.floor(this.random() * index.targets.length))
   }
 }
 
@@ -151,31 +156,20 @@ export class WeightedRandom<T extends Pickable = Pickable> implements Balancer<T
  * of weight wins. O(1) a pick, and it never herds every request onto the one
  * target that looked idlest a moment ago.
  */
-export class LeastRequest<T extends Pickable = Pickable> implements Balancer<T> {
-  readonly #index = new WeightIndex<T>()
-  readonly #random: Random
-
-  constructor (random: Random) {
-    this.#random = random
-  }
-
-  update (targets: readonly T[]): void {
-    this.#index.update(targets)
-  }
-
+export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T> {
   pick (): T | undefined {
-    const index = this.#index
+    const index = this.index
     const n = index.targets.length
     if (n === 0) return undefined
     let a: T | undefined
     let b: T | undefined
     for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
-      const t = index.draw(this.#random())
+      const t = index.draw(this.random())
       if (!t.canTake()) continue
       if (a === undefined) a = t
       else if (t !== a || n === 1) b = t
     }
-    if (a === undefined) return scanFrom(index.targets, Math.floor(this.#random() * n))
+    if (a === undefined) return scanFrom(index.targets, Math.floor(this.random() * n))
     if (b === undefined || b === a) return a
     // Fewer outstanding per unit of weight wins; on a tie (idle targets) the first
     // draw does, and the draws follow the weights.
