@@ -23,6 +23,7 @@ interface AutocannonResult {
   timeouts: number
   non2xx: number
   statusCodeStats: Record<string, { count: number }>
+  requests: { sent: number }
 }
 
 interface AutocannonInstance extends EventEmitter {
@@ -47,12 +48,25 @@ export interface LoadResult {
   /** completed responses (any status) per second */
   rps: number
   responses: number
-  /** latency of every response, ms */
-  latency: { mean: number, p50: number, p90: number, p99: number, max: number }
+  /** 2xx responses */
+  ok: number
+  /** latency of every response (any status), ms */
+  latency: { mean: number, p50: number, p90: number, p99: number, p999: number, max: number }
   /** connection errors, timeouts included */
   errors: number
   timeouts: number
   non2xx: number
+  /** requests written */
+  sent: number
+  /**
+   * requests lost without an answer or an error: the server closed the
+   * connection under them (autocannon reconnects silently). Sent, less
+   * answered, less errors, less the one request per connection (and per
+   * pipelined slot) still out when the run stopped.
+   */
+  dropped: number
+  /** 2xx / (responses + errors + dropped) */
+  success: number
   statusCodes: Record<string, number>
   seconds: number
 }
@@ -85,20 +99,32 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
       }
       const sorted = latencies.subarray(0, count).sort()
       const statusCodes: Record<string, number> = {}
-      for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) statusCodes[code] = Number(stat.count)
+      let ok = 0
+      for (const [code, stat] of Object.entries(result.statusCodeStats ?? {})) {
+        statusCodes[code] = Number(stat.count)
+        if (code.startsWith('2')) ok += Number(stat.count)
+      }
+      const sent = Number(result.requests?.sent ?? 0)
+      const dropped = Math.max(0, sent - count - result.errors - opts.connections * opts.pipelining)
+      const attempts = count + result.errors + dropped
       resolve({
         rps: result.duration > 0 ? count / result.duration : 0,
         responses: count,
+        ok,
         latency: {
           mean: count > 0 ? sorted.reduce((a, b) => a + b, 0) / count : 0,
           p50: percentile(sorted, 50),
           p90: percentile(sorted, 90),
           p99: percentile(sorted, 99),
+          p999: percentile(sorted, 99.9),
           max: count > 0 ? sorted[count - 1]! : 0
         },
         errors: result.errors,
         timeouts: result.timeouts,
         non2xx: result.non2xx,
+        sent,
+        dropped,
+        success: attempts > 0 ? ok / attempts : 0,
         statusCodes,
         seconds: result.duration
       })
@@ -118,6 +144,7 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
 /** Nearest-rank percentile of sorted values. */
 function percentile (sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0
-  const rank = Math.ceil((p / 100) * sorted.length)
+  // the epsilon keeps 99.9% of 1000 at rank 999 despite binary fractions
+  const rank = Math.ceil((p / 100) * sorted.length - 1e-9)
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!
 }

@@ -25,20 +25,25 @@ export interface UsageMessage {
   connections?: number
 }
 
-export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage
+/** Sent by a child started in standby: it waits for `{ type: 'listen' }` before listening. */
+export interface StandbyMessage {
+  type: 'standby'
+}
 
-export type ParentMessage = { type: 'usage' } | { type: 'stop' }
+export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage | StandbyMessage
+
+export type ParentMessage = { type: 'usage' } | { type: 'stop' } | { type: 'listen' }
 
 export function isChildMessage (value: unknown): value is ChildMessage {
   if (typeof value !== 'object' || value === null) return false
   const type = (value as { type?: unknown }).type
-  return type === 'ready' || type === 'failed' || type === 'usage'
+  return type === 'ready' || type === 'failed' || type === 'usage' || type === 'standby'
 }
 
 export function isParentMessage (value: unknown): value is ParentMessage {
   if (typeof value !== 'object' || value === null) return false
   const type = (value as { type?: unknown }).type
-  return type === 'usage' || type === 'stop'
+  return type === 'usage' || type === 'stop' || type === 'listen'
 }
 
 /** Sends a message to the parent, if there still is one. */
@@ -56,6 +61,19 @@ export function usage (connections?: number): UsageMessage {
     cpuSystem: cpu.system,
     ...(connections !== undefined ? { connections } : {})
   }
+}
+
+/** Tells the parent this child is in standby, and resolves on its `listen` message. */
+export async function standby (): Promise<void> {
+  await new Promise<void>((resolve) => {
+    const onMessage = (message: unknown): void => {
+      if (!isParentMessage(message) || message.type !== 'listen') return
+      process.off('message', onMessage)
+      resolve()
+    }
+    process.on('message', onMessage)
+    toParent({ type: 'standby' })
+  })
 }
 
 /**
@@ -88,7 +106,7 @@ export function childMain<T> (start: (config: T) => Promise<Started>): void {
   process.on('message', (message: unknown) => {
     if (!isParentMessage(message)) return
     if (message.type === 'usage') toParent(usage(connections?.()))
-    else stop()
+    else if (message.type === 'stop') stop()
   })
 
   let config: T

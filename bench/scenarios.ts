@@ -1,4 +1,4 @@
-// What the benchmark measures: arms (how a request reaches the upstream) and
+// What the benchmark measures: arms (how a request reaches the upstreams) and
 // scenarios (what the upstreams do and what the load sends). A new arm is one
 // entry in `arms` plus, for a new kind of gateway, one builder in gateway.ts;
 // a new scenario is one entry in `scenarios` plus, for a new upstream
@@ -10,19 +10,43 @@ export type GatewayKind = 'http-proxy' | 'sssonector'
 export interface ArmDefinition {
   name: string
   description: string
-  /** `direct`: the load goes straight to the upstream targets */
+  /** `direct`: the load goes straight to the upstream target */
   via: 'direct' | GatewayKind
+  /** `one`: the scenario's first target (always a healthy one); `all`: every target */
+  targets: 'one' | 'all'
 }
 
 export const arms: readonly ArmDefinition[] = [
-  { name: 'direct', description: 'load generator straight to the upstream: the limit', via: 'direct' },
-  { name: 'http-proxy', description: 'Fastify + @fastify/http-proxy', via: 'http-proxy' },
-  { name: 'sssonector', description: 'Fastify + fastify-sssonector', via: 'sssonector' }
+  { name: 'direct', description: 'load generator straight to the first upstream: the limit', via: 'direct', targets: 'one' },
+  { name: 'http-proxy', description: 'Fastify + @fastify/http-proxy, one target', via: 'http-proxy', targets: 'one' },
+  { name: "http-proxy'", description: 'the same as http-proxy, in a process of its own: the noise figure', via: 'http-proxy', targets: 'one' },
+  { name: 'sssonector', description: 'Fastify + fastify-sssonector, one target', via: 'sssonector', targets: 'one' },
+  { name: 'http-proxy-balanced', description: 'Fastify + @fastify/http-proxy over undici BalancedPool, three targets', via: 'http-proxy', targets: 'all' },
+  { name: "http-proxy-balanced'", description: 'the same as http-proxy-balanced, in a process of its own: the noise figure', via: 'http-proxy', targets: 'all' },
+  { name: 'sssonector-balanced', description: 'Fastify + fastify-sssonector, three targets, default options', via: 'sssonector', targets: 'all' }
 ]
 
 /** What one upstream child does with each request (see upstream.ts). */
 export type UpstreamBehaviour =
   | { kind: 'ok', bodyBytes: number }
+  /** answers after `delayMs` */
+  | { kind: 'slow', bodyBytes: number, delayMs: number }
+  /** answers `status` to one request in `every`, the others as `ok` */
+  | { kind: 'flaky', bodyBytes: number, status: number, every: number }
+
+/** One target of a scenario: an upstream child, or a port nothing listens on. */
+export type TargetSpec = UpstreamBehaviour | { kind: 'dead' }
+
+/**
+ * A target killed during every measured run and started again on the same
+ * port: killed at `killAt` of the run's duration, listening again at `backAt`.
+ */
+export interface Disruption {
+  kind: 'restart'
+  target: number
+  killAt: number
+  backAt: number
+}
 
 export interface RequestSpec {
   method: 'GET' | 'POST' | 'PUT' | 'DELETE'
@@ -34,28 +58,109 @@ export interface RequestSpec {
 export interface Scenario {
   name: string
   description: string
-  /** one upstream child process per entry; each one is a target */
-  upstreams: UpstreamBehaviour[]
-  /** the route prefix both gateways proxy */
+  /** one target per entry; the first one is always healthy (the one-target arms use it) */
+  targets: TargetSpec[]
+  /** the route prefix every gateway proxies */
   prefix: string
   request: RequestSpec
-  /** the arms this scenario runs, in this order within each round */
+  /** the arms this scenario runs (interleaved within each round, the order turning round by round) */
   arms: string[]
-  /** ratios are printed as `compare / baseline` */
-  baseline: string
-  compare: string
+  /** [plain, plugin]: ratios are printed as plugin / plain */
+  pairs: Array<[string, string]>
+  /** [A, A']: the same arm twice, whose ratio is the noise of this scenario */
+  noise: [string, string]
+  /** connections of the load generator, when not BENCH_CONNECTIONS' default */
+  connections?: number
+  /** seconds per run, when BENCH_DURATION is not set */
+  duration?: number
+  disruption?: Disruption
 }
+
+const SMALL = 100
+const ONE_TARGET = ['direct', 'http-proxy', 'sssonector', "http-proxy'"]
+const THREE_TARGETS = ['http-proxy-balanced', 'sssonector-balanced', "http-proxy-balanced'"]
+const BALANCED_PAIR: Array<[string, string]> = [['http-proxy-balanced', 'sssonector-balanced']]
+const BALANCED_NOISE: [string, string] = ['http-proxy-balanced', "http-proxy-balanced'"]
+const ok = { kind: 'ok', bodyBytes: SMALL } as const
 
 export const scenarios: readonly Scenario[] = [
   {
-    name: 'baseline',
-    description: 'one healthy keep-alive target, GET with a ~100-byte answer',
-    upstreams: [{ kind: 'ok', bodyBytes: 100 }],
+    name: 'steady',
+    description: 'healthy keep-alive targets, GET with a ~100-byte answer',
+    targets: [ok, ok, ok],
     prefix: '/',
     request: { method: 'GET', path: '/hello' },
-    arms: ['direct', 'http-proxy', 'sssonector'],
-    baseline: 'http-proxy',
-    compare: 'sssonector'
+    arms: ['direct', 'http-proxy', 'sssonector', 'http-proxy-balanced', 'sssonector-balanced', "http-proxy'"],
+    pairs: [['http-proxy', 'sssonector'], ...BALANCED_PAIR],
+    noise: ['http-proxy', "http-proxy'"]
+  },
+  {
+    name: 'dead',
+    description: 'one of three targets is a port nothing listens on, for the whole run',
+    targets: [ok, ok, { kind: 'dead' }],
+    prefix: '/',
+    request: { method: 'GET', path: '/hello' },
+    arms: THREE_TARGETS,
+    pairs: BALANCED_PAIR,
+    noise: BALANCED_NOISE
+  },
+  {
+    name: 'dying',
+    description: 'one of three targets is killed in every run (at 20% of it) and listens again on its port at 70%',
+    targets: [ok, ok, ok],
+    prefix: '/',
+    request: { method: 'GET', path: '/hello' },
+    arms: THREE_TARGETS,
+    pairs: BALANCED_PAIR,
+    noise: BALANCED_NOISE,
+    duration: 5,
+    disruption: { kind: 'restart', target: 2, killAt: 0.2, backAt: 0.7 }
+  },
+  {
+    name: 'slow',
+    description: 'one of three targets answers after 200 ms',
+    targets: [ok, ok, { kind: 'slow', bodyBytes: SMALL, delayMs: 200 }],
+    prefix: '/',
+    request: { method: 'GET', path: '/hello' },
+    arms: THREE_TARGETS,
+    pairs: BALANCED_PAIR,
+    noise: BALANCED_NOISE
+  },
+  {
+    name: 'flaky',
+    description: 'one of three targets answers 503 to every second request',
+    targets: [ok, ok, { kind: 'flaky', bodyBytes: SMALL, status: 503, every: 2 }],
+    prefix: '/',
+    request: { method: 'GET', path: '/hello' },
+    arms: THREE_TARGETS,
+    pairs: BALANCED_PAIR,
+    noise: BALANCED_NOISE
+  },
+  {
+    name: 'post64k',
+    description: 'POST with a 64 KiB body, read in full by the upstream, small answer',
+    targets: [ok],
+    prefix: '/',
+    request: {
+      method: 'POST',
+      path: '/upload',
+      headers: { 'content-type': 'application/octet-stream' },
+      body: 'x'.repeat(64 * 1024)
+    },
+    arms: ONE_TARGET,
+    pairs: [['http-proxy', 'sssonector']],
+    noise: ['http-proxy', "http-proxy'"]
+  },
+  {
+    name: 'big',
+    description: 'GET with a 1 MiB answer, 10 connections',
+    targets: [{ kind: 'ok', bodyBytes: 1024 * 1024 }],
+    prefix: '/',
+    request: { method: 'GET', path: '/big' },
+    arms: ONE_TARGET,
+    pairs: [['http-proxy', 'sssonector']],
+    noise: ['http-proxy', "http-proxy'"],
+    connections: 10
   }
 ]
 
@@ -70,4 +175,8 @@ export interface GatewayConfig {
 export interface UpstreamConfig {
   behaviour: UpstreamBehaviour
   keepAliveTimeout: number
+  /** the port to listen on (0: any free one) */
+  port: number
+  /** wait for the parent's `listen` message before listening (a restart ready to take over a port) */
+  standby?: boolean
 }

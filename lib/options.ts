@@ -183,16 +183,19 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60 * 1000, h: 60 * 
 const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/
 
 /** Milliseconds of a duration: a number is milliseconds, a string carries its unit. */
+/** Node's timers take at most 2^31 - 1 ms (about 24.8 days); a longer one fires at once, over and over. */
+const MAX_DURATION = 2 ** 31 - 1
+
 export function parseDuration (value: unknown, path: string): number {
-  if (typeof value === 'number') {
-    if (Number.isFinite(value) && value >= 0) return value
-    fail(path, value, 'is not a duration (a number of milliseconds >= 0, or a string such as "250ms", "5s", "5m")')
-  }
+  let ms: number | undefined
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) ms = value
   if (typeof value === 'string') {
     const m = DURATION.exec(value.trim())
-    if (m !== null) return Math.round(Number(m[1]) * UNIT_MS[m[2]])
+    if (m !== null) ms = Math.round(Number(m[1]) * UNIT_MS[m[2]])
   }
-  return fail(path, value, 'is not a duration (a number of milliseconds >= 0, or a string such as "250ms", "5s", "5m")')
+  if (ms === undefined) fail(path, value, 'is not a duration (a number of milliseconds >= 0, or a string such as "250ms", "5s", "5m")')
+  if (ms > MAX_DURATION) fail(path, value, 'is longer than Node\'s timers allow (2147483647 ms, about 24 days)')
+  return ms
 }
 
 // ---------------------------------------------------------------- checks

@@ -304,7 +304,7 @@ class Exchange implements Dispatcher.DispatchHandler {
     if (policy === null) return false
     const body = this.#opts.body
     // No byte reached the upstream: any method may go elsewhere, if its body is intact.
-    if (CONNECT_FAILURES.has(e.category)) return replayable(body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
+    if (CONNECT_FAILURES.has(e.category)) return replayable(body) && this.#lease.attempts <= this.#up.config.pool.maxRetries && this.#up.hasTargetFor(this.#tried, this.#target!)
     // The upstream may have acted on it: idempotent methods only, with a body that can be sent again.
     if (e.category === 'reset') return policy.methods.has(this.#opts.method) && replayable(body) && this.#mayRetry() && this.#up.hasTargetFor(this.#tried, this.#target!)
     return false
@@ -360,22 +360,27 @@ class Exchange implements Dispatcher.DispatchHandler {
     const up = this.#up
     const tried = this.#tried ?? (this.#tried = [])
     tried.push(this.#target!)
-    if (!up.retryBudgetAllows()) {
+    // A failed connect put no load on any upstream: moving it elsewhere is not a
+    // retry the budget limits (it bounds the extra load retries add).
+    const free = this.#lease.category !== null && CONNECT_FAILURES.has(this.#lease.category)
+    if (!free && !up.retryBudgetAllows()) {
       this.#budgetWaited = true
       this.#wait(true, () => {
-        if (up.retryBudgetAllows()) this.#retryNow(tried)
+        if (up.retryBudgetAllows()) this.#retryNow(tried, true)
         else this.#giveUp('retry budget spent')
       })
       return
     }
-    this.#retryNow(tried)
+    this.#retryNow(tried, !free)
   }
 
-  #retryNow (tried: Target[]): void {
+  #retryNow (tried: Target[], counted: boolean): void {
     const up = this.#up
     up.meter?.retry(up.name, this.#lease.category ?? 'unknown')
-    up.retriesActive++
-    this.#isRetry = true
+    if (counted) {
+      up.retriesActive++
+      this.#isRetry = true
+    }
     // After a reset or a dropped answer, not on a socket as old as the one that failed.
     const fresh = this.#lease.category !== null && !CONNECT_FAILURES.has(this.#lease.category)
     const next = up.takeForRetry(tried, fresh)
@@ -386,8 +391,10 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#wait(false, () => {
       const again = up.takeForRetry(null, fresh)
       if (again === null) {
-        this.#isRetry = false
-        up.retriesActive--
+        if (this.#isRetry) {
+          this.#isRetry = false
+          up.retriesActive--
+        }
         this.#giveUp('no target can take the retry')
         return
       }

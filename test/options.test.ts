@@ -91,6 +91,10 @@ t.test('durations: a number is milliseconds, a string carries its unit', async (
   t.throws(() => parseDuration('5', 'x'), /x: "5" is not a duration/)
   t.throws(() => parseDuration(Infinity, 'x'), /x: Infinity is not a duration/)
   t.throws(() => parseDuration(null, 'x'), /x: null is not a duration/)
+  t.throws(() => parseDuration('30d' as never, 'x'), /x: "30d" is not a duration/)
+  t.throws(() => parseDuration(2592000000, 'x'), /x: 2592000000 is longer than Node's timers allow/)
+  t.throws(() => parseDuration('1000h', 'x'), /longer than Node's timers allow/)
+  t.equal(parseDuration(2 ** 31 - 1, 'x'), 2 ** 31 - 1)
 })
 
 t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over the top level key by key', async (t) => {
