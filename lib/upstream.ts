@@ -411,11 +411,14 @@ class Exchange implements Dispatcher.DispatchHandler {
 
   /**
    * Backoff with full jitter before `then`, cancelled by an abort. Waiting for
-   * room in the budget, at least `baseDelay`: the retries in flight need time to end.
+   * room in the budget, from `baseDelay` to `baseDelay + maxDelay`: the retries
+   * in flight need time to end, and a burst is spread over the whole span.
    */
   #wait (forBudget: boolean, then: () => void): void {
     const policy = this.#up.config.retry!
-    const delay = (forBudget ? policy.baseDelay : 0) + fullJitter((this.#tried?.length ?? 1) - 1, policy.baseDelay, policy.maxDelay, this.#up.random)
+    const delay = forBudget
+      ? policy.baseDelay + Math.floor(this.#up.random() * policy.maxDelay)
+      : fullJitter((this.#tried?.length ?? 1) - 1, policy.baseDelay, policy.maxDelay, this.#up.random)
     this.#timer = setTimeout(() => {
       this.#timer = null
       then()
