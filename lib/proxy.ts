@@ -100,8 +100,8 @@ class BodyLimit extends Transform {
 
 function sendError (reply: FastifyReply, err: SssonectorError): void {
   if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
-  // The rest of an unread body would be taken for the next request.
-  if (err.statusCode === 413) reply.header('connection', 'close')
+  // The rest of an unread body would be taken for the next request: the connection ends with this answer.
+  if (err.statusCode === 413 || !reply.request.raw.complete) reply.header('connection', 'close')
   reply.send(err)
 }
 
