@@ -1,6 +1,6 @@
 import { Dispatcher } from 'undici'
 import type {
-  BalancePolicy, ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
+  ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
 } from '../types/index.js'
 import type { ResolvedUpstream } from './options.js'
 import { parseTarget } from './options.js'
@@ -726,10 +726,6 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
       if (panic) this.#log.warn({ upstream: this.name, threshold }, 'panic: too few healthy targets, sending to all of them')
       else this.#log.info({ upstream: this.name }, 'panic over')
     }
-  }
-
-  get balance (): BalancePolicy {
-    return this.config.balance
   }
 
   /** Requests waiting in the queue. */
