@@ -162,19 +162,34 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     const lease = (request.raw as LeasedMessage)[kLease]!
     // reply-from set the placeholder's host: the target's own goes out (undici takes TLS SNI from it too).
     headers.host = lease.target.host
+    // Only properties the object has are set (to undefined: undici skips them);
+    // a new one would make reply-from's copy of it a slow object.
     for (let i = 0; i < HOP_BY_HOP_REQUEST.length; i++) {
       if (headers[HOP_BY_HOP_REQUEST[i]] !== undefined) headers[HOP_BY_HOP_REQUEST[i]] = undefined
     }
     const peer = request.raw.socket.remoteAddress
-    if (peer !== undefined) {
-      const prior = headers['x-forwarded-for']
-      headers['x-forwarded-for'] = prior === undefined ? peer : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${peer}`
+    const prior = headers['x-forwarded-for']
+    const forwardedFor = peer === undefined
+      ? (prior === undefined ? null : Array.isArray(prior) ? prior.join(', ') : prior)
+      : prior === undefined ? peer : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${peer}`
+    if (userRewriteRequestHeaders !== undefined) {
+      // The app's hook sees (and may change) every header that goes out.
+      if (forwardedFor !== null) headers['x-forwarded-for'] = forwardedFor
+      headers['x-forwarded-proto'] = request.protocol
+      headers['x-forwarded-host'] = request.host
+      const out = userRewriteRequestHeaders(request, headers)
+      upstream.dispatcher.handoff = lease
+      return out
     }
-    headers['x-forwarded-proto'] = request.protocol
-    headers['x-forwarded-host'] = request.host
-    const out = userRewriteRequestHeaders === undefined ? headers : userRewriteRequestHeaders(request, headers)
-    out[kLease] = lease
-    return out
+    // The dispatcher adds these as it sends the request.
+    if (prior !== undefined) headers['x-forwarded-for'] = undefined
+    if (headers['x-forwarded-proto'] !== undefined) headers['x-forwarded-proto'] = undefined
+    if (headers['x-forwarded-host'] !== undefined) headers['x-forwarded-host'] = undefined
+    lease.forwardedFor = forwardedFor
+    lease.forwardedProto = request.protocol
+    lease.forwardedHost = request.host ?? null
+    upstream.dispatcher.handoff = lease
+    return headers
   }
 
   function rewriteHeaders (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> {

@@ -83,6 +83,55 @@ t.test('hop-by-hop headers are stripped both ways; X-Forwarded-For is appended t
   t.notOk('keep-alive' in last, 'keep-alive stripped')
 })
 
+t.test('X-Forwarded-Proto and X-Forwarded-Host from the client are replaced, not repeated', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url] } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const res = await request(`${gw.url}/f`, {
+    dispatcher: gw.agent,
+    headers: { 'x-forwarded-proto': 'https', 'x-forwarded-host': 'evil.example', accept: 'text/plain', 'x-many': ['1', '2'] }
+  })
+  t.equal(res.statusCode, 200)
+  await res.body.dump()
+  const seen = up.seen[0]
+  t.equal(seen.headers['x-forwarded-proto'], 'http')
+  t.equal(seen.headers['x-forwarded-host'], new URL(gw.url).host)
+  t.equal(seen.headers.accept, 'text/plain')
+  t.equal(seen.headers['x-many'], '1, 2', 'a header sent twice arrives with both values')
+  t.equal(seen.headers.host, `127.0.0.1:${up.port}`)
+})
+
+t.test('an app\'s rewriteRequestHeaders sees the X-Forwarded-* headers and has the last word', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url] } },
+    routes: [{
+      prefix: '/',
+      upstream: 'a',
+      replyOptions: {
+        rewriteRequestHeaders: (_req: unknown, headers: Record<string, unknown>) => {
+          t.equal(headers['x-forwarded-for'], '127.0.0.1', 'the hook sees X-Forwarded-For')
+          t.equal(headers['x-forwarded-proto'], 'http')
+          return { ...headers, 'x-forwarded-host': 'public.example', 'x-added': 'yes' }
+        }
+      }
+    }]
+  })
+  for (let i = 0; i < 2; i++) {
+    const res = await request(`${gw.url}/u`, { dispatcher: gw.agent })
+    t.equal(res.statusCode, 200)
+    await res.body.dump()
+  }
+  t.equal(up.seen.length, 2)
+  t.equal(up.seen[1].headers['x-forwarded-host'], 'public.example')
+  t.equal(up.seen[1].headers['x-added'], 'yes')
+  t.equal(up.seen[1].headers['x-forwarded-for'], '127.0.0.1')
+  t.equal(up.seen[1].headers.host, `127.0.0.1:${up.port}`)
+  t.equal(gw.app.sssonector.upstream('a').stats().active, 0)
+})
+
 t.test('upstream statuses, including 5xx, pass through unchanged', async (t) => {
   const up = await startUpstream(t, (req, res) => {
     res.statusCode = Number(req.url?.slice(1))
