@@ -142,7 +142,7 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
 }
 
 /** Nearest-rank percentile of sorted values. */
-function percentile (sorted: Float64Array, p: number): number {
+export function percentile (sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0
   // the epsilon keeps 99.9% of 1000 at rank 999 despite binary fractions
   const rank = Math.ceil((p / 100) * sorted.length - 1e-9)

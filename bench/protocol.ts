@@ -23,6 +23,8 @@ export interface UsageMessage {
   cpuSystem: number
   /** connections accepted so far (servers that count them) */
   connections?: number
+  /** requests received so far (servers that count them) */
+  requests?: number
 }
 
 /** Sent by a child started in standby: it waits for `{ type: 'listen' }` before listening. */
@@ -52,14 +54,15 @@ export function toParent (message: ChildMessage): void {
 }
 
 /** The usage numbers of this process, as sent to the parent. */
-export function usage (connections?: number): UsageMessage {
+export function usage (connections?: number, requests?: number): UsageMessage {
   const cpu = process.cpuUsage()
   return {
     type: 'usage',
     maxRSS: process.resourceUsage().maxRSS,
     cpuUser: cpu.user,
     cpuSystem: cpu.system,
-    ...(connections !== undefined ? { connections } : {})
+    ...(connections !== undefined ? { connections } : {}),
+    ...(requests !== undefined ? { requests } : {})
   }
 }
 
@@ -86,11 +89,14 @@ export interface Started {
   close: () => Promise<void>
   /** connections accepted so far, reported with the usage numbers */
   connections?: () => number
+  /** requests received so far, reported with the usage numbers */
+  requests?: () => number
 }
 
 export function childMain<T> (start: (config: T) => Promise<Started>): void {
   let close: (() => Promise<void>) | null = null
   let connections: (() => number) | undefined
+  let requests: (() => number) | undefined
   let stopping = false
 
   const stop = (): void => {
@@ -105,7 +111,7 @@ export function childMain<T> (start: (config: T) => Promise<Started>): void {
   process.on('SIGTERM', stop)
   process.on('message', (message: unknown) => {
     if (!isParentMessage(message)) return
-    if (message.type === 'usage') toParent(usage(connections?.()))
+    if (message.type === 'usage') toParent(usage(connections?.(), requests?.()))
     else if (message.type === 'stop') stop()
   })
 
@@ -119,6 +125,7 @@ export function childMain<T> (start: (config: T) => Promise<Started>): void {
   start(config).then((started) => {
     close = started.close
     connections = started.connections
+    requests = started.requests
     if (stopping) {
       stopping = false
       stop()

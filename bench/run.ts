@@ -2,20 +2,31 @@
 // one target and balanced over three, healthy and with a target dead, dying,
 // slow or flaky, and with large bodies; the one-target arms also against the
 // upstream reached directly (the limit). Upstreams and gateways each run in
-// their own child process on 127.0.0.1; the load comes from autocannon in this
-// process. Arms are interleaved round by round (the order turning each round)
-// and each cell is the median of the rounds. Each scenario also runs one plain
-// arm twice (A and A', two processes): their ratio is its noise.
+// their own child process on 127.0.0.1; the load comes from this process.
+// Where there are two cores or more, every gateway is pinned to a core of its
+// own (BENCH_PIN). Arms are interleaved round by round (the order turning each
+// round); each cell is the median of the rounds, and each ratio the median of
+// the rounds' ratios, so the machine's drift between rounds cancels. Each
+// scenario also runs one plain arm twice (A and A', two processes): their
+// ratio is its noise.
+//
+// Each run is saturated (autocannon, closed loop: as fast as the connections
+// go), and the small-GET scenarios follow each one with a fixed-rate run (open
+// loop, BENCH_RATE requests a second, latency counted from the moment each
+// request was due): the tails a client sees short of saturation.
 //
 //   npm run bench
-//   BENCH_SCENARIOS=steady,dead BENCH_DURATION=10 BENCH_ROUNDS=5 npm run bench
+//   BENCH_SCENARIOS=steady,slow BENCH_ROUNDS=7 npm run bench
 //
 // Environment: BENCH_SCENARIOS (all: steady, dead, dying, slow, flaky, post64k,
 // big), BENCH_DURATION (s per run; 3, dying 5), BENCH_CONNECTIONS (50, big 10),
-// BENCH_PIPELINING (1), BENCH_ROUNDS (3), BENCH_WARMUP (s per arm, 1).
+// BENCH_PIPELINING (1), BENCH_ROUNDS (3), BENCH_WARMUP (s per arm, 1),
+// BENCH_RATE (requests/s of the fixed-rate runs, 3000; 0: none),
+// BENCH_RATE_DURATION (s, 4), BENCH_RATE_CONNECTIONS (most connections of the
+// fixed-rate client, 512), BENCH_PIN (auto or off).
 // BENCH_DURATION and BENCH_CONNECTIONS, when set, apply to every scenario.
 // Results also go to .bench/last.json.
-import { fork } from 'node:child_process'
+import { fork, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -24,7 +35,9 @@ import { fileURLToPath } from 'node:url'
 import { isChildMessage } from './protocol.js'
 import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
-import type { LoadResult } from './load.js'
+import { runAtRate, stopAllRate } from './open-loop.js'
+import { fmt, fmtSuccess, noiseOf, pairRatios, scenarioLines, summarize, summaryLines, targetChecks, targetLines, total } from './report.js'
+import type { ArmRecord, DisruptionRecord, Phase, Run, ScenarioFigures } from './report.js'
 import { arms as armDefinitions, scenarios } from './scenarios.js'
 import type { ArmDefinition, Disruption, GatewayConfig, Scenario, TargetSpec, UpstreamConfig } from './scenarios.js'
 
@@ -36,6 +49,13 @@ const PAUSE_BETWEEN_RUNS = 250
 const UPSTREAM_KEEP_ALIVE = 65_000
 const DEFAULT_DURATION = 3
 const DEFAULT_CONNECTIONS = 50
+/** the load generator's scheduling priority, when pinned (children run at 0) */
+const LOAD_PRIORITY = -10
+const DEFAULT_RATE = 3000
+/** seconds of each fixed-rate run before its measure starts */
+const RATE_LEAD_IN = 1
+const DEFAULT_RATE_DURATION = 4
+const DEFAULT_RATE_CONNECTIONS = 512
 
 interface Settings {
   scenarios: Scenario[]
@@ -46,6 +66,10 @@ interface Settings {
   connections: number | null
   pipelining: number
   rounds: number
+  /** the fixed-rate phase: requests per second (0: none) */
+  rate: number
+  rateDuration: number
+  rateConnections: number
 }
 
 /** What one scenario runs with. */
@@ -56,6 +80,8 @@ interface Plan {
   pipelining: number
   rounds: number
   warmup: number
+  /** the fixed-rate phase, when the scenario has one */
+  rate: { rate: number, duration: number, connections: number } | null
 }
 
 interface Child {
@@ -74,32 +100,15 @@ interface Slot {
   child: Child | null
 }
 
-/** A kill and restart during one run, as it happened (ms from the start of the load). */
-interface DisruptionRecord {
-  target: string
-  killedAt: number
-  listeningAt: number
-  down: number
-  /** the killed process, and the connections it had accepted just before (null when it did not answer) */
-  killedPid: number | undefined
-  killedConnections: number | null
-}
-
-interface Run extends LoadResult {
-  round: number
-  /** CPU time the gateway process used during the run, per response, µs */
-  gatewayCpuPerResponse: number | null
-  /** connections the upstreams accepted during the run */
-  upstreamConnections: number | null
-  disruption: DisruptionRecord | null
-}
-
 interface Arm {
   definition: ArmDefinition
   urls: string[]
   gateway: Child | null
   error: string | null
   runs: Run[]
+  rateRuns: Run[]
+  /** requests each target received during the warm-up (where a pool learns which target to avoid) */
+  warmupRequests: number[] | null
   peakRssKiB: number | null
 }
 
@@ -116,6 +125,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {
     process.stderr.write(`\nbench: ${signal}, stopping\n`)
     stopAllLoad()
+    stopAllRate()
     killChildren()
     process.exit(130)
   })
@@ -140,7 +150,10 @@ function readSettings (): Settings {
     warmup: numberFromEnv('BENCH_WARMUP', 1, { min: 0, max: 60 }),
     connections: optionalNumberFromEnv('BENCH_CONNECTIONS', { min: 1, max: 10_000, integer: true }),
     pipelining: numberFromEnv('BENCH_PIPELINING', 1, { min: 1, max: 100, integer: true }),
-    rounds: numberFromEnv('BENCH_ROUNDS', 3, { min: 1, max: 50, integer: true })
+    rounds: numberFromEnv('BENCH_ROUNDS', 3, { min: 1, max: 50, integer: true }),
+    rate: numberFromEnv('BENCH_RATE', DEFAULT_RATE, { min: 0, max: 100_000, integer: true }),
+    rateDuration: numberFromEnv('BENCH_RATE_DURATION', DEFAULT_RATE_DURATION, { min: 1, max: 600 }),
+    rateConnections: numberFromEnv('BENCH_RATE_CONNECTIONS', DEFAULT_RATE_CONNECTIONS, { min: 1, max: 10_000, integer: true })
   }
 }
 
@@ -167,17 +180,73 @@ function planFor (scenario: Scenario, settings: Settings): Plan {
     connections: settings.connections ?? scenario.connections ?? DEFAULT_CONNECTIONS,
     pipelining: settings.pipelining,
     rounds: settings.rounds,
-    warmup: settings.warmup
+    warmup: settings.warmup,
+    rate: scenario.rate === true && settings.rate > 0
+      ? { rate: settings.rate, duration: settings.rateDuration, connections: settings.rateConnections }
+      : null
   }
 }
 
-/** Forks a child script; it reports over IPC (see protocol.ts). */
+/**
+ * CPU pinning: on a machine of few cores the load generator, the upstreams
+ * and the gateway otherwise take turns on the same cores, and the gateway's
+ * numbers move with the scheduler's mood. Pinned, every gateway gets the last
+ * core to itself and everything else shares the others.
+ */
+interface Pinning {
+  /** the gateway's core list, as taskset takes it */
+  gateway: string
+  /** the cores of this process (the load) and the upstreams */
+  rest: string
+}
+
+function taskset (cpus: string, pid: number): string | null {
+  // -a: every thread of the process (libuv's pool and V8's helpers too)
+  const r = spawnSync('taskset', ['-a', '-p', '-c', cpus, String(pid)], { encoding: 'utf8' })
+  if (r.error !== undefined) return r.error.message
+  return r.status === 0 ? null : (r.stderr.trim() || `exit code ${String(r.status)}`)
+}
+
+function setupPinning (cores: number): { pinning: Pinning | null, why: string } {
+  const mode = (process.env.BENCH_PIN ?? 'auto').trim()
+  if (mode === 'off' || mode === '0') return { pinning: null, why: 'BENCH_PIN=off' }
+  if (mode !== 'auto' && mode !== '' && mode !== 'on' && mode !== '1') {
+    throw new Error(`BENCH_PIN: ${JSON.stringify(mode)} is not auto, on or off`)
+  }
+  if (cores < 2) return { pinning: null, why: 'one core' }
+  const pinning: Pinning = { gateway: String(cores - 1), rest: cores === 2 ? '0' : `0-${cores - 2}` }
+  const failed = taskset(pinning.rest, process.pid)
+  if (failed !== null) return { pinning: null, why: `taskset failed: ${failed}` }
+  // the load generator shares its core with the upstreams: it goes first, so
+  // its own lag stays out of the latencies (its children are set back to 0)
+  let priority = ''
+  try {
+    os.setPriority(0, LOAD_PRIORITY)
+    priority = `, the load at priority ${LOAD_PRIORITY}`
+  } catch {
+    priority = ', the load at the usual priority (no permission to raise it)'
+  }
+  return { pinning, why: `gateway on core ${pinning.gateway}, load and upstreams on ${pinning.rest}${priority}` }
+}
+
+let pinning: Pinning | null = null
+
+/** Forks a child script; it reports over IPC (see protocol.ts). A gateway is pinned to its core. */
 function forkChild (name: string, script: string, config: GatewayConfig | UpstreamConfig): Child {
   const cp = fork(fileURLToPath(new URL(script, import.meta.url)), [JSON.stringify(config)], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     execArgv: []
   })
   children.add(cp)
+  if (pinning !== null && cp.pid !== undefined) {
+    if ('kind' in config) {
+      const failed = taskset(pinning.gateway, cp.pid)
+      if (failed !== null) process.stderr.write(`bench: could not pin ${name}: ${failed}\n`)
+    }
+    try {
+      if (os.getPriority(cp.pid) !== 0) os.setPriority(cp.pid, 0)
+    } catch {}
+  }
   const child: Child = { name, process: cp, port: 0, exit: null }
   cp.once('exit', (code, signal) => {
     child.exit = signal !== null ? `killed by ${signal}` : `exited with code ${String(code)}`
@@ -304,36 +373,45 @@ async function freePort (): Promise<number> {
   return port
 }
 
-interface UpstreamUsage { pid: number | undefined, usage: UsageMessage | null }
+/** A target's usage snapshot; a dead target (no process) has none. */
+interface UpstreamUsage { pid: number | undefined, usage: UsageMessage | null, dead: boolean }
 
 async function usageOf (slots: Slot[]): Promise<UpstreamUsage[]> {
   const out: UpstreamUsage[] = []
   for (const slot of slots) {
-    if (slot.child === null) continue
-    out.push({ pid: slot.child.process.pid, usage: await askUsage(slot.child) })
+    if (slot.child === null) out.push({ pid: undefined, usage: null, dead: true })
+    else out.push({ pid: slot.child.process.pid, usage: await askUsage(slot.child), dead: false })
   }
   return out
 }
 
 /**
- * New connections the upstreams accepted between two snapshots, counting
- * a restarted one's from both of its processes; null when a count is missing.
+ * What each target counted (connections accepted, requests received) between
+ * two snapshots, a restarted one's from both of its processes and a dead one's
+ * as 0; null when a count is missing.
  */
-function acceptedBetween (before: UpstreamUsage[], after: UpstreamUsage[], restart: DisruptionRecord | null): number | null {
+function countedBetween (before: UpstreamUsage[], after: UpstreamUsage[], restart: DisruptionRecord | null, what: 'connections' | 'requests'): number[] | null {
   if (before.length !== after.length) return null
-  let n = 0
+  const killed = restart === null ? null : what === 'connections' ? restart.killedConnections : restart.killedRequests
+  const out: number[] = []
   for (const [i, b] of before.entries()) {
     const a = after[i]!
-    if (b.usage?.connections === undefined || a.usage?.connections === undefined) return null
+    if (b.dead && a.dead) {
+      out.push(0)
+      continue
+    }
+    const was = b.usage?.[what]
+    const is = a.usage?.[what]
+    if (was === undefined || is === undefined) return null
     if (a.pid === b.pid) {
-      n += a.usage.connections - b.usage.connections
-    } else if (restart !== null && restart.killedPid === b.pid && restart.killedConnections !== null) {
-      n += restart.killedConnections - b.usage.connections + a.usage.connections
+      out.push(is - was)
+    } else if (restart !== null && restart.killedPid === b.pid && killed !== null) {
+      out.push(killed - was + is)
     } else {
       return null
     }
   }
-  return n
+  return out
 }
 
 function upstreamConfig (slot: Slot, standby: boolean): UpstreamConfig {
@@ -373,7 +451,7 @@ async function prepareRestart (slot: Slot, disruption: Disruption): Promise<{ ru
         if (message.type === 'ready') spare.port = message.port
         slot.child = spare
         const listeningAt = performance.now() - startedAt
-        return { target, killedAt, listeningAt, down: listeningAt - killedAt, killedPid: old?.process.pid, killedConnections: last?.connections ?? null }
+        return { target, killedAt, listeningAt, down: listeningAt - killedAt, killedPid: old?.process.pid, killedConnections: last?.connections ?? null, killedRequests: last?.requests ?? null }
       } catch (err) {
         await killChild(spare)
         throw err
@@ -382,21 +460,32 @@ async function prepareRestart (slot: Slot, disruption: Disruption): Promise<{ ru
   }
 }
 
-async function measure (arm: Arm, slots: Slot[], plan: Plan): Promise<Omit<Run, 'round'>> {
+async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Promise<Omit<Run, 'round'>> {
   const before = arm.gateway === null ? null : await askUsage(arm.gateway)
   const upBefore = await usageOf(slots)
   const d = plan.scenario.disruption
   const restart = d === undefined ? null : await prepareRestart(slots[d.target]!, d)
+  const fixed = phase === 'rate' ? plan.rate : null
+  const duration = fixed === null ? plan.duration : fixed.duration
   const startedAt = performance.now()
   const [load, disruption] = await Promise.allSettled([
-    runLoad({
-      urls: arm.urls,
-      request: plan.scenario.request,
-      connections: plan.connections,
-      pipelining: plan.pipelining,
-      duration: plan.duration
-    }),
-    restart === null ? Promise.resolve(null) : restart.run(plan.duration * 1000, startedAt)
+    fixed === null
+      ? runLoad({
+        urls: arm.urls,
+        request: plan.scenario.request,
+        connections: plan.connections,
+        pipelining: plan.pipelining,
+        duration
+      }).then((r) => ({ ...r, lagP999: null }))
+      : runAtRate({
+        urls: arm.urls,
+        request: plan.scenario.request,
+        rate: fixed.rate,
+        duration,
+        leadIn: RATE_LEAD_IN,
+        connections: fixed.connections
+      }).then((r) => ({ ...r, lagP999: r.lag.p999 })),
+    restart === null ? Promise.resolve(null) : restart.run(duration * 1000, startedAt + (fixed === null ? 0 : RATE_LEAD_IN * 1000))
   ])
   if (disruption.status === 'rejected') throw new Error(`restart of a target failed: ${errorLine(disruption.reason)}`)
   if (load.status === 'rejected') throw load.reason
@@ -408,7 +497,14 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan): Promise<Omit<Run, 
     const cpu = (after.cpuUser + after.cpuSystem) - (before.cpuUser + before.cpuSystem)
     gatewayCpuPerResponse = cpu / result.responses
   }
-  return { ...result, gatewayCpuPerResponse, upstreamConnections: acceptedBetween(upBefore, upAfter, disruption.value), disruption: disruption.value }
+  return {
+    ...result,
+    phase,
+    gatewayCpuPerResponse,
+    upstreamConnections: total(countedBetween(upBefore, upAfter, disruption.value, 'connections')),
+    upstreamRequests: countedBetween(upBefore, upAfter, disruption.value, 'requests'),
+    disruption: disruption.value
+  }
 }
 
 function checkAlive (arm: Arm, when: string): void {
@@ -417,160 +513,15 @@ function checkAlive (arm: Arm, when: string): void {
   }
 }
 
-function median (values: number[]): number | null {
-  if (values.length === 0) return null
-  const s = [...values].sort((a, b) => a - b)
-  const mid = s.length >> 1
-  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2
-}
-
-function fmt (value: number | null | undefined, digits: number): string {
-  return value === null || value === undefined ? '-' : value.toFixed(digits)
-}
-
-function fmtRatio (value: number | null | undefined): string {
-  return value === null || value === undefined ? '-' : `x${value.toFixed(3)}`
-}
-
-/** A success ratio as a percentage, never rounded up to 100% unless it is. */
-function fmtSuccess (value: number | null | undefined): string {
-  if (value === null || value === undefined) return '-'
-  if (value === 1) return '100%'
-  return `${(Math.floor(value * 10_000) / 100).toFixed(2)}%`
-}
-
 function errorLine (err: unknown): string {
   const text = err instanceof Error ? err.message : String(err)
   return text.split('\n')[0] ?? text
 }
 
-interface Summary {
-  arm: string
-  via: string
-  /** where the load went */
-  urls: string[]
-  status: 'ok' | 'failed'
-  error: string | null
-  rps: number | null
-  p50: number | null
-  p99: number | null
-  p999: number | null
-  /** 2xx over everything sent and not still out at the end, pooled over the rounds */
-  success: number | null
-  responses: number
-  ok: number
-  errors: number
-  timeouts: number
-  non2xx: number
-  dropped: number
-  statusCodes: Record<string, number>
-  gatewayCpuPerResponse: number | null
-  upstreamConnections: number | null
-  peakRssKiB: number | null
-}
-
-function summarize (arm: Arm): Summary {
-  const pick = (f: (r: Run) => number | null): number | null =>
-    median(arm.runs.map(f).filter((v): v is number => v !== null))
-  const sum = (f: (r: Run) => number): number => arm.runs.reduce((n, r) => n + f(r), 0)
-  const statusCodes: Record<string, number> = {}
-  for (const r of arm.runs) {
-    for (const [code, n] of Object.entries(r.statusCodes)) statusCodes[code] = (statusCodes[code] ?? 0) + n
-  }
-  const responses = sum((r) => r.responses)
-  const ok = sum((r) => r.ok)
-  const errors = sum((r) => r.errors)
-  const dropped = sum((r) => r.dropped)
-  const attempts = responses + errors + dropped
-  return {
-    arm: arm.definition.name,
-    via: arm.definition.via,
-    urls: arm.urls,
-    status: arm.error === null && arm.runs.length > 0 ? 'ok' : 'failed',
-    error: arm.error,
-    rps: pick((r) => r.rps),
-    p50: pick((r) => r.latency.p50),
-    p99: pick((r) => r.latency.p99),
-    p999: pick((r) => r.latency.p999),
-    success: attempts > 0 ? ok / attempts : null,
-    responses,
-    ok,
-    errors,
-    timeouts: sum((r) => r.timeouts),
-    non2xx: sum((r) => r.non2xx),
-    dropped,
-    statusCodes,
-    gatewayCpuPerResponse: pick((r) => r.gatewayCpuPerResponse),
-    upstreamConnections: pick((r) => r.upstreamConnections),
-    peakRssKiB: arm.peakRssKiB
-  }
-}
-
-interface PairRatios {
-  plain: string
-  plugin: string
-  /** plugin / plain */
-  rps: number | null
-  p99: number | null
-  p999Plain: number | null
-  p999Plugin: number | null
-  successPlain: number | null
-  successPlugin: number | null
-}
-
-interface Noise {
-  a: string
-  b: string
-  /** A' / A */
-  rps: number | null
-  p99: number | null
-}
-
-function ratio (a: number | null | undefined, b: number | null | undefined): number | null {
-  return a === null || a === undefined || b === null || b === undefined || b === 0 ? null : a / b
-}
-
-function ok (s: Summary | undefined): s is Summary {
-  return s !== undefined && s.status === 'ok'
-}
-
-function pairRatios (summaries: Summary[], plainName: string, pluginName: string): PairRatios {
-  const plain = summaries.find((s) => s.arm === plainName)
-  const plugin = summaries.find((s) => s.arm === pluginName)
-  const both = ok(plain) && ok(plugin)
-  return {
-    plain: plainName,
-    plugin: pluginName,
-    rps: both ? ratio(plugin.rps, plain.rps) : null,
-    p99: both ? ratio(plugin.p99, plain.p99) : null,
-    p999Plain: ok(plain) ? plain.p999 : null,
-    p999Plugin: ok(plugin) ? plugin.p999 : null,
-    successPlain: ok(plain) ? plain.success : null,
-    successPlugin: ok(plugin) ? plugin.success : null
-  }
-}
-
-function noiseOf (summaries: Summary[], [aName, bName]: [string, string]): Noise {
-  const a = summaries.find((s) => s.arm === aName)
-  const b = summaries.find((s) => s.arm === bName)
-  const both = ok(a) && ok(b)
-  return { a: aName, b: bName, rps: both ? ratio(b.rps, a.rps) : null, p99: both ? ratio(b.p99, a.p99) : null }
-}
-
-function table (rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)))
-  return rows.map((r) => r.map((cell, i) => i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!)).join('  ').trimEnd()).join('\n')
-}
-
-interface ScenarioResult {
-  scenario: Scenario
+interface ScenarioResult extends ScenarioFigures {
   plan: Omit<Plan, 'scenario'>
   targets: string[]
-  error: string | null
-  summaries: Summary[]
-  pairs: PairRatios[]
-  noise: Noise
-  arms: Array<{ arm: string, via: string, urls: string[], error: string | null, peakRssKiB: number | null, runs: Run[] }>
+  arms: ArmRecord[]
 }
 
 /** Runs one scenario: its upstreams and gateways, the warm-up, the rounds; prints its table. */
@@ -605,7 +556,7 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
 
     for (const definition of definitions) {
       const armTargets = definition.targets === 'one' ? [targets[0]!] : targets
-      const arm: Arm = { definition, urls: [], gateway: null, error: null, runs: [], peakRssKiB: null }
+      const arm: Arm = { definition, urls: [], gateway: null, error: null, runs: [], rateRuns: [], warmupRequests: null, peakRssKiB: null }
       arms.push(arm)
       if (definition.via === 'direct') {
         arm.urls = armTargets
@@ -632,8 +583,10 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
     if (plan.warmup > 0) {
       for (const arm of live()) {
         try {
+          const upBefore = await usageOf(slots)
           const w = await runLoad({ urls: arm.urls, request: scenario.request, connections: plan.connections, pipelining: plan.pipelining, duration: plan.warmup })
-          console.log(`warm-up     ${arm.definition.name.padEnd(width)} ${w.rps.toFixed(0).padStart(7)} req/s`)
+          arm.warmupRequests = countedBetween(upBefore, await usageOf(slots), null, 'requests')
+          console.log(`warm-up     ${arm.definition.name.padEnd(width)} ${w.rps.toFixed(0).padStart(7)} req/s  per target ${arm.warmupRequests?.join('/') ?? '-'}`)
         } catch (err) {
           arm.error = `warm-up failed: ${errorLine(err)}`
         }
@@ -651,10 +604,16 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
         const down = upstreamDown()
         if (down !== null) throw new Error(`the upstream ${down}`)
         try {
-          const r = await measure(arm, slots, plan)
-          arm.runs.push({ round, ...r })
-          const d = r.disruption === null ? '' : `  target down ${(r.disruption.killedAt / 1000).toFixed(1)}-${(r.disruption.listeningAt / 1000).toFixed(1)} s`
-          console.log(`round ${round}/${plan.rounds} ${arm.definition.name.padEnd(width)} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.latency.p50.toFixed(2)} ms  p99 ${r.latency.p99.toFixed(2)} ms  p99.9 ${r.latency.p999.toFixed(2)} ms  success ${fmtSuccess(r.success)}  errors ${r.errors}  non-2xx ${r.non2xx}  dropped ${r.dropped}  upstream conns ${fmt(r.upstreamConnections, 0)}${d}`)
+          // the saturated run, then (when the scenario has one) the fixed-rate run right after it
+          for (const phase of plan.rate === null ? ['saturated' as const] : ['saturated' as const, 'rate' as const]) {
+            if (phase === 'rate') await sleep(PAUSE_BETWEEN_RUNS)
+            const r = await measure(arm, slots, plan, phase)
+            ;(phase === 'rate' ? arm.rateRuns : arm.runs).push({ round, ...r })
+            const d = r.disruption === null ? '' : `  target down ${(r.disruption.killedAt / 1000).toFixed(1)}-${(r.disruption.listeningAt / 1000).toFixed(1)} s`
+            const label = phase === 'rate' ? '  at rate ' : ''
+            const lag = r.lagP999 === null ? '' : `  sender lag p99.9 ${r.lagP999.toFixed(2)} ms`
+            console.log(`round ${round}/${plan.rounds} ${arm.definition.name.padEnd(width)}${label} ${r.rps.toFixed(0).padStart(7)} req/s  p50 ${r.latency.p50.toFixed(2)} ms  p99 ${r.latency.p99.toFixed(2)} ms  p99.9 ${r.latency.p999.toFixed(2)} ms  success ${fmtSuccess(r.success)}  errors ${r.errors}  non-2xx ${r.non2xx}  dropped ${r.dropped}  upstream conns ${fmt(r.upstreamConnections, 0)}  per target ${r.upstreamRequests?.join('/') ?? '-'}${d}${lag}`)
+          }
         } catch (err) {
           arm.error = `round ${round} failed: ${errorLine(err)}`
           if (errorLine(err).startsWith('restart of a target failed')) throw err
@@ -666,6 +625,7 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
   } catch (err) {
     error = errorLine(err)
     stopAllLoad()
+    stopAllRate()
   } finally {
     for (const arm of arms) {
       if (arm.gateway === null) continue
@@ -678,61 +638,34 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
     ])
   }
 
-  const summaries = arms.map(summarize)
-  const pairs = scenario.pairs.map(([plain, plugin]) => pairRatios(summaries, plain, plugin))
-  const noise = noiseOf(summaries, scenario.noise)
-  const versus = (name: string): PairRatios | undefined => pairs.find((p) => p.plugin === name)
-
-  console.log('')
-  console.log(table([
-    ['arm', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'success', 'errors', 'non-2xx', 'dropped', 'upstream conns', 'gw CPU us/req', 'gw peak RSS MiB', 'req/s vs plain', 'p99 vs plain', 'status'],
-    ...summaries.map((s) => [
-      s.arm,
-      fmt(s.rps, 0),
-      fmt(s.p50, 2),
-      fmt(s.p99, 2),
-      fmt(s.p999, 2),
-      fmtSuccess(s.success),
-      String(s.errors),
-      String(s.non2xx),
-      String(s.dropped),
-      fmt(s.upstreamConnections, 0),
-      fmt(s.gatewayCpuPerResponse, 1),
-      s.peakRssKiB === null ? '-' : (s.peakRssKiB / 1024).toFixed(1),
-      fmtRatio(versus(s.arm)?.rps),
-      fmtRatio(versus(s.arm)?.p99),
-      s.status === 'ok' ? 'ok' : 'FAILED'
-    ])
-  ]))
-  console.log(`(medians of ${plan.rounds} rounds; success: 2xx over answers, errors (timeouts included) and dropped requests, pooled over the rounds; errors, non-2xx and dropped summed; latency of every answer, any status; upstream conns: new connections to the upstreams per run)`)
-  for (const s of summaries) {
-    if (s.error !== null) console.log(`${s.arm} FAILED: ${s.error}`)
+  const records: ArmRecord[] = arms.map((a) => ({
+    name: a.definition.name,
+    via: a.definition.via,
+    urls: a.urls,
+    error: a.error,
+    runs: a.runs,
+    rateRuns: a.rateRuns,
+    warmupRequests: a.warmupRequests,
+    peakRssKiB: a.peakRssKiB
+  }))
+  const summaries = records.map((a) => summarize(a, 'saturated'))
+  const rateSummaries = plan.rate === null ? [] : records.map((a) => summarize(a, 'rate'))
+  const figures: ScenarioFigures = {
+    name: scenario.name,
+    error,
+    summaries,
+    rateSummaries,
+    pairs: scenario.pairs.map(([plain, plugin]) => pairRatios(records, summaries, rateSummaries, plain, plugin)),
+    noise: noiseOf(records, scenario.noise)
   }
-  for (const s of summaries) {
-    const failures = Object.entries(s.statusCodes).filter(([code]) => !code.startsWith('2')).map(([code, n]) => `${code} x${n}`)
-    if (s.errors > 0) failures.push(`errors x${s.errors}${s.timeouts > 0 ? ` (timeouts x${s.timeouts})` : ''}`)
-    if (s.dropped > 0) failures.push(`dropped x${s.dropped}`)
-    if (failures.length > 0) console.log(`${s.arm} failures: ${failures.join(', ')}`)
-  }
-  for (const p of pairs) {
-    if (p.rps !== null || p.p99 !== null) {
-      console.log(`${p.plugin}/${p.plain}: req/s ${fmtRatio(p.rps)}, p99 ${fmtRatio(p.p99)}, p99.9 ${fmt(p.p999Plain, 2)} / ${fmt(p.p999Plugin, 2)} ms, success ${fmtSuccess(p.successPlain)} / ${fmtSuccess(p.successPlugin)}`)
-    } else {
-      console.log(`${p.plugin}/${p.plain}: no ratio, an arm failed`)
-    }
-  }
-  console.log(`noise, ${noise.b}/${noise.a} (the same arm twice): req/s ${fmtRatio(noise.rps)}, p99 ${fmtRatio(noise.p99)}`)
+  for (const line of scenarioLines(figures, plan.rounds, plan.rate, records)) console.log(line)
   if (error !== null) console.log(`scenario ${scenario.name} FAILED: ${error}`)
 
   return {
-    scenario,
-    plan: { duration: plan.duration, connections: plan.connections, pipelining: plan.pipelining, rounds: plan.rounds, warmup: plan.warmup },
+    ...figures,
+    plan: { duration: plan.duration, connections: plan.connections, pipelining: plan.pipelining, rounds: plan.rounds, warmup: plan.warmup, rate: plan.rate },
     targets: slots.map((s) => `http://${HOST}:${s.port}`),
-    error,
-    summaries,
-    pairs,
-    noise,
-    arms: arms.map((a) => ({ arm: a.definition.name, via: a.definition.via, urls: a.urls, error: a.error, peakRssKiB: a.peakRssKiB, runs: a.runs }))
+    arms: records
   }
 }
 
@@ -750,10 +683,11 @@ async function main (): Promise<number> {
   const plans = settings.scenarios.map((s) => planFor(s, settings))
 
   // bounded: the whole run, with generous slack, or it stops itself
-  const budget = plans.reduce((ms, p) => ms + (p.scenario.arms.length * (p.warmup + 1 + p.rounds * (p.duration + 4)) + 30) * 1000, 60_000)
+  const budget = plans.reduce((ms, p) => ms + (p.scenario.arms.length * (p.warmup + 1 + p.rounds * (p.duration + 4 + (p.rate === null ? 0 : p.rate.duration + 14))) + 30) * 1000, 60_000)
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench: still running after ${Math.round(budget / 1000)} s, giving up\n`)
     stopAllLoad()
+    stopAllRate()
     killChildren()
     process.exit(1)
   }, budget)
@@ -762,6 +696,9 @@ async function main (): Promise<number> {
   const loadAverage = os.loadavg()[0]!
   console.log(`scenarios: ${plans.map((p) => p.scenario.name).join(', ')}`)
   console.log(`node ${process.version}, ${cores} cores (${os.cpus()[0]?.model.trim() ?? 'unknown cpu'}), load average ${loadAverage.toFixed(2)}`)
+  const pin = setupPinning(cores)
+  pinning = pin.pinning
+  console.log(`pinning: ${pinning === null ? `none (${pin.why})` : pin.why}`)
   if (cores < 4) console.log(`note: ${cores} cores are shared by the load generator, the gateway and the upstreams: compare arms, not absolute numbers`)
 
   const results: ScenarioResult[] = []
@@ -771,27 +708,9 @@ async function main (): Promise<number> {
     clearTimeout(watchdog)
   }
 
-  const rows: string[][] = [['scenario', 'plain arm', 'plugin arm', 'req/s x', 'p99 x', 'p99.9 ms plain/plugin', 'success plain/plugin', "A'/A req/s", "A'/A p99"]]
-  const summary: Array<PairRatios & { scenario: string, noise: Noise, error: string | null }> = []
-  for (const r of results) {
-    for (const p of r.pairs) {
-      summary.push({ scenario: r.scenario.name, ...p, noise: r.noise, error: r.error })
-      rows.push([
-        r.scenario.name + (r.error !== null ? ' (FAILED)' : ''),
-        p.plain,
-        p.plugin,
-        fmtRatio(p.rps),
-        fmtRatio(p.p99),
-        `${fmt(p.p999Plain, 2)} / ${fmt(p.p999Plugin, 2)}`,
-        `${fmtSuccess(p.successPlain)} / ${fmtSuccess(p.successPlugin)}`,
-        fmtRatio(r.noise.rps),
-        fmtRatio(r.noise.p99)
-      ])
-    }
-  }
-  console.log('')
-  console.log('summary (plugin / plain; A\'/A: the same plain arm run twice, the noise of each scenario)')
-  console.log(table(rows))
+  for (const line of summaryLines(results)) console.log(line)
+  const checks = targetChecks(results)
+  for (const line of targetLines(checks)) console.log(line)
 
   const report = {
     date: new Date().toISOString(),
@@ -800,8 +719,9 @@ async function main (): Promise<number> {
     cpus: cores,
     cpuModel: os.cpus()[0]?.model.trim() ?? null,
     loadAverage,
-    settings: { ...settings, scenarios: plans.map((p) => p.scenario.name) },
-    summary,
+    settings: { ...settings, scenarios: plans.map((p) => p.scenario.name), pinning },
+    summary: results.map((r) => ({ scenario: r.name, error: r.error, pairs: r.pairs, noise: r.noise })),
+    targets: checks,
     scenarios: results
   }
   const dir = fileURLToPath(new URL('../../.bench/', import.meta.url))

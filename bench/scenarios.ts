@@ -74,6 +74,8 @@ export interface Scenario {
   /** seconds per run, when BENCH_DURATION is not set */
   duration?: number
   disruption?: Disruption
+  /** also run each arm at a fixed rate (BENCH_RATE), for the tails a client sees short of saturation */
+  rate?: boolean
 }
 
 const SMALL = 100
@@ -92,7 +94,8 @@ export const scenarios: readonly Scenario[] = [
     request: { method: 'GET', path: '/hello' },
     arms: ['direct', 'http-proxy', 'sssonector', 'http-proxy-balanced', 'sssonector-balanced', "http-proxy'"],
     pairs: [['http-proxy', 'sssonector'], ...BALANCED_PAIR],
-    noise: ['http-proxy', "http-proxy'"]
+    noise: ['http-proxy', "http-proxy'"],
+    rate: true
   },
   {
     name: 'dead',
@@ -102,7 +105,8 @@ export const scenarios: readonly Scenario[] = [
     request: { method: 'GET', path: '/hello' },
     arms: THREE_TARGETS,
     pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE
+    noise: BALANCED_NOISE,
+    rate: true
   },
   {
     name: 'dying',
@@ -113,6 +117,7 @@ export const scenarios: readonly Scenario[] = [
     arms: THREE_TARGETS,
     pairs: BALANCED_PAIR,
     noise: BALANCED_NOISE,
+    rate: true,
     duration: 5,
     disruption: { kind: 'restart', target: 2, killAt: 0.2, backAt: 0.7 }
   },
@@ -124,7 +129,8 @@ export const scenarios: readonly Scenario[] = [
     request: { method: 'GET', path: '/hello' },
     arms: THREE_TARGETS,
     pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE
+    noise: BALANCED_NOISE,
+    rate: true
   },
   {
     name: 'flaky',
@@ -134,7 +140,8 @@ export const scenarios: readonly Scenario[] = [
     request: { method: 'GET', path: '/hello' },
     arms: THREE_TARGETS,
     pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE
+    noise: BALANCED_NOISE,
+    rate: true
   },
   {
     name: 'post64k',

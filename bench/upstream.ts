@@ -54,7 +54,12 @@ function handlerFor (behaviour: UpstreamBehaviour): Handler {
 
 childMain<UpstreamConfig>(async (config) => {
   if (config.standby === true) await standby()
-  const server = http.createServer(handlerFor(config.behaviour))
+  const handler = handlerFor(config.behaviour)
+  let received = 0
+  const server = http.createServer((req, res) => {
+    received++
+    handler(req, res)
+  })
   server.keepAliveTimeout = config.keepAliveTimeout
   server.headersTimeout = config.keepAliveTimeout + 1000
   let accepted = 0
@@ -66,6 +71,7 @@ childMain<UpstreamConfig>(async (config) => {
   return {
     port,
     connections: () => accepted,
+    requests: () => received,
     close: async () => {
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))
