@@ -14,7 +14,7 @@
 //   COST_REQUESTS=4000 COST_WARMUP=2000 npm run bench:cost
 //
 // Environment: COST_REQUESTS (N, 4000), COST_WARMUP (W, 4000),
-// COST_CONNECTIONS (8), COST_ARMS (http-proxy,sssonector; also
+// COST_CONNECTIONS (8), COST_BODY (bytes: POSTs with a body that large, 0: GETs), COST_ARMS (http-proxy,sssonector; also
 // http-proxy-balanced,sssonector-balanced), COST_KEEP (1: keep the callgrind
 // files, for callgrind_annotate).
 import { spawn, spawnSync } from 'node:child_process'
@@ -95,7 +95,7 @@ interface Counted {
  * Runs one gateway under callgrind: sends it `warm` requests, then `more`
  * (timed), then waits `idleMs`, then stops it; its instruction count.
  */
-async function countRun (config: GatewayConfig, warm: number, more: number, idleMs: number, connections: number, dir: string, label: string): Promise<Counted> {
+async function countRun (config: GatewayConfig, warm: number, more: number, idleMs: number, connections: number, body: Buffer | null, dir: string, label: string): Promise<Counted> {
   const script = fileURLToPath(new URL('./gateway.js', import.meta.url))
   const out = path.join(dir, `${label}.callgrind`)
   const cp = spawn('valgrind', ['--tool=callgrind', '--separate-threads=yes', `--callgrind-out-file=${out}`, process.execPath, script, JSON.stringify(config)], {
@@ -123,7 +123,9 @@ async function countRun (config: GatewayConfig, warm: number, more: number, idle
       await Promise.all(Array.from({ length: connections }, async () => {
         while (sent < requests) {
           sent++
-          const res = await pool.request({ path: '/hello', method: 'GET' })
+          const res = body === null
+            ? await pool.request({ path: '/hello', method: 'GET' })
+            : await pool.request({ path: '/upload', method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body })
           await res.body.dump()
           if (res.statusCode !== 200) failed++
         }
@@ -159,6 +161,8 @@ async function main (): Promise<number> {
   const measured = intFromEnv('COST_REQUESTS', 4000, 100, 1_000_000)
   const warmup = intFromEnv('COST_WARMUP', 4000, 100, 1_000_000)
   const connections = intFromEnv('COST_CONNECTIONS', 8, 1, 256)
+  const bodyBytes = intFromEnv('COST_BODY', 0, 0, 16 * 1024 * 1024)
+  const body = bodyBytes === 0 ? null : Buffer.alloc(bodyBytes, 'x')
   const names = (process.env.COST_ARMS ?? 'http-proxy,sssonector').split(',').map((s) => s.trim()).filter((s) => s !== '')
   const arms = names.map((name) => {
     const arm = ARMS.find((a) => a.name === name)
@@ -166,7 +170,7 @@ async function main (): Promise<number> {
     return arm
   })
 
-  console.log(`node ${process.version}, ${os.availableParallelism()} cores; callgrind, ${warmup} + ${measured} requests per arm over ${connections} connections, GET with a ~100-byte answer`)
+  console.log(`node ${process.version}, ${os.availableParallelism()} cores; callgrind, ${warmup} + ${measured} requests per arm over ${connections} connections, ${body === null ? 'GET' : `POST with a ${bodyBytes}-byte body`}, a ~100-byte answer`)
   const upstreams = await startUpstreams(3)
   const dir = await mkdtemp(path.join(os.tmpdir(), 'sssonector-cost-'))
   try {
@@ -178,10 +182,10 @@ async function main (): Promise<number> {
         const arm = arms[next++]!
         const config: GatewayConfig = { kind: arm.kind, targets: upstreams.targets.slice(0, arm.targets), prefix: '/' }
         let started = performance.now()
-        const full = await countRun(config, warmup, measured, 0, connections, dir, `${arm.name}-full`)
+        const full = await countRun(config, warmup, measured, 0, connections, body, dir, `${arm.name}-full`)
         console.log(`${arm.name}, ${warmup} + ${measured} requests: ${full.instructions.toLocaleString('en-US')} instructions (${((performance.now() - started) / 1000).toFixed(0)} s, the last ${measured} in ${(full.measuredMs / 1000).toFixed(1)} s)`)
         started = performance.now()
-        const idle = await countRun(config, warmup, 0, full.measuredMs, connections, dir, `${arm.name}-idle`)
+        const idle = await countRun(config, warmup, 0, full.measuredMs, connections, body, dir, `${arm.name}-idle`)
         console.log(`${arm.name}, ${warmup} requests and ${(full.measuredMs / 1000).toFixed(1)} s idle: ${idle.instructions.toLocaleString('en-US')} instructions (${((performance.now() - started) / 1000).toFixed(0)} s)`)
         results.set(arm.name, { full, idle })
       }

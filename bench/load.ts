@@ -111,14 +111,7 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
         rps: result.duration > 0 ? count / result.duration : 0,
         responses: count,
         ok,
-        latency: {
-          mean: count > 0 ? sorted.reduce((a, b) => a + b, 0) / count : 0,
-          p50: percentile(sorted, 50),
-          p90: percentile(sorted, 90),
-          p99: percentile(sorted, 99),
-          p999: percentile(sorted, 99.9),
-          max: count > 0 ? sorted[count - 1]! : 0
-        },
+        latency: latencyOf(sorted),
         errors: result.errors,
         timeouts: result.timeouts,
         non2xx: result.non2xx,
@@ -139,6 +132,19 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
       latencies[count++] = ms
     })
   })
+}
+
+/** The latency figures of sorted latencies (ms). */
+export function latencyOf (sorted: Float64Array): LoadResult['latency'] {
+  const n = sorted.length
+  return {
+    mean: n > 0 ? sorted.reduce((a, b) => a + b, 0) / n : 0,
+    p50: percentile(sorted, 50),
+    p90: percentile(sorted, 90),
+    p99: percentile(sorted, 99),
+    p999: percentile(sorted, 99.9),
+    max: n > 0 ? sorted[n - 1]! : 0
+  }
 }
 
 /** Nearest-rank percentile of sorted values. */

@@ -7,7 +7,7 @@
 // driven past its capacity.
 import { Pool } from 'undici'
 import type { Dispatcher } from 'undici'
-import { percentile } from './load.js'
+import { latencyOf, percentile } from './load.js'
 import type { LoadResult } from './load.js'
 import type { RequestSpec } from './scenarios.js'
 
@@ -132,14 +132,7 @@ export async function runAtRate (opts: RateOptions): Promise<RateResult> {
     rps: result.seconds > 0 ? count / result.seconds : 0,
     responses: count,
     ok,
-    latency: {
-      mean: count > 0 ? sorted.reduce((a, b) => a + b, 0) / count : 0,
-      p50: percentile(sorted, 50),
-      p90: percentile(sorted, 90),
-      p99: percentile(sorted, 99),
-      p999: percentile(sorted, 99.9),
-      max: count > 0 ? sorted[count - 1]! : 0
-    },
+    latency: latencyOf(sorted),
     errors,
     timeouts,
     non2xx: count - ok,

@@ -13,7 +13,10 @@
 // Each run is saturated (autocannon, closed loop: as fast as the connections
 // go), and the small-GET scenarios follow each one with a fixed-rate run (open
 // loop, BENCH_RATE requests a second, latency counted from the moment each
-// request was due): the tails a client sees short of saturation.
+// request was due): the tails a client sees short of saturation. Then the
+// pairs a scenario names run side by side: the plain and the plugin gateway
+// loaded at once, on the core they share, so the machine's moods between
+// rounds fall on both alike (the A-vs-A pair shows what is left of them).
 //
 //   npm run bench
 //   BENCH_SCENARIOS=steady,slow BENCH_ROUNDS=7 npm run bench
@@ -21,8 +24,8 @@
 // Environment: BENCH_SCENARIOS (all: steady, dead, dying, slow, flaky, post64k,
 // big), BENCH_DURATION (s per run; 3, dying 5), BENCH_CONNECTIONS (50, big 10),
 // BENCH_PIPELINING (1), BENCH_ROUNDS (3), BENCH_WARMUP (s per arm, 1),
-// BENCH_RATE (requests/s of the fixed-rate runs, 3000; 0: none),
-// BENCH_RATE_DURATION (s, 4), BENCH_RATE_CONNECTIONS (most connections of the
+// BENCH_RATE (requests/s of the fixed-rate runs, 1000; 0: none),
+// BENCH_RATE_DURATION (s, 6), BENCH_RATE_CONNECTIONS (most connections of the
 // fixed-rate client, 512), BENCH_PIN (auto or off).
 // BENCH_DURATION and BENCH_CONNECTIONS, when set, apply to every scenario.
 // Results also go to .bench/last.json.
@@ -37,7 +40,8 @@ import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
 import { runAtRate, stopAllRate } from './open-loop.js'
 import { fmt, fmtSuccess, noiseOf, pairRatios, scenarioLines, summarize, summaryLines, targetChecks, targetLines, total } from './report.js'
-import type { ArmRecord, DisruptionRecord, Phase, Run, ScenarioFigures } from './report.js'
+import type { ArmRecord, DisruptionRecord, DuelRecord, DuelRound, Phase, Run, ScenarioFigures } from './report.js'
+import type { LoadResult } from './load.js'
 import { arms as armDefinitions, scenarios } from './scenarios.js'
 import type { ArmDefinition, Disruption, GatewayConfig, Scenario, TargetSpec, UpstreamConfig } from './scenarios.js'
 
@@ -51,10 +55,10 @@ const DEFAULT_DURATION = 3
 const DEFAULT_CONNECTIONS = 50
 /** the load generator's scheduling priority, when pinned (children run at 0) */
 const LOAD_PRIORITY = -10
-const DEFAULT_RATE = 3000
+const DEFAULT_RATE = 1000
 /** seconds of each fixed-rate run before its measure starts */
 const RATE_LEAD_IN = 1
-const DEFAULT_RATE_DURATION = 4
+const DEFAULT_RATE_DURATION = 6
 const DEFAULT_RATE_CONNECTIONS = 512
 
 interface Settings {
@@ -507,6 +511,22 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Prom
   }
 }
 
+/** Loads two gateways at once, each with the scenario's connections, for one run. */
+async function sideBySide (a: Child, b: Child, aUrls: string[], bUrls: string[], plan: Plan): Promise<Omit<DuelRound, 'round'>> {
+  const before = [await askUsage(a), await askUsage(b)]
+  const load = (urls: string[]): Promise<LoadResult> => runLoad({ urls, request: plan.scenario.request, connections: plan.connections, pipelining: plan.pipelining, duration: plan.duration })
+  const [ra, rb] = await Promise.all([load(aUrls), load(bUrls)])
+  const after = [await askUsage(a), await askUsage(b)]
+  const cpu = (i: number, responses: number): number | null => {
+    const x = before[i]
+    const y = after[i]
+    if (x === null || x === undefined || y === null || y === undefined || responses === 0) return null
+    return ((y.cpuUser + y.cpuSystem) - (x.cpuUser + x.cpuSystem)) / responses
+  }
+  if (ra.errors > 0 || rb.errors > 0) throw new Error(`connection errors: ${ra.errors} and ${rb.errors}`)
+  return { aRps: ra.rps, bRps: rb.rps, aCpu: cpu(0, ra.responses), bCpu: cpu(1, rb.responses), aSuccess: ra.success, bSuccess: rb.success }
+}
+
 function checkAlive (arm: Arm, when: string): void {
   if (arm.error === null && arm.gateway !== null && arm.gateway.exit !== null) {
     arm.error = `gateway ${arm.gateway.exit} ${when}`
@@ -539,6 +559,7 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
 
   const slots: Slot[] = []
   const arms: Arm[] = []
+  const duels: DuelRecord[] = []
   let error: string | null = null
   try {
     for (const [index, spec] of scenario.targets.entries()) {
@@ -622,6 +643,30 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
         await sleep(PAUSE_BETWEEN_RUNS)
       }
     }
+
+    // Side by side: two gateways loaded at once on the one core they share, so
+    // whatever the machine does between rounds, it does to both.
+    for (const [aName, bName] of scenario.duels ?? []) {
+      const a = arms.find((x) => x.definition.name === aName)
+      const b = arms.find((x) => x.definition.name === bName)
+      const record: DuelRecord = { a: aName, b: bName, rounds: [], error: null }
+      duels.push(record)
+      if (a === undefined || b === undefined || a.error !== null || b.error !== null || a.gateway === null || b.gateway === null) {
+        record.error = 'an arm failed'
+        continue
+      }
+      for (let round = 1; round <= plan.rounds; round++) {
+        try {
+          const r = await sideBySide(a.gateway, b.gateway, a.urls, b.urls, plan)
+          record.rounds.push({ round, ...r })
+          console.log(`side by side ${round}/${plan.rounds} ${aName} ${r.aRps.toFixed(0)} req/s, ${bName} ${r.bRps.toFixed(0)} req/s: x${(r.bRps / r.aRps).toFixed(3)}`)
+        } catch (err) {
+          record.error = `round ${round} failed: ${errorLine(err)}`
+          break
+        }
+        await sleep(PAUSE_BETWEEN_RUNS)
+      }
+    }
   } catch (err) {
     error = errorLine(err)
     stopAllLoad()
@@ -656,7 +701,8 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
     summaries,
     rateSummaries,
     pairs: scenario.pairs.map(([plain, plugin]) => pairRatios(records, summaries, rateSummaries, plain, plugin)),
-    noise: noiseOf(records, scenario.noise)
+    noise: noiseOf(records, scenario.noise),
+    duels
   }
   for (const line of scenarioLines(figures, plan.rounds, plan.rate, records)) console.log(line)
   if (error !== null) console.log(`scenario ${scenario.name} FAILED: ${error}`)
@@ -683,7 +729,7 @@ async function main (): Promise<number> {
   const plans = settings.scenarios.map((s) => planFor(s, settings))
 
   // bounded: the whole run, with generous slack, or it stops itself
-  const budget = plans.reduce((ms, p) => ms + (p.scenario.arms.length * (p.warmup + 1 + p.rounds * (p.duration + 4 + (p.rate === null ? 0 : p.rate.duration + 14))) + 30) * 1000, 60_000)
+  const budget = plans.reduce((ms, p) => ms + (p.scenario.arms.length * (p.warmup + 1 + p.rounds * (p.duration + 4 + (p.rate === null ? 0 : p.rate.duration + 14))) + (p.scenario.duels?.length ?? 0) * p.rounds * (p.duration + 4) + 30) * 1000, 60_000)
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench: still running after ${Math.round(budget / 1000)} s, giving up\n`)
     stopAllLoad()

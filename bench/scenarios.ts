@@ -76,6 +76,8 @@ export interface Scenario {
   disruption?: Disruption
   /** also run each arm at a fixed rate (BENCH_RATE), for the tails a client sees short of saturation */
   rate?: boolean
+  /** [plain, plugin] pairs also loaded side by side, both at once (the A-vs-A pair too) */
+  duels?: Array<[string, string]>
 }
 
 const SMALL = 100
@@ -95,7 +97,8 @@ export const scenarios: readonly Scenario[] = [
     arms: ['direct', 'http-proxy', 'sssonector', 'http-proxy-balanced', 'sssonector-balanced', "http-proxy'"],
     pairs: [['http-proxy', 'sssonector'], ...BALANCED_PAIR],
     noise: ['http-proxy', "http-proxy'"],
-    rate: true
+    rate: true,
+    duels: [['http-proxy', 'sssonector'], ['http-proxy-balanced', 'sssonector-balanced'], ['http-proxy', "http-proxy'"]]
   },
   {
     name: 'dead',
@@ -156,7 +159,8 @@ export const scenarios: readonly Scenario[] = [
     },
     arms: ONE_TARGET,
     pairs: [['http-proxy', 'sssonector']],
-    noise: ['http-proxy', "http-proxy'"]
+    noise: ['http-proxy', "http-proxy'"],
+    duels: [['http-proxy', 'sssonector'], ['http-proxy', "http-proxy'"]]
   },
   {
     name: 'big',
@@ -167,6 +171,7 @@ export const scenarios: readonly Scenario[] = [
     arms: ONE_TARGET,
     pairs: [['http-proxy', 'sssonector']],
     noise: ['http-proxy', "http-proxy'"],
+    duels: [['http-proxy', 'sssonector'], ['http-proxy', "http-proxy'"]],
     connections: 10
   }
 ]

@@ -14,6 +14,12 @@ const MIN_RATE_GAP = 0.1
 /** Latencies closer than this (ms) to the peers' are never an outlier, whatever the factor. */
 const MIN_LATENCY_GAP = 10
 
+function medianOf (values: number[]): number {
+  values.sort((a, b) => a - b)
+  const mid = values.length >> 1
+  return values.length % 2 === 1 ? values[mid]! : (values[mid - 1]! + values[mid]!) / 2
+}
+
 /**
  * Outlier detection against peers (Envoy's outlier detector, with latency): at
  * each interval, a target with enough requests whose failure rate, or mean
@@ -56,13 +62,47 @@ export class OutlierDetector {
         if (ejected >= cap) break
         const reason = this.#outlier(t, judged)
         if (reason === null) continue
-        const time = Math.min(o.maxEjectionTime, o.baseEjectionTime * (t.ejections + 1))
-        out.push({ target: t, until: now + Math.round(time * (1 + random() * 0.1)), reason })
+        out.push({ target: t, until: this.ejectionEnd(t, now, random), reason })
         ejected++
       }
     }
     stats.clear()
     return out
+  }
+
+  /** When an ejection of this target starting now ends: baseEjectionTime times its ejections so far plus one, capped, jittered. */
+  ejectionEnd (t: Target, now: number, random: () => number): number {
+    const o = this.#opts
+    const time = Math.min(o.maxEjectionTime, o.baseEjectionTime * (t.ejections + 1))
+    return now + Math.round(time * (1 + random() * 0.1))
+  }
+
+  /**
+   * Judges a target's probation after an ejection (its mean latency and its
+   * failures over its attempts) against the recent latency and failure ratio
+   * of its peers in rotation, by the same rule as an interval; the reason to
+   * eject it again, or null.
+   */
+  judgeProbation (t: Target, latency: number, failures: number, attempts: number, targets: readonly Target[]): string | null {
+    const o = this.#opts
+    let peerFailure = 0
+    const peerLatencies: number[] = []
+    for (const p of targets) {
+      if (p === t || p.probation !== 0 || p.latency === 0 || !p.available) continue
+      peerFailure += p.failureRatio
+      peerLatencies.push(p.latency)
+    }
+    if (peerLatencies.length === 0) return null
+    const rate = failures / attempts
+    const peerRate = peerFailure / peerLatencies.length
+    if (rate - peerRate >= MIN_RATE_GAP && rate >= o.failureRateFactor * peerRate) {
+      return `failure rate ${(rate * 100).toFixed(0)}% against ${(peerRate * 100).toFixed(0)}% for its peers`
+    }
+    const median = medianOf(peerLatencies)
+    if (latency - median >= MIN_LATENCY_GAP && latency >= o.latencyFactor * median) {
+      return `mean latency ${latency.toFixed(1)} ms against ${median.toFixed(1)} ms for its peers`
+    }
+    return null
   }
 
   #outlier (t: Target, judged: readonly Target[]): string | null {
@@ -84,9 +124,7 @@ export class OutlierDetector {
     if (rate - peerRate >= MIN_RATE_GAP && rate >= o.failureRateFactor * peerRate) {
       return `failure rate ${(rate * 100).toFixed(0)}% against ${(peerRate * 100).toFixed(0)}% for its peers`
     }
-    peerLatencies.sort((a, b) => a - b)
-    const mid = peerLatencies.length >> 1
-    const median = peerLatencies.length % 2 === 1 ? peerLatencies[mid] : (peerLatencies[mid - 1] + peerLatencies[mid]) / 2
+    const median = medianOf(peerLatencies)
     const latency = mine.latency / mine.requests
     if (latency - median >= MIN_LATENCY_GAP && latency >= o.latencyFactor * median) {
       return `mean latency ${latency.toFixed(1)} ms against ${median.toFixed(1)} ms for its peers`

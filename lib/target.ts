@@ -18,7 +18,17 @@ export interface TargetOwner {
   /** Ramp-up after a return, in ms (0: none). */
   readonly slowStart: number
   healthChanged (target: Target, cause: TargetHealthCause, down: boolean, reason: string): void
+  /** A target back from an ejection made its probation attempts: ejects it again, or lets it be. */
+  probationOver (target: Target, latency: number, failures: number, attempts: number): void
 }
+
+/**
+ * Attempts a target back from an ejection makes, one at a time, before it
+ * takes its full share: then its mean latency and failures are judged against
+ * its peers', and an outlier still is ejected again at once. A target still
+ * slow costs this many slow requests per ejection, not an interval's share.
+ */
+export const PROBATION_ATTEMPTS = 3
 
 /** Categories that count as failures for the breaker: the target broke or was too slow. A client hang-up never does. */
 const BREAKER_FAILURES: ReadonlySet<ErrorCategory> = new Set<ErrorCategory>([
@@ -74,6 +84,10 @@ export class Target {
   ejectedUntil = 0
   ejectedSince = 0
   ejections = 0
+  /** Back from an ejection: probation attempts still to end (one in flight at most); 0 when not on probation. */
+  probation = 0
+  #probationLatency = 0
+  #probationFailures = 0
   /** Ramping its share up since then (ms); 0 when not. */
   rampFrom = 0
 
@@ -108,8 +122,10 @@ export class Target {
     if (this.ejectedUntil === 0) return false
     if (this.#owner.now() < this.ejectedUntil) return true
     this.ejectedUntil = 0
-    this.#owner.healthChanged(this, 'ejected', false, 'ejection time over')
-    this.#startRamp()
+    this.probation = PROBATION_ATTEMPTS
+    this.#probationLatency = 0
+    this.#probationFailures = 0
+    this.#owner.healthChanged(this, 'ejected', false, 'ejection time over, on probation')
     return false
   }
 
@@ -130,6 +146,8 @@ export class Target {
   /** In rotation and able to hand out a connection now: the one predicate every balancing policy uses. */
   canTake (): boolean {
     if (this.excluded || !this.available || !this.pool.hasCapacity()) return false
+    // On probation: one attempt at a time.
+    if (this.probation !== 0 && (this.active !== 0 || this.leased !== 0)) return false
     // Slow start: a share that grows from 10% to all of its weight over `slowStart`.
     if (this.rampFrom !== 0) {
       const share = (this.#owner.now() - this.rampFrom) / this.#owner.slowStart
@@ -149,6 +167,14 @@ export class Target {
     if (this.latency === 0) this.latency = latency
     else this.latency += (latency - this.latency) * 0.1
     this.failureRatio += ((failed ? 1 : 0) - this.failureRatio) * 0.1
+    if (this.probation !== 0) {
+      this.#probationLatency += latency
+      if (failed) this.#probationFailures++
+      if (--this.probation === 0) {
+        this.#owner.probationOver(this, this.#probationLatency / PROBATION_ATTEMPTS, this.#probationFailures, PROBATION_ATTEMPTS)
+        if (this.ejectedUntil === 0) this.#startRamp()
+      }
+    }
   }
 
   countError (category: ErrorCategory): void {
@@ -240,6 +266,7 @@ export class Target {
 
   /** Outlier detection ejects it until then. */
   eject (until: number, reason: string): void {
+    this.probation = 0
     this.ejections++
     this.ejectedSince = this.#owner.now()
     this.ejectedUntil = until

@@ -726,6 +726,18 @@ export class Upstream implements SssonectorUpstream, TargetOwner {
     this.#updatePanic()
   }
 
+  probationOver (target: Target, latency: number, failures: number, attempts: number): void {
+    const detector = this.outliers
+    if (detector === null) return
+    const reason = detector.judgeProbation(target, latency, failures, attempts, this.targets)
+    const fields = { upstream: this.name, target: target.url }
+    if (reason === null) {
+      this.#log.info(fields, 'target passed its probation after an ejection')
+      return
+    }
+    target.eject(detector.ejectionEnd(target, this.#now(), this.random), `still an outlier on probation: ${reason}`)
+  }
+
   /**
    * Starts the active health checks and outlier detection. Resolves once every
    * target had its first probe (each bounded by the probe timeout): a gateway

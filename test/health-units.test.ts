@@ -6,6 +6,7 @@ import { OutlierDetector } from '../lib/outlier-detector.js'
 import { Upstream } from '../lib/upstream.js'
 import type { UpstreamLogger } from '../lib/upstream.js'
 import { resolveOptions } from '../lib/options.js'
+import { PROBATION_ATTEMPTS } from '../lib/target.js'
 import type { Target } from '../lib/target.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
 import { seeded } from './helpers/random.js'
@@ -161,6 +162,44 @@ t.test('slow start: a target that comes back ramps its share over slowStart', as
   t.ok(half > 0.25 && half < 0.45, `half-way: ${half.toFixed(2)}`)
   t.ok(full > 0.45, `ramped: ${full.toFixed(2)}`)
   t.equal(up.stats().targets[1].slowStart, false)
+  await up.close()
+})
+
+t.test('probation: back from an ejection, a target makes its attempts one at a time and is ejected again at once if still an outlier', async (t) => {
+  const clock = { now: 0 }
+  const { up, lines } = upstream({ outlierDetection: { baseEjectionTime: '1s', maxEjectionTime: '10s' } }, 3, clock)
+  const [a, b, c] = up.targets
+  for (let i = 0; i < 5; i++) { b.observe(false, 5); c.observe(false, 5) }
+  a.eject(1000, 'test')
+  t.equal(a.canTake(), false, 'ejected')
+  clock.now = 1000
+  t.equal(a.canTake(), true, 'back, on probation')
+  t.equal(a.probation, PROBATION_ATTEMPTS)
+  a.leased = 1
+  t.equal(a.canTake(), false, 'one probation attempt at a time')
+  a.leased = 0
+  for (let i = 0; i < PROBATION_ATTEMPTS - 1; i++) a.observe(false, 200)
+  t.equal(a.ejectedUntil, 0, 'judged only once its attempts are in')
+  a.observe(false, 200)
+  t.equal(a.ejections, 2, 'still slow: ejected again')
+  t.ok(a.ejectedUntil >= 3000 && a.ejectedUntil <= 3200, `for twice the base time: until ${a.ejectedUntil}`)
+  t.equal(a.probation, 0)
+  t.match(up.stats().targets[0].health, [{ cause: 'ejected' }])
+  t.ok(lines.some((l) => l.level === 'warn' && /still an outlier on probation: mean latency 200\.0 ms against 5\.0 ms/.test(String(l.obj.reason))), 'the new ejection is logged with its reason')
+
+  clock.now = a.ejectedUntil
+  t.equal(a.canTake(), true)
+  for (let i = 0; i < PROBATION_ATTEMPTS; i++) a.observe(false, 7)
+  t.equal(a.ejectedUntil, 0, 'fast again: it stays')
+  t.equal(a.probation, 0, 'probation over')
+  t.ok(lines.some((l) => l.msg === 'target passed its probation after an ejection'))
+
+  // A failure on probation counts as one, against peers that do not fail.
+  a.eject(clock.now + 1000, 'test')
+  clock.now += 1100
+  t.equal(a.canTake(), true)
+  a.observe(true, 5); a.observe(true, 5); a.observe(false, 5)
+  t.equal(a.ejections, 4, 'failing on probation: ejected again')
   await up.close()
 })
 

@@ -1,4 +1,5 @@
 import t from 'tap'
+import { PROBATION_ATTEMPTS } from '../lib/target.js'
 import http from 'node:http'
 import { once } from 'node:events'
 import type { AddressInfo } from 'node:net'
@@ -150,6 +151,42 @@ t.test('outlier ejection: a target slowed beside two fast ones is ejected and ge
   for (let i = 0; i < 60; i++) t.equal(await get(gw, '/y'), 200)
   t.equal(slow.seen.length, before, 'no request reached the ejected target')
   t.equal(u.stats().targets[1].ejections, 1)
+})
+
+t.test('probation: a slow target back from its ejection gets a few requests, one at a time, and is ejected again', async (t) => {
+  let inFlight = 0
+  let most = 0
+  const slow = await startUpstream(t, (_req, res) => {
+    most = Math.max(most, ++inFlight)
+    setTimeout(() => { inFlight--; res.end('slow') }, 60)
+  })
+  const ups = [await startUpstream(t), slow, await startUpstream(t)]
+  const gw = await startGateway(t, {
+    upstreams: {
+      u: {
+        targets: ups.map((u) => u.url),
+        balance: 'round-robin',
+        outlierDetection: { interval: '200ms', minimumRequests: 3, baseEjectionTime: '300ms', maxEjectionTime: '1m' }
+      }
+    },
+    routes: [{ prefix: '/', upstream: 'u' }]
+  })
+  const u = gw.app.sssonector.upstream('u')
+  const ejections = (): number => u.stats().targets[1].ejections
+  while (ejections() === 0) {
+    await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/x')))
+  }
+  most = 0
+  const before = slow.seen.length
+  // Six requests in flight at a time until the slow target is back, on probation, and ejected again.
+  while (ejections() < 2) {
+    const codes = await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/y')))
+    t.same(codes, [200, 200, 200, 200, 200, 200])
+  }
+  const during = slow.seen.length - before
+  t.ok(during >= 1 && during <= PROBATION_ATTEMPTS, `its probation took ${during} requests (at most ${PROBATION_ATTEMPTS})`)
+  t.equal(most, 1, 'one at a time')
+  t.match(u.stats().targets[1].health, [{ cause: 'ejected' }])
 })
 
 t.test('a target added at run time with checks on waits for its first good probe', async (t) => {
