@@ -512,10 +512,13 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Prom
 }
 
 /** Loads two gateways at once, each with the scenario's connections, for one run. */
-async function sideBySide (a: Child, b: Child, aUrls: string[], bUrls: string[], plan: Plan): Promise<Omit<DuelRound, 'round'>> {
+async function sideBySide (a: Child, b: Child, aUrls: string[], bUrls: string[], plan: Plan, bFirst: boolean): Promise<Omit<DuelRound, 'round'>> {
   const before = [await askUsage(a), await askUsage(b)]
   const load = (urls: string[]): Promise<LoadResult> => runLoad({ urls, request: plan.scenario.request, connections: plan.connections, pipelining: plan.pipelining, duration: plan.duration })
-  const [ra, rb] = await Promise.all([load(aUrls), load(bUrls)])
+  let ra: LoadResult
+  let rb: LoadResult
+  if (bFirst) [rb, ra] = await Promise.all([load(bUrls), load(aUrls)])
+  else [ra, rb] = await Promise.all([load(aUrls), load(bUrls)])
   const after = [await askUsage(a), await askUsage(b)]
   const cpu = (i: number, responses: number): number | null => {
     const x = before[i]
@@ -657,7 +660,8 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
       }
       for (let round = 1; round <= plan.rounds; round++) {
         try {
-          const r = await sideBySide(a.gateway, b.gateway, a.urls, b.urls, plan)
+          // which of the two starts first turns round by round
+          const r = await sideBySide(a.gateway, b.gateway, a.urls, b.urls, plan, round % 2 === 0)
           record.rounds.push({ round, ...r })
           console.log(`side by side ${round}/${plan.rounds} ${aName} ${r.aRps.toFixed(0)} req/s, ${bName} ${r.bRps.toFixed(0)} req/s: x${(r.bRps / r.aRps).toFixed(3)}`)
         } catch (err) {
