@@ -148,6 +148,10 @@ export function duelRatio (d: DuelRecord, f: (r: DuelRound) => [number | null, n
     const [x, y] = f(r)
     if (x !== null && y !== null && x > 0) ratios.push(y / x)
   }
+  return pairedOf(ratios)
+}
+
+function pairedOf (ratios: number[]): Paired {
   return {
     median: median(ratios),
     min: ratios.length > 0 ? Math.min(...ratios) : null,
@@ -272,12 +276,7 @@ export function paired (a: Run[], b: Run[], f: (r: Run) => number | null): Paire
     if (x === null || y === null || x === 0) continue
     ratios.push(y / x)
   }
-  return {
-    median: median(ratios),
-    min: ratios.length > 0 ? Math.min(...ratios) : null,
-    max: ratios.length > 0 ? Math.max(...ratios) : null,
-    rounds: ratios.length
-  }
+  return pairedOf(ratios)
 }
 
 const NONE: Paired = { median: null, min: null, max: null, rounds: 0 }
