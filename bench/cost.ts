@@ -14,7 +14,8 @@
 //   COST_REQUESTS=4000 COST_WARMUP=2000 npm run bench:cost
 //
 // Environment: COST_REQUESTS (N, 4000), COST_WARMUP (W, 4000),
-// COST_CONNECTIONS (8), COST_BODY (bytes: POSTs with a body that large, 0: GETs), COST_ARMS (http-proxy,sssonector; also
+// COST_CONNECTIONS (8), COST_BODY (bytes: POSTs with a body that large, 0: GETs),
+// COST_ANSWER (bytes of each answer, 100), COST_ARMS (http-proxy,sssonector; also
 // http-proxy-balanced,sssonector-balanced), COST_KEEP (1: keep the callgrind
 // files, for callgrind_annotate).
 import { spawn, spawnSync } from 'node:child_process'
@@ -55,8 +56,8 @@ const children = new Set<ChildProcess>()
 process.on('exit', () => { for (const c of children) c.kill('SIGKILL') })
 
 /** Upstreams in this process: plain node:http, the same ~100-byte answer as the bench's. */
-async function startUpstreams (n: number): Promise<{ targets: string[], close: () => Promise<void> }> {
-  const body = Buffer.from('{"ok":true,"pad":"'.padEnd(98, 'x') + '"}')
+async function startUpstreams (n: number, answerBytes: number): Promise<{ targets: string[], close: () => Promise<void> }> {
+  const body = Buffer.from('{"ok":true,"pad":"'.padEnd(Math.max(answerBytes - 2, 18), 'x') + '"}')
   const headers = { 'content-type': 'application/json', 'content-length': String(body.length) }
   const servers: http.Server[] = []
   for (let i = 0; i < n; i++) {
@@ -162,6 +163,7 @@ async function main (): Promise<number> {
   const warmup = intFromEnv('COST_WARMUP', 4000, 100, 1_000_000)
   const connections = intFromEnv('COST_CONNECTIONS', 8, 1, 256)
   const bodyBytes = intFromEnv('COST_BODY', 0, 0, 16 * 1024 * 1024)
+  const answerBytes = intFromEnv('COST_ANSWER', 100, 20, 64 * 1024 * 1024)
   const body = bodyBytes === 0 ? null : Buffer.alloc(bodyBytes, 'x')
   const names = (process.env.COST_ARMS ?? 'http-proxy,sssonector').split(',').map((s) => s.trim()).filter((s) => s !== '')
   const arms = names.map((name) => {
@@ -170,8 +172,8 @@ async function main (): Promise<number> {
     return arm
   })
 
-  console.log(`node ${process.version}, ${os.availableParallelism()} cores; callgrind, ${warmup} + ${measured} requests per arm over ${connections} connections, ${body === null ? 'GET' : `POST with a ${bodyBytes}-byte body`}, a ~100-byte answer`)
-  const upstreams = await startUpstreams(3)
+  console.log(`node ${process.version}, ${os.availableParallelism()} cores; callgrind, ${warmup} + ${measured} requests per arm over ${connections} connections, ${body === null ? 'GET' : `POST with a ${bodyBytes}-byte body`}, a ${answerBytes}-byte answer`)
+  const upstreams = await startUpstreams(3, answerBytes)
   const dir = await mkdtemp(path.join(os.tmpdir(), 'sssonector-cost-'))
   try {
     const parallel = Math.max(1, Math.min(2, os.availableParallelism()))
