@@ -86,6 +86,15 @@ const THREE_TARGETS = ['http-proxy-balanced', 'sssonector-balanced', "http-proxy
 const BALANCED_PAIR: Array<[string, string]> = [['http-proxy-balanced', 'sssonector-balanced']]
 const BALANCED_NOISE: [string, string] = ['http-proxy-balanced', "http-proxy-balanced'"]
 const ok = { kind: 'ok', bodyBytes: SMALL } as const
+/** What the scenarios with one odd target among three share. */
+const ONE_OF_THREE = {
+  prefix: '/',
+  request: { method: 'GET', path: '/hello' },
+  arms: THREE_TARGETS,
+  pairs: BALANCED_PAIR,
+  noise: BALANCED_NOISE,
+  rate: true
+} satisfies Partial<Scenario>
 
 export const scenarios: readonly Scenario[] = [
   {
@@ -104,23 +113,13 @@ export const scenarios: readonly Scenario[] = [
     name: 'dead',
     description: 'one of three targets is a port nothing listens on, for the whole run',
     targets: [ok, ok, { kind: 'dead' }],
-    prefix: '/',
-    request: { method: 'GET', path: '/hello' },
-    arms: THREE_TARGETS,
-    pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE,
-    rate: true
+    ...ONE_OF_THREE
   },
   {
     name: 'dying',
     description: 'one of three targets is killed in every run (at 20% of it) and listens again on its port at 70%',
     targets: [ok, ok, ok],
-    prefix: '/',
-    request: { method: 'GET', path: '/hello' },
-    arms: THREE_TARGETS,
-    pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE,
-    rate: true,
+    ...ONE_OF_THREE,
     duration: 5,
     disruption: { kind: 'restart', target: 2, killAt: 0.2, backAt: 0.7 }
   },
@@ -128,23 +127,13 @@ export const scenarios: readonly Scenario[] = [
     name: 'slow',
     description: 'one of three targets answers after 200 ms',
     targets: [ok, ok, { kind: 'slow', bodyBytes: SMALL, delayMs: 200 }],
-    prefix: '/',
-    request: { method: 'GET', path: '/hello' },
-    arms: THREE_TARGETS,
-    pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE,
-    rate: true
+    ...ONE_OF_THREE
   },
   {
     name: 'flaky',
     description: 'one of three targets answers 503 to every second request',
     targets: [ok, ok, { kind: 'flaky', bodyBytes: SMALL, status: 503, every: 2 }],
-    prefix: '/',
-    request: { method: 'GET', path: '/hello' },
-    arms: THREE_TARGETS,
-    pairs: BALANCED_PAIR,
-    noise: BALANCED_NOISE,
-    rate: true
+    ...ONE_OF_THREE
   },
   {
     name: 'post64k',

@@ -169,9 +169,8 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     }
     const peer = request.raw.socket.remoteAddress
     const prior = headers['x-forwarded-for']
-    const forwardedFor = peer === undefined
-      ? (prior === undefined ? null : Array.isArray(prior) ? prior.join(', ') : prior)
-      : prior === undefined ? peer : `${Array.isArray(prior) ? prior.join(', ') : prior}, ${peer}`
+    const chain = prior === undefined ? null : Array.isArray(prior) ? prior.join(', ') : prior
+    const forwardedFor = peer === undefined ? chain : chain === null ? peer : `${chain}, ${peer}`
     if (userRewriteRequestHeaders !== undefined) {
       // The app's hook sees (and may change) every header that goes out.
       if (forwardedFor !== null) headers['x-forwarded-for'] = forwardedFor

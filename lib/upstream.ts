@@ -235,8 +235,12 @@ class Exchange implements Dispatcher.DispatchHandler {
     // The target decides the origin, the Host and the timeouts, whatever the caller said.
     o.origin = target.origin
     const headers = o.headers
-    if (Array.isArray(headers)) headers[1] = target.host
-    else if (headers !== undefined && headers !== null) headers.host = target.host
+    // A flat list (the proxy's, see headerList) has Host first.
+    if (Array.isArray(headers)) {
+      if (headers[0] === 'host') headers[1] = target.host
+    } else if (headers !== undefined && headers !== null) {
+      headers.host = target.host
+    }
     o.headersTimeout = up.config.timeouts.headers
     o.bodyTimeout = up.config.timeouts.body
     this.#conn = conn

@@ -110,6 +110,12 @@ t.test('the upstream\'s dispatcher serves plain undici calls through the same po
   t.equal(body.headers.host, `127.0.0.1:${up.port}`, 'the target decides where it goes')
   t.equal(a.stats().admitted, 1)
   t.equal(a.stats().active, 0)
+
+  // Headers as undici's flat list go out as they are.
+  const listed = await request('http://ignored.invalid/list', { dispatcher: a.dispatcher, headers: ['x-one', '1', 'x-two', '2'] })
+  const seen = await listed.body.json() as { headers: Record<string, string> }
+  t.equal(seen.headers['x-one'], '1')
+  t.equal(seen.headers['x-two'], '2')
 })
 
 t.test('addTarget and removeTarget: a removed target finishes what it has, takes nothing new, then closes', async (t) => {
