@@ -10,7 +10,7 @@
 // (timings per cell, the median is printed; 5).
 import { Upstream } from '../lib/upstream.js'
 import type { Lease } from '../lib/upstream.js'
-import { resolveOptions } from '../lib/options.js'
+import { resolveOptions } from '../lib/options/index.js'
 import type { ConnectionClient, ConnectionFactory } from '../lib/connection-pool.js'
 import type { Waiter } from '../lib/queue.js'
 

@@ -1,4 +1,4 @@
-import type { ResolvedCircuitBreaker } from './options.js'
+import type { ResolvedCircuitBreaker } from './options/index.js'
 
 /** Buckets the sliding window is cut into. */
 const BUCKETS = 10

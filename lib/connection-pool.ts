@@ -1,7 +1,7 @@
 import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import type { TlsOptions } from '../types/index.js'
-import type { ResolvedPool, ResolvedTimeouts } from './options.js'
+import type { ResolvedPool, ResolvedTimeouts } from './options/index.js'
 
 /** What a target's connections are made with. */
 export interface ConnectionSettings {

@@ -1,5 +1,5 @@
 import { Client } from 'undici'
-import type { ResolvedHealthCheck } from './options.js'
+import type { ResolvedHealthCheck } from './options/index.js'
 import type { TlsOptions } from '../types/index.js'
 import type { Target } from './target.js'
 import { categorize } from './errors.js'

@@ -4,7 +4,7 @@ import { closeOnSignal } from './graceful.js'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { SssonectorDecorator, SssonectorOptions } from '../types/index.js'
-import { resolveOptions } from './options.js'
+import { resolveOptions } from './options/index.js'
 import { Upstream } from './upstream.js'
 import { registerRoute } from './proxy.js'
 import { Metrics } from './metrics.js'
@@ -13,7 +13,7 @@ import { renderStatus } from './status.js'
 
 export type * from '../types/index.js'
 export * as errors from './errors.js'
-export { parseDuration } from './options.js'
+export { parseDuration } from './options/index.js'
 export { Upstream, UpstreamDispatcher } from './upstream.js'
 
 /** While closing, every response ends its connection. */

@@ -1,4 +1,4 @@
-import type { ResolvedOutlierDetection } from './options.js'
+import type { ResolvedOutlierDetection } from './options/index.js'
 import type { Target } from './target.js'
 
 /** What a target did over one interval. */

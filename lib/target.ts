@@ -1,5 +1,5 @@
 import type { ErrorCategory, TargetHealthCause, TargetStats } from '../types/index.js'
-import type { ResolvedCircuitBreaker, ResolvedTarget } from './options.js'
+import type { ResolvedCircuitBreaker, ResolvedTarget } from './options/index.js'
 import { TargetPool } from './connection-pool.js'
 import type { ConnectionFactory, ConnectionSettings, SharedLimits } from './connection-pool.js'
 import { CircuitBreaker } from './circuit-breaker.js'

@@ -2,8 +2,8 @@ import { Dispatcher } from 'undici'
 import type {
   ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
 } from '../types/index.js'
-import type { ResolvedUpstream } from './options.js'
-import { parseTarget } from './options.js'
+import type { ResolvedUpstream } from './options/index.js'
+import { parseTarget } from './options/index.js'
 import { Target } from './target.js'
 import type { TargetOwner } from './target.js'
 import { SharedLimits, undiciConnectionFactory } from './connection-pool.js'

@@ -3,8 +3,8 @@ import fc from 'fast-check'
 import type { Dispatcher } from 'undici'
 import { Upstream } from '../lib/upstream.js'
 import type { Lease } from '../lib/upstream.js'
-import { resolveOptions } from '../lib/options.js'
-import type { ResolvedUpstream } from '../lib/options.js'
+import { resolveOptions } from '../lib/options/index.js'
+import type { ResolvedUpstream } from '../lib/options/index.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
 
 function config (pool: Record<string, unknown>, targets = ['http://127.0.0.1:1', 'http://127.0.0.1:2']): ResolvedUpstream {

@@ -1,7 +1,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import sssonectorPool from '../lib/index.js'
-import { parseDuration, resolveOptions } from '../lib/options.js'
+import { parseDuration, resolveOptions } from '../lib/options/index.js'
 import type { SssonectorOptions } from '../types/index.js'
 import type { Test } from 'tap'
 

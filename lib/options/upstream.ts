@@ -1,263 +1,15 @@
-import { inspect } from 'node:util'
-import type { BalancePolicy, TlsOptions } from '../types/index.js'
-import type { FastifyRequest } from 'fastify'
-import type { Registry } from 'prom-client'
-import { OptionsError } from './errors.js'
+// The upstream schema: its targets, its blocks (pool, healthCheck, circuitBreaker,
+// outlierDetection, retry, timeouts, tls), and the merge of the top level's blocks
+// (defaults) under an upstream's own, key by key.
+import type { BalancePolicy, TlsOptions } from '../../types/index.js'
+import { DEFAULTS } from './defaults.js'
+import type {
+  ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
+  ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
+} from './defaults.js'
+import { arrayAt, boolAt, fail, intAt, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
 
-// Defaults: the seed's values where it has them (pool), Envoy's elsewhere.
-export const DEFAULTS = {
-  pool: {
-    maxActive: 1000,
-    maxActivePerTarget: undefined as number | undefined, // = maxActive
-    maxIdle: 100,
-    idleTimeout: 5 * 60 * 1000, // 5m
-    retryInterval: 5 * 1000, // 5s
-    maxRetryInterval: 60 * 1000, // 1m
-    maxRetries: 3,
-    maxQueue: 1000,
-    queueTimeout: 2 * 1000 // 2s
-  },
-  healthCheck: {
-    path: undefined as string | undefined,
-    method: 'GET',
-    headers: {} as Record<string, string>,
-    interval: 5 * 1000, // 5s
-    unhealthyInterval: undefined as number | undefined, // = interval
-    timeout: 2 * 1000, // 2s
-    healthyThreshold: 2,
-    unhealthyThreshold: 3,
-    expectedStatus: [200, 399] as [number, number]
-  },
-  circuitBreaker: {
-    consecutiveFailures: 5,
-    failureRate: 0.5,
-    window: 10 * 1000, // 10s
-    minimumRequests: 20,
-    halfOpenRequests: 1
-  },
-  outlierDetection: {
-    interval: 10 * 1000, // 10s
-    baseEjectionTime: 30 * 1000, // 30s
-    maxEjectionTime: 5 * 60 * 1000, // 5m
-    maxEjectionPercent: 50,
-    minimumRequests: 20,
-    failureRateFactor: 3,
-    latencyFactor: 3
-  },
-  panicThreshold: 50, // percent, Envoy's default
-  slowStart: 0, // off
-  retry: {
-    methods: ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'],
-    statusCodes: [502, 503, 504],
-    baseDelay: 25, // 25ms
-    maxDelay: 250, // 250ms
-    budget: { percent: 20, minConcurrent: 3 },
-    bufferBody: 64 * 1024 // 64 KiB
-  },
-  timeouts: {
-    connect: 5 * 1000, // 5s
-    headers: 30 * 1000, // 30s
-    body: 30 * 1000, // 30s
-    request: 0 // off
-  },
-  metrics: { path: '/metrics', prefix: 'sssonector_' },
-  gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
-} as const
-
-export interface ResolvedPool {
-  maxActive: number
-  maxActivePerTarget: number
-  maxIdle: number
-  idleTimeout: number
-  retryInterval: number
-  maxRetryInterval: number
-  maxRetries: number
-  maxQueue: number
-  queueTimeout: number
-}
-
-export interface ResolvedHealthCheck {
-  path: string
-  method: string
-  headers: Record<string, string>
-  interval: number
-  unhealthyInterval: number
-  timeout: number
-  healthyThreshold: number
-  unhealthyThreshold: number
-  expectedStatus: [number, number]
-}
-
-export interface ResolvedCircuitBreaker {
-  consecutiveFailures: number
-  failureRate: number
-  window: number
-  minimumRequests: number
-  halfOpenRequests: number
-}
-
-export interface ResolvedOutlierDetection {
-  interval: number
-  baseEjectionTime: number
-  maxEjectionTime: number
-  maxEjectionPercent: number
-  minimumRequests: number
-  failureRateFactor: number
-  latencyFactor: number
-}
-
-export interface ResolvedRetry {
-  methods: Set<string>
-  statusCodes: Set<number>
-  baseDelay: number
-  maxDelay: number
-  budget: { percent: number, minConcurrent: number }
-  bufferBody: number
-}
-
-export interface ResolvedTimeouts {
-  connect: number
-  headers: number
-  body: number
-  /** 0: off */
-  request: number
-}
-
-export interface ResolvedTarget {
-  url: string
-  origin: string
-  weight: number
-}
-
-export interface ResolvedUpstream {
-  name: string
-  targets: ResolvedTarget[]
-  balance: BalancePolicy
-  hashKey: ((request: FastifyRequest) => string) | undefined
-  pool: ResolvedPool
-  /** null: no active checks */
-  healthCheck: ResolvedHealthCheck | null
-  /** null: disabled */
-  circuitBreaker: ResolvedCircuitBreaker | null
-  /** null: disabled */
-  outlierDetection: ResolvedOutlierDetection | null
-  /** percent; 0: never */
-  panicThreshold: number
-  /** ms; 0: off */
-  slowStart: number
-  /** null: disabled */
-  retry: ResolvedRetry | null
-  timeouts: ResolvedTimeouts
-  tls: TlsOptions
-}
-
-export interface ResolvedRoute {
-  prefix: string
-  upstream: string
-  bodyLimit: number | undefined
-  /** The remaining @fastify/http-proxy options, passed through. */
-  proxy: Record<string, unknown>
-}
-
-export interface ResolvedOptions {
-  upstreams: ResolvedUpstream[]
-  routes: ResolvedRoute[]
-  metrics: {
-    path: string | false
-    prefix: string
-    registry: Registry | undefined
-    defaultMetrics: boolean
-    /** A guard run before the scrape route (auth). */
-    onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined
-    /** Served on a port of its own (on 127.0.0.1 unless `host`), apart from the app's. */
-    port: number | undefined
-    host: string
-  }
-  status: { path: string | false, onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined }
-  gracefulClose: { delay: number, preStop: number } | false
-}
-
-// ---------------------------------------------------------------- durations
-
-const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60 * 1000, h: 60 * 60 * 1000 }
-const DURATION = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$/
-
-/** Milliseconds of a duration: a number is milliseconds, a string carries its unit. */
-/** Node's timers take at most 2^31 - 1 ms (about 24.8 days); a longer one fires at once, over and over. */
-const MAX_DURATION = 2 ** 31 - 1
-
-export function parseDuration (value: unknown, path: string): number {
-  let ms: number | undefined
-  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) ms = value
-  if (typeof value === 'string') {
-    const m = DURATION.exec(value.trim())
-    if (m !== null) ms = Math.round(Number(m[1]) * UNIT_MS[m[2]])
-  }
-  if (ms === undefined) fail(path, value, 'is not a duration (a number of milliseconds >= 0, or a string such as "250ms", "5s", "5m")')
-  if (ms > MAX_DURATION) fail(path, value, 'is longer than Node\'s timers allow (2147483647 ms, about 24 days)')
-  return ms
-}
-
-// ---------------------------------------------------------------- checks
-
-function show (value: unknown): string {
-  if (typeof value === 'string') return JSON.stringify(value)
-  if (typeof value === 'function') return `[Function ${value.name || 'anonymous'}]`
-  return inspect(value, { depth: 1, breakLength: Infinity })
-}
-
-function fail (path: string, value: unknown, what: string): never {
-  throw new OptionsError(`${path}: ${show(value)} ${what}`)
-}
-
-function isPlainObject (value: unknown): value is Record<string, unknown> {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false
-  const proto = Object.getPrototypeOf(value)
-  return proto === Object.prototype || proto === null
-}
-
-function objectAt (value: unknown, path: string, allowed: readonly string[]): Record<string, unknown> {
-  if (!isPlainObject(value)) fail(path, value, 'is not an object')
-  for (const key of Object.keys(value)) {
-    if (!allowed.includes(key)) {
-      throw new OptionsError(`${path === '' ? key : `${path}.${key}`}: unknown option (allowed: ${allowed.join(', ')})`)
-    }
-  }
-  return value
-}
-
-function intAt (value: unknown, path: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) fail(path, value, 'is not an integer')
-  if (value < min || value > max) fail(path, value, max === Number.MAX_SAFE_INTEGER ? `is less than ${min}` : `is not between ${min} and ${max}`)
-  return value
-}
-
-function numberAt (value: unknown, path: string, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isFinite(value)) fail(path, value, 'is not a number')
-  if (value < min || value > max) fail(path, value, `is not between ${min} and ${max}`)
-  return value
-}
-
-function stringAt (value: unknown, path: string): string {
-  if (typeof value !== 'string' || value === '') fail(path, value, 'is not a non-empty string')
-  return value
-}
-
-function boolAt (value: unknown, path: string): boolean {
-  if (typeof value !== 'boolean') fail(path, value, 'is not a boolean')
-  return value
-}
-
-function pathAt (value: unknown, path: string): string {
-  const s = stringAt(value, path)
-  if (!s.startsWith('/')) fail(path, value, 'is not a path starting with "/"')
-  return s
-}
-
-function arrayAt (value: unknown, path: string): unknown[] {
-  if (!Array.isArray(value)) fail(path, value, 'is not an array')
-  return value
-}
+// ---------------------------------------------------------------- targets
 
 /** `http(s)://host[:port]` only: a target is an origin, not a path. */
 export function parseTargetUrl (value: unknown, path: string): { url: string, origin: string } {
@@ -294,9 +46,9 @@ const OD_KEYS = ['interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjection
 const RETRY_KEYS = ['methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody'] as const
 const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'request'] as const
 const TLS_KEYS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'] as const
-const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls'] as const
+/** The blocks the top level gives as defaults and an upstream may override. */
+export const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls'] as const
 const UPSTREAM_KEYS = ['targets', 'balance', 'hashKey', ...DEFAULT_KEYS] as const
-const TOP_KEYS = ['upstreams', 'routes', 'metrics', 'status', 'gracefulClose', ...DEFAULT_KEYS] as const
 const BALANCE: readonly BalancePolicy[] = ['round-robin', 'least-request', 'random', 'consistent-hash']
 const HTTP_METHOD = /^[A-Z]+$/
 
@@ -343,12 +95,6 @@ function checkHealthCheck (value: unknown, path: string): Partial<ResolvedHealth
     out.expectedStatus = [from, to]
   }
   return out
-}
-
-function positiveDuration (value: unknown, path: string): number {
-  const ms = parseDuration(value, path)
-  if (ms <= 0) fail(path, value, 'must be longer than 0')
-  return ms
 }
 
 function checkCircuitBreaker (value: unknown, path: string): Partial<ResolvedCircuitBreaker> | false {
@@ -440,7 +186,7 @@ function checkTls (value: unknown, path: string): TlsOptions {
   return out
 }
 
-interface Layer {
+export interface Layer {
   pool?: Partial<ResolvedPool>
   healthCheck?: Partial<ResolvedHealthCheck> | false
   circuitBreaker?: Partial<ResolvedCircuitBreaker> | false
@@ -452,7 +198,7 @@ interface Layer {
   tls?: TlsOptions
 }
 
-function checkLayer (o: Record<string, unknown>, path: string): Layer {
+export function checkLayer (o: Record<string, unknown>, path: string): Layer {
   const at = (key: string): string => path === '' ? key : `${path}.${key}`
   const layer: Layer = {}
   if (o.pool !== undefined) layer.pool = checkPool(o.pool, at('pool'))
@@ -475,7 +221,7 @@ function mergeBlock<T extends object> (top: Partial<T> | false | undefined, own:
   return { ...top, ...own }
 }
 
-function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUpstream {
+export function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUpstream {
   const path = `upstreams.${name}`
   const o = objectAt(value, path, UPSTREAM_KEYS)
   if (o.targets === undefined) fail(`${path}.targets`, undefined, 'is required (an array of http(s) URLs, possibly empty)')
@@ -581,135 +327,4 @@ function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUps
     timeouts,
     tls
   }
-}
-
-// @fastify/http-proxy options a route may pass through.
-const ROUTE_PASS = [
-  'rewritePrefix', 'proxyPayloads', 'preHandler', 'beforeHandler', 'preValidation', 'handler', 'preRewrite',
-  'config', 'replyOptions', 'routes', 'httpMethods', 'constraints', 'internalRewriteLocationHeader',
-  'disableRequestLogging', 'disableCache', 'cacheURLs', 'contentTypesToEncode', 'logLevel'
-] as const
-// Options the pool owns, with what to use instead.
-const ROUTE_OWNED: Record<string, string> = {
-  undici: 'the pool owns the upstream connections; use the upstream\'s pool and timeouts options',
-  http: 'the pool speaks HTTP/1.1 through undici; use the upstream\'s pool and timeouts options',
-  http2: 'HTTP/2 to upstreams is not supported yet',
-  base: 'the route\'s upstream (a name) chooses the targets',
-  globalAgent: 'the pool owns the upstream connections',
-  destroyAgent: 'the pool owns the upstream connections',
-  retryMethods: 'use the upstream\'s retry.methods',
-  websocket: 'WebSocket proxying does not go through the pool yet; register @fastify/http-proxy directly for WebSocket routes',
-  wsUpstream: 'WebSocket proxying does not go through the pool yet',
-  wsHooks: 'WebSocket proxying does not go through the pool yet',
-  wsReconnect: 'WebSocket proxying does not go through the pool yet',
-  wsClientOptions: 'WebSocket proxying does not go through the pool yet',
-  wsServerOptions: 'WebSocket proxying does not go through the pool yet'
-}
-const REPLY_OWNED: Record<string, string> = {
-  getUpstream: 'the pool picks the target of each request',
-  retryDelay: 'the pool retries, on another target; use the upstream\'s retry options',
-  retriesCount: 'the pool retries, on another target; use the upstream\'s retry options',
-  maxRetriesOn503: 'the pool retries, on another target; use the upstream\'s retry options',
-  onError: 'the pool maps upstream failures to 502/503/504 with FST_SSSONECTOR_* codes; use Fastify\'s setErrorHandler'
-}
-const FUNCTION_KEYS = new Set(['preHandler', 'beforeHandler', 'preValidation', 'handler', 'preRewrite'])
-
-function resolveRoute (value: unknown, i: number, names: Set<string>): ResolvedRoute {
-  const path = `routes[${i}]`
-  if (!isPlainObject(value)) fail(path, value, 'is not an object')
-  for (const key of Object.keys(value)) {
-    if (key in ROUTE_OWNED) fail(`${path}.${key}`, value[key], `is not allowed here: ${ROUTE_OWNED[key]}`)
-    if (key !== 'prefix' && key !== 'upstream' && key !== 'bodyLimit' && !(ROUTE_PASS as readonly string[]).includes(key)) {
-      throw new OptionsError(`${path}.${key}: unknown option (allowed: prefix, upstream, bodyLimit, ${ROUTE_PASS.join(', ')})`)
-    }
-  }
-  const prefix = pathAt(value.prefix, `${path}.prefix`)
-  const upstream = stringAt(value.upstream, `${path}.upstream`)
-  if (!names.has(upstream)) fail(`${path}.upstream`, upstream, `is not an upstream (the upstreams are: ${[...names].join(', ')})`)
-  const bodyLimit = value.bodyLimit === undefined ? undefined : intAt(value.bodyLimit, `${path}.bodyLimit`, 0)
-  if (value.rewritePrefix !== undefined && typeof value.rewritePrefix !== 'string') fail(`${path}.rewritePrefix`, value.rewritePrefix, 'is not a string')
-  for (const key of FUNCTION_KEYS) {
-    if (value[key] !== undefined && typeof value[key] !== 'function') fail(`${path}.${key}`, value[key], 'is not a function')
-  }
-  if (value.replyOptions !== undefined) {
-    if (!isPlainObject(value.replyOptions)) fail(`${path}.replyOptions`, value.replyOptions, 'is not an object')
-    for (const key of Object.keys(value.replyOptions)) {
-      if (key in REPLY_OWNED) fail(`${path}.replyOptions.${key}`, value.replyOptions[key], `is not allowed here: ${REPLY_OWNED[key]}`)
-    }
-  }
-  const proxy: Record<string, unknown> = {}
-  for (const key of ROUTE_PASS) if (value[key] !== undefined) proxy[key] = value[key]
-  return { prefix, upstream, bodyLimit, proxy }
-}
-
-/** Validates the plugin's options into a new object (the caller's is never touched), with every default filled in. */
-export function resolveOptions (input: unknown): ResolvedOptions {
-  if (input === undefined || input === null) fail('options', input, 'are required: { upstreams: { name: { targets: [...] } } }')
-  const o = objectAt(input, '', TOP_KEYS)
-  if (o.upstreams === undefined) fail('upstreams', undefined, 'is required: { name: { targets: [...] } }')
-  const ups = objectAt(o.upstreams, 'upstreams', Object.keys(o.upstreams as object))
-  const names = Object.keys(ups)
-  if (names.length === 0) fail('upstreams', ups, 'has no upstream')
-  const top = checkLayer(o, '')
-  const upstreams = names.map((name) => resolveUpstream(name, ups[name], top))
-  const nameSet = new Set(names)
-
-  const routesIn = o.routes === undefined ? [] : arrayAt(o.routes, 'routes')
-  const routes = routesIn.map((r, i) => resolveRoute(r, i, nameSet))
-
-  let metrics: ResolvedOptions['metrics'] = {
-    path: DEFAULTS.metrics.path,
-    prefix: DEFAULTS.metrics.prefix,
-    registry: undefined,
-    defaultMetrics: false,
-    onRequest: undefined,
-    port: undefined,
-    host: '127.0.0.1'
-  }
-  if (o.metrics === false) {
-    metrics = { ...metrics, path: false }
-  } else if (o.metrics !== undefined) {
-    const m = objectAt(o.metrics, 'metrics', ['path', 'prefix', 'registry', 'defaultMetrics', 'onRequest', 'port', 'host'])
-    if (m.path !== undefined) metrics.path = m.path === false ? false : pathAt(m.path, 'metrics.path')
-    if (m.prefix !== undefined) {
-      if (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(m.prefix)) fail('metrics.prefix', m.prefix, 'is not a valid Prometheus metric name prefix')
-      metrics.prefix = m.prefix
-    }
-    if (m.registry !== undefined) {
-      const r = m.registry as { metrics?: unknown, registerMetric?: unknown } | null
-      if (r === null || typeof r !== 'object' || typeof r.metrics !== 'function' || typeof r.registerMetric !== 'function') {
-        fail('metrics.registry', m.registry, 'is not a prom-client Registry')
-      }
-      metrics.registry = m.registry as Registry
-    }
-    if (m.defaultMetrics !== undefined) metrics.defaultMetrics = boolAt(m.defaultMetrics, 'metrics.defaultMetrics')
-    if (m.onRequest !== undefined) {
-      if (typeof m.onRequest !== 'function') fail('metrics.onRequest', m.onRequest, 'is not a function (request, reply) => ...')
-      metrics.onRequest = m.onRequest as ResolvedOptions['metrics']['onRequest']
-    }
-    if (m.port !== undefined) metrics.port = intAt(m.port, 'metrics.port', 0, 65535)
-    if (m.host !== undefined) metrics.host = stringAt(m.host, 'metrics.host')
-  }
-
-  let status: ResolvedOptions['status'] = { path: false, onRequest: undefined }
-  if (o.status !== undefined && o.status !== false) {
-    const st = objectAt(o.status, 'status', ['path', 'onRequest'])
-    status = { path: pathAt(st.path, 'status.path'), onRequest: undefined }
-    if (st.onRequest !== undefined) {
-      if (typeof st.onRequest !== 'function') fail('status.onRequest', st.onRequest, 'is not a function (request, reply) => ...')
-      status.onRequest = st.onRequest as ResolvedOptions['status']['onRequest']
-    }
-  }
-
-  let gracefulClose: ResolvedOptions['gracefulClose'] = { ...DEFAULTS.gracefulClose }
-  if (o.gracefulClose === false) {
-    gracefulClose = false
-  } else if (o.gracefulClose !== undefined) {
-    const g = objectAt(o.gracefulClose, 'gracefulClose', ['delay', 'preStop'])
-    if (g.delay !== undefined) gracefulClose.delay = positiveDuration(g.delay, 'gracefulClose.delay')
-    if (g.preStop !== undefined) gracefulClose.preStop = parseDuration(g.preStop, 'gracefulClose.preStop')
-    if (gracefulClose.preStop >= gracefulClose.delay) fail('gracefulClose.preStop', gracefulClose.preStop, `is not less than gracefulClose.delay (${gracefulClose.delay} ms)`)
-  }
-
-  return { upstreams, routes, metrics, status, gracefulClose }
 }

@@ -1,0 +1,176 @@
+import type { BalancePolicy, TlsOptions } from '../../types/index.js'
+import type { FastifyRequest } from 'fastify'
+import type { Registry } from 'prom-client'
+
+// Defaults: the seed's values where it has them (pool), Envoy's elsewhere.
+export const DEFAULTS = {
+  pool: {
+    maxActive: 1000,
+    maxActivePerTarget: undefined as number | undefined, // = maxActive
+    maxIdle: 100,
+    idleTimeout: 5 * 60 * 1000, // 5m
+    retryInterval: 5 * 1000, // 5s
+    maxRetryInterval: 60 * 1000, // 1m
+    maxRetries: 3,
+    maxQueue: 1000,
+    queueTimeout: 2 * 1000 // 2s
+  },
+  healthCheck: {
+    path: undefined as string | undefined,
+    method: 'GET',
+    headers: {} as Record<string, string>,
+    interval: 5 * 1000, // 5s
+    unhealthyInterval: undefined as number | undefined, // = interval
+    timeout: 2 * 1000, // 2s
+    healthyThreshold: 2,
+    unhealthyThreshold: 3,
+    expectedStatus: [200, 399] as [number, number]
+  },
+  circuitBreaker: {
+    consecutiveFailures: 5,
+    failureRate: 0.5,
+    window: 10 * 1000, // 10s
+    minimumRequests: 20,
+    halfOpenRequests: 1
+  },
+  outlierDetection: {
+    interval: 10 * 1000, // 10s
+    baseEjectionTime: 30 * 1000, // 30s
+    maxEjectionTime: 5 * 60 * 1000, // 5m
+    maxEjectionPercent: 50,
+    minimumRequests: 20,
+    failureRateFactor: 3,
+    latencyFactor: 3
+  },
+  panicThreshold: 50, // percent, Envoy's default
+  slowStart: 0, // off
+  retry: {
+    methods: ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'],
+    statusCodes: [502, 503, 504],
+    baseDelay: 25, // 25ms
+    maxDelay: 250, // 250ms
+    budget: { percent: 20, minConcurrent: 3 },
+    bufferBody: 64 * 1024 // 64 KiB
+  },
+  timeouts: {
+    connect: 5 * 1000, // 5s
+    headers: 30 * 1000, // 30s
+    body: 30 * 1000, // 30s
+    request: 0 // off
+  },
+  metrics: { path: '/metrics', prefix: 'sssonector_' },
+  gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
+} as const
+
+export interface ResolvedPool {
+  maxActive: number
+  maxActivePerTarget: number
+  maxIdle: number
+  idleTimeout: number
+  retryInterval: number
+  maxRetryInterval: number
+  maxRetries: number
+  maxQueue: number
+  queueTimeout: number
+}
+
+export interface ResolvedHealthCheck {
+  path: string
+  method: string
+  headers: Record<string, string>
+  interval: number
+  unhealthyInterval: number
+  timeout: number
+  healthyThreshold: number
+  unhealthyThreshold: number
+  expectedStatus: [number, number]
+}
+
+export interface ResolvedCircuitBreaker {
+  consecutiveFailures: number
+  failureRate: number
+  window: number
+  minimumRequests: number
+  halfOpenRequests: number
+}
+
+export interface ResolvedOutlierDetection {
+  interval: number
+  baseEjectionTime: number
+  maxEjectionTime: number
+  maxEjectionPercent: number
+  minimumRequests: number
+  failureRateFactor: number
+  latencyFactor: number
+}
+
+export interface ResolvedRetry {
+  methods: Set<string>
+  statusCodes: Set<number>
+  baseDelay: number
+  maxDelay: number
+  budget: { percent: number, minConcurrent: number }
+  bufferBody: number
+}
+
+export interface ResolvedTimeouts {
+  connect: number
+  headers: number
+  body: number
+  /** 0: off */
+  request: number
+}
+
+export interface ResolvedTarget {
+  url: string
+  origin: string
+  weight: number
+}
+
+export interface ResolvedUpstream {
+  name: string
+  targets: ResolvedTarget[]
+  balance: BalancePolicy
+  hashKey: ((request: FastifyRequest) => string) | undefined
+  pool: ResolvedPool
+  /** null: no active checks */
+  healthCheck: ResolvedHealthCheck | null
+  /** null: disabled */
+  circuitBreaker: ResolvedCircuitBreaker | null
+  /** null: disabled */
+  outlierDetection: ResolvedOutlierDetection | null
+  /** percent; 0: never */
+  panicThreshold: number
+  /** ms; 0: off */
+  slowStart: number
+  /** null: disabled */
+  retry: ResolvedRetry | null
+  timeouts: ResolvedTimeouts
+  tls: TlsOptions
+}
+
+export interface ResolvedRoute {
+  prefix: string
+  upstream: string
+  bodyLimit: number | undefined
+  /** The remaining @fastify/http-proxy options, passed through. */
+  proxy: Record<string, unknown>
+}
+
+export interface ResolvedOptions {
+  upstreams: ResolvedUpstream[]
+  routes: ResolvedRoute[]
+  metrics: {
+    path: string | false
+    prefix: string
+    registry: Registry | undefined
+    defaultMetrics: boolean
+    /** A guard run before the scrape route (auth). */
+    onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined
+    /** Served on a port of its own (on 127.0.0.1 unless `host`), apart from the app's. */
+    port: number | undefined
+    host: string
+  }
+  status: { path: string | false, onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined }
+  gracefulClose: { delay: number, preStop: number } | false
+}
