@@ -80,6 +80,38 @@ for (const [name, options, message] of bad) {
   })
 }
 
+// Every @fastify/http-proxy option the pool owns, and the replyOptions it owns:
+// each fails registration with an error naming it (and RouteOptions lacks it: see test/types).
+const ROUTE_OWNED = [
+  'undici', 'http', 'http2', 'base', 'globalAgent', 'destroyAgent', 'balancedPoolOptions', 'retryMethods', 'maxRetriesOn503',
+  'websocket', 'wsUpstream', 'wsHooks', 'wsReconnect', 'wsClientOptions', 'wsServerOptions'
+]
+const REPLY_OWNED = ['getUpstream', 'retryDelay', 'retriesCount', 'maxRetriesOn503', 'onError']
+
+t.test('every route option the pool owns fails register, naming it', async (t) => {
+  for (const key of ROUTE_OWNED) {
+    await t.test(key, async (t) => {
+      await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', [key]: 1 }] }, new RegExp(`^routes\\[0\\]\\.${key}: 1 is not allowed here: `))
+    })
+  }
+  for (const key of REPLY_OWNED) {
+    await t.test(`replyOptions.${key}`, async (t) => {
+      await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { [key]: 1 } }] }, new RegExp(`^routes\\[0\\]\\.replyOptions\\.${key}: 1 is not allowed here: `))
+    })
+  }
+})
+
+t.test('route keys: an unknown one names the allowed ones; inherited names are not keys of the tables', async (t) => {
+  await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', toString: 1 }] },
+    /^routes\[0\]\.toString: unknown option \(allowed: prefix, upstream, bodyLimit, rewritePrefix, .*, logLevel\)$/)
+  await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { rewriteHeader: () => ({}) } }] },
+    /^routes\[0\]\.replyOptions\.rewriteHeader: unknown option \(allowed: queryString, contentType, onResponse, body, rewriteHeaders, rewriteRequestHeaders, method, timeout\)$/)
+  await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { constructor: 1 } }] },
+    /^routes\[0\]\.replyOptions\.constructor: unknown option/)
+  const r = resolveOptions({ ...ok, routes: [{ prefix: '/x', upstream: 'users', logLevel: 'warn', replyOptions: { contentType: 'text/plain', timeout: 1000 } }] })
+  t.same(r.routes[0].proxy, { logLevel: 'warn', replyOptions: { contentType: 'text/plain', timeout: 1000 } })
+})
+
 t.test('durations: a number is milliseconds, a string carries its unit', async (t) => {
   t.equal(parseDuration(250, 'x'), 250)
   t.equal(parseDuration(0, 'x'), 0)

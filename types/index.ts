@@ -2,7 +2,7 @@
  * The public contract of fastify-sssonector: option and decorator types.
  * lib/ imports its public types from here, so contract and code cannot drift.
  */
-import type { FastifyPluginAsync, FastifyRequest, onRequestHookHandler } from 'fastify'
+import type { FastifyPluginAsync, FastifyRequest, LogLevel, onRequestHookHandler } from 'fastify'
 import type { FastifyHttpProxyOptions } from '@fastify/http-proxy'
 import type { Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
@@ -165,8 +165,17 @@ export interface UpstreamOptions extends UpstreamDefaults {
   hashKey?: (request: FastifyRequest) => string
 }
 
-/** The @fastify/http-proxy options the pool owns; giving them fails registration. */
-export type PoolOwnedProxyOption = 'upstream' | 'undici' | 'http' | 'http2' | 'base' | 'websocket' | 'wsUpstream' | 'retryMethods' | 'globalAgent' | 'destroyAgent'
+/**
+ * The @fastify/http-proxy options the pool owns; giving them fails registration
+ * (`upstream` is taken over: a route's `upstream` is the name of one of the plugin's upstreams).
+ */
+export type PoolOwnedProxyOption =
+  | 'upstream' | 'undici' | 'http' | 'http2' | 'base' | 'globalAgent' | 'destroyAgent' | 'balancedPoolOptions'
+  | 'retryMethods' | 'maxRetriesOn503'
+  | 'websocket' | 'wsUpstream' | 'wsHooks' | 'wsReconnect' | 'wsClientOptions' | 'wsServerOptions'
+
+/** The @fastify/reply-from `replyOptions` the pool owns; giving them fails registration. */
+export type PoolOwnedReplyOption = 'getUpstream' | 'retryDelay' | 'retriesCount' | 'maxRetriesOn503' | 'onError'
 
 /** A proxy route: `prefix`, `upstream` (a name), `rewritePrefix`, and the other @fastify/http-proxy options. */
 export interface RouteOptions extends Omit<FastifyHttpProxyOptions, PoolOwnedProxyOption | 'replyOptions' | 'prefix'> {
@@ -176,8 +185,10 @@ export interface RouteOptions extends Omit<FastifyHttpProxyOptions, PoolOwnedPro
   upstream: string
   /** Largest request body in bytes; beyond it 413. @default the Fastify instance's bodyLimit */
   bodyLimit?: number
-  /** @fastify/reply-from hooks, except those the pool owns (`getUpstream`, `retryDelay`, `onError`, `retriesCount`, `maxRetriesOn503`). */
-  replyOptions?: Omit<NonNullable<FastifyHttpProxyOptions['replyOptions']>, 'getUpstream' | 'retryDelay' | 'onError' | 'retriesCount' | 'maxRetriesOn503'>
+  /** Log level of the route's requests (Fastify's register option). @default the instance's */
+  logLevel?: LogLevel
+  /** @fastify/reply-from hooks, except those the pool owns (`PoolOwnedReplyOption`). */
+  replyOptions?: Omit<NonNullable<FastifyHttpProxyOptions['replyOptions']>, PoolOwnedReplyOption>
 }
 
 export interface MetricsOptions {

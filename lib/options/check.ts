@@ -97,3 +97,20 @@ export function arrayAt (value: unknown, path: string): unknown[] {
   if (!Array.isArray(value)) fail(path, value, 'is not an array')
   return value
 }
+
+// ---------------------------------------------------------------- key lists
+
+/** `unknown` when the list `L` names every key of `T`, else `{ missing: <the keys it leaves out> }`. */
+type Complete<T, L extends readonly unknown[]> =
+  [Exclude<keyof T, L[number]>] extends [never] ? unknown : { missing: Exclude<keyof T, L[number]> }
+
+/**
+ * The keys a block accepts, checked against its public type at compile time:
+ * `keysOf<PoolOptions>()('maxActive', ...)` does not build with a key the type
+ * lacks (`'"maxActiv"' is not assignable`), nor with a key of the type left out
+ * (`Property 'missing' ... { missing: "maxIdle" }`), so what registration accepts
+ * cannot drift from the contract in types/.
+ */
+export function keysOf<T> () {
+  return <const L extends ReadonlyArray<keyof T & string>>(...keys: L & Complete<T, L>): L => keys
+}

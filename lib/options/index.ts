@@ -2,9 +2,10 @@
 // The schema lives in ./upstream.ts (upstreams and their blocks) and ./route.ts
 // (routes); the top-level blocks of their own (metrics, status, gracefulClose) here.
 import type { Registry } from 'prom-client'
+import type { GracefulCloseOptions, MetricsOptions, SssonectorOptions, StatusOptions } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type { ResolvedOptions } from './defaults.js'
-import { arrayAt, boolAt, fail, intAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
+import { arrayAt, boolAt, fail, intAt, keysOf, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
 import { DEFAULT_KEYS, checkLayer, resolveUpstream } from './upstream.js'
 import { resolveRoute } from './route.js'
 
@@ -15,7 +16,11 @@ export type {
   ResolvedRetry, ResolvedRoute, ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
 
-const TOP_KEYS = ['upstreams', 'routes', 'metrics', 'status', 'gracefulClose', ...DEFAULT_KEYS] as const
+// Each list is checked against its type in types/ (see keysOf).
+const TOP_KEYS = keysOf<SssonectorOptions>()('upstreams', 'routes', 'metrics', 'status', 'gracefulClose', ...DEFAULT_KEYS)
+const METRICS_KEYS = keysOf<MetricsOptions>()('path', 'prefix', 'registry', 'defaultMetrics', 'onRequest', 'port', 'host')
+const STATUS_KEYS = keysOf<StatusOptions>()('path', 'onRequest')
+const GRACEFUL_KEYS = keysOf<GracefulCloseOptions>()('delay', 'preStop')
 
 /** Validates the plugin's options into a new object (the caller's is never touched), with every default filled in. */
 export function resolveOptions (input: unknown): ResolvedOptions {
@@ -44,7 +49,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   if (o.metrics === false) {
     metrics = { ...metrics, path: false }
   } else if (o.metrics !== undefined) {
-    const m = objectAt(o.metrics, 'metrics', ['path', 'prefix', 'registry', 'defaultMetrics', 'onRequest', 'port', 'host'])
+    const m = objectAt(o.metrics, 'metrics', METRICS_KEYS)
     if (m.path !== undefined) metrics.path = m.path === false ? false : pathAt(m.path, 'metrics.path')
     if (m.prefix !== undefined) {
       if (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(m.prefix)) fail('metrics.prefix', m.prefix, 'is not a valid Prometheus metric name prefix')
@@ -68,7 +73,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
 
   let status: ResolvedOptions['status'] = { path: false, onRequest: undefined }
   if (o.status !== undefined && o.status !== false) {
-    const st = objectAt(o.status, 'status', ['path', 'onRequest'])
+    const st = objectAt(o.status, 'status', STATUS_KEYS)
     status = { path: pathAt(st.path, 'status.path'), onRequest: undefined }
     if (st.onRequest !== undefined) {
       if (typeof st.onRequest !== 'function') fail('status.onRequest', st.onRequest, 'is not a function (request, reply) => ...')
@@ -80,7 +85,7 @@ export function resolveOptions (input: unknown): ResolvedOptions {
   if (o.gracefulClose === false) {
     gracefulClose = false
   } else if (o.gracefulClose !== undefined) {
-    const g = objectAt(o.gracefulClose, 'gracefulClose', ['delay', 'preStop'])
+    const g = objectAt(o.gracefulClose, 'gracefulClose', GRACEFUL_KEYS)
     if (g.delay !== undefined) gracefulClose.delay = positiveDuration(g.delay, 'gracefulClose.delay')
     if (g.preStop !== undefined) gracefulClose.preStop = parseDuration(g.preStop, 'gracefulClose.preStop')
     if (gracefulClose.preStop >= gracefulClose.delay) fail('gracefulClose.preStop', gracefulClose.preStop, `is not less than gracefulClose.delay (${gracefulClose.delay} ms)`)

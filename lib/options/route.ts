@@ -1,45 +1,72 @@
 // The route schema: the @fastify/http-proxy options a route passes through, and
 // those the pool owns, refused with what to use instead.
+import type fastifyHttpProxy from '@fastify/http-proxy'
+import type { PoolOwnedReplyOption, RouteOptions } from '../../types/index.js'
 import type { ResolvedRoute } from './defaults.js'
-import { fail, intAt, isPlainObject, pathAt, stringAt, unknownKey } from './check.js'
+import { fail, intAt, isPlainObject, keysOf, pathAt, stringAt, unknownKey } from './check.js'
 
-// @fastify/http-proxy options a route may pass through.
+type KeysOfUnion<T> = T extends unknown ? keyof T : never
+/** Every option @fastify/http-proxy takes, its WebSocket ones (a union member of their own) included. */
+type HttpProxyOption = KeysOfUnion<Parameters<typeof fastifyHttpProxy>[1]>
+type ReplyOptions = NonNullable<RouteOptions['replyOptions']>
+
+// @fastify/http-proxy options a route may pass through: every key of RouteOptions but ours.
 const ROUTE_PASS = [
   'rewritePrefix', 'proxyPayloads', 'preHandler', 'beforeHandler', 'preValidation', 'handler', 'preRewrite',
   'config', 'replyOptions', 'routes', 'httpMethods', 'constraints', 'internalRewriteLocationHeader',
   'disableRequestLogging', 'disableCache', 'cacheURLs', 'contentTypesToEncode', 'logLevel'
 ] as const
-const ROUTE_KEYS = ['prefix', 'upstream', 'bodyLimit', ...ROUTE_PASS] as const
-// Options the pool owns, with what to use instead.
-const ROUTE_OWNED: Record<string, string> = {
+/** Exactly the keys of RouteOptions (checked when built). */
+const ROUTE_KEYS = keysOf<RouteOptions>()('prefix', 'upstream', 'bodyLimit', ...ROUTE_PASS)
+
+// Options the pool owns, with what to use instead. Typed as every @fastify/http-proxy
+// option that RouteOptions leaves out: a key of http-proxy's type is either accepted
+// above or refused here, and an owned key that crept back into RouteOptions (and so
+// into ROUTE_KEYS) would be an excess key here; both fail the build.
+const WS = 'WebSocket proxying does not go through the pool yet'
+const POOL_RETRIES = 'the pool retries, on another target; use the upstream\'s retry options'
+const ROUTE_OWNED: Record<Exclude<HttpProxyOption, (typeof ROUTE_KEYS)[number]>, string> = {
   undici: 'the pool owns the upstream connections; use the upstream\'s pool and timeouts options',
   http: 'the pool speaks HTTP/1.1 through undici; use the upstream\'s pool and timeouts options',
   http2: 'HTTP/2 to upstreams is not supported yet',
   base: 'the route\'s upstream (a name) chooses the targets',
   globalAgent: 'the pool owns the upstream connections',
   destroyAgent: 'the pool owns the upstream connections',
+  balancedPoolOptions: 'the pool owns the upstream connections and balances over the upstream\'s targets; use the upstream\'s balance and pool options',
   retryMethods: 'use the upstream\'s retry.methods',
-  websocket: 'WebSocket proxying does not go through the pool yet; register @fastify/http-proxy directly for WebSocket routes',
-  wsUpstream: 'WebSocket proxying does not go through the pool yet',
-  wsHooks: 'WebSocket proxying does not go through the pool yet',
-  wsReconnect: 'WebSocket proxying does not go through the pool yet',
-  wsClientOptions: 'WebSocket proxying does not go through the pool yet',
-  wsServerOptions: 'WebSocket proxying does not go through the pool yet'
+  maxRetriesOn503: POOL_RETRIES,
+  websocket: `${WS}; register @fastify/http-proxy directly for WebSocket routes`,
+  wsUpstream: WS,
+  wsHooks: WS,
+  wsReconnect: WS,
+  wsClientOptions: WS,
+  wsServerOptions: WS
 }
-const REPLY_OWNED: Record<string, string> = {
+
+// @fastify/reply-from hooks a route may pass in replyOptions: every key of RouteOptions['replyOptions'].
+const REPLY_PASS = keysOf<ReplyOptions>()(
+  'queryString', 'contentType', 'onResponse', 'body', 'rewriteHeaders', 'rewriteRequestHeaders', 'method', 'timeout'
+)
+// The replyOptions the pool owns (RouteOptions omits them).
+const REPLY_OWNED: Record<PoolOwnedReplyOption, string> = {
   getUpstream: 'the pool picks the target of each request',
-  retryDelay: 'the pool retries, on another target; use the upstream\'s retry options',
-  retriesCount: 'the pool retries, on another target; use the upstream\'s retry options',
-  maxRetriesOn503: 'the pool retries, on another target; use the upstream\'s retry options',
+  retryDelay: POOL_RETRIES,
+  retriesCount: POOL_RETRIES,
+  maxRetriesOn503: POOL_RETRIES,
   onError: 'the pool maps upstream failures to 502/503/504 with FST_SSSONECTOR_* codes; use Fastify\'s setErrorHandler'
 }
 const FUNCTION_KEYS = new Set(['preHandler', 'beforeHandler', 'preValidation', 'handler', 'preRewrite'])
+
+function owned (table: Record<string, string>, key: string): string | undefined {
+  return Object.hasOwn(table, key) ? table[key] : undefined
+}
 
 export function resolveRoute (value: unknown, i: number, names: Set<string>): ResolvedRoute {
   const path = `routes[${i}]`
   if (!isPlainObject(value)) fail(path, value, 'is not an object')
   for (const key of Object.keys(value)) {
-    if (key in ROUTE_OWNED) fail(`${path}.${key}`, value[key], `is not allowed here: ${ROUTE_OWNED[key]}`)
+    const why = owned(ROUTE_OWNED, key)
+    if (why !== undefined) fail(`${path}.${key}`, value[key], `is not allowed here: ${why}`)
     if (!(ROUTE_KEYS as readonly string[]).includes(key)) unknownKey(path, key, ROUTE_KEYS)
   }
   const prefix = pathAt(value.prefix, `${path}.prefix`)
@@ -51,9 +78,13 @@ export function resolveRoute (value: unknown, i: number, names: Set<string>): Re
     if (value[key] !== undefined && typeof value[key] !== 'function') fail(`${path}.${key}`, value[key], 'is not a function')
   }
   if (value.replyOptions !== undefined) {
-    if (!isPlainObject(value.replyOptions)) fail(`${path}.replyOptions`, value.replyOptions, 'is not an object')
-    for (const key of Object.keys(value.replyOptions)) {
-      if (key in REPLY_OWNED) fail(`${path}.replyOptions.${key}`, value.replyOptions[key], `is not allowed here: ${REPLY_OWNED[key]}`)
+    const at = `${path}.replyOptions`
+    const reply = value.replyOptions
+    if (!isPlainObject(reply)) fail(at, reply, 'is not an object')
+    for (const key of Object.keys(reply)) {
+      const why = owned(REPLY_OWNED, key)
+      if (why !== undefined) fail(`${at}.${key}`, reply[key], `is not allowed here: ${why}`)
+      if (!(REPLY_PASS as readonly string[]).includes(key)) unknownKey(at, key, REPLY_PASS)
     }
   }
   const proxy: Record<string, unknown> = {}

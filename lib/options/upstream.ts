@@ -1,15 +1,20 @@
 // The upstream schema: its targets, its blocks (pool, healthCheck, circuitBreaker,
 // outlierDetection, retry, timeouts, tls), and the merge of the top level's blocks
 // (defaults) under an upstream's own, key by key.
-import type { BalancePolicy, TlsOptions } from '../../types/index.js'
+import type {
+  BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
+  TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions
+} from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type {
   ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
   ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
-import { arrayAt, boolAt, fail, intAt, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
+import { arrayAt, boolAt, fail, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
 
 // ---------------------------------------------------------------- targets
+
+const TARGET_KEYS = keysOf<Exclude<TargetInput, string>>()('url', 'weight')
 
 /** `http(s)://host[:port]` only: a target is an origin, not a path. */
 export function parseTargetUrl (value: unknown, path: string): { url: string, origin: string } {
@@ -31,7 +36,7 @@ export function parseTargetUrl (value: unknown, path: string): { url: string, or
 /** One target, string or `{ url, weight }`, resolved. */
 export function parseTarget (value: unknown, path: string): ResolvedTarget {
   if (typeof value === 'string') return { ...parseTargetUrl(value, path), weight: 1 }
-  const o = objectAt(value, path, ['url', 'weight'])
+  const o = objectAt(value, path, TARGET_KEYS)
   const { url, origin } = parseTargetUrl(o.url, `${path}.url`)
   const weight = o.weight === undefined ? 1 : intAt(o.weight, `${path}.weight`, 1, 1000)
   return { url, origin, weight }
@@ -39,17 +44,19 @@ export function parseTarget (value: unknown, path: string): ResolvedTarget {
 
 // ---------------------------------------------------------------- blocks
 
-const POOL_KEYS = ['maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout'] as const
-const HC_KEYS = ['path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus'] as const
-const CB_KEYS = ['consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests'] as const
-const OD_KEYS = ['interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor'] as const
-const RETRY_KEYS = ['methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody'] as const
-const TIMEOUT_KEYS = ['connect', 'headers', 'body', 'request'] as const
-const TLS_KEYS = ['ca', 'cert', 'key', 'servername', 'rejectUnauthorized'] as const
+// Each list is checked against its type in types/ (see keysOf): a key added there must be handled here.
+const POOL_KEYS = keysOf<PoolOptions>()('maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout')
+const HC_KEYS = keysOf<HealthCheckOptions>()('path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus')
+const CB_KEYS = keysOf<CircuitBreakerOptions>()('consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests')
+const OD_KEYS = keysOf<OutlierDetectionOptions>()('interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor')
+const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody')
+const BUDGET_KEYS = keysOf<RetryBudget>()('percent', 'minConcurrent')
+const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'request')
+const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
 /** The blocks the top level gives as defaults and an upstream may override. */
-export const DEFAULT_KEYS = ['pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls'] as const
-const UPSTREAM_KEYS = ['targets', 'balance', 'hashKey', ...DEFAULT_KEYS] as const
-const BALANCE: readonly BalancePolicy[] = ['round-robin', 'least-request', 'random', 'consistent-hash']
+export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls')
+const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', ...DEFAULT_KEYS)
+const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
 const HTTP_METHOD = /^[A-Z]+$/
 
 /** Checks a pool block (partial) and returns its values in milliseconds. */
@@ -148,7 +155,7 @@ function checkRetry (value: unknown, path: string): PartialRetry | false {
   if (o.baseDelay !== undefined) out.baseDelay = parseDuration(o.baseDelay, `${path}.baseDelay`)
   if (o.maxDelay !== undefined) out.maxDelay = parseDuration(o.maxDelay, `${path}.maxDelay`)
   if (o.budget !== undefined) {
-    const b = objectAt(o.budget, `${path}.budget`, ['percent', 'minConcurrent'])
+    const b = objectAt(o.budget, `${path}.budget`, BUDGET_KEYS)
     out.budget = {}
     if (b.percent !== undefined) out.budget.percent = numberAt(b.percent, `${path}.budget.percent`, 0, 100)
     if (b.minConcurrent !== undefined) out.budget.minConcurrent = intAt(b.minConcurrent, `${path}.budget.minConcurrent`, 0)

@@ -4,7 +4,7 @@ import Fastify from 'fastify'
 import type { FastifyRequest } from 'fastify'
 import sssonectorPool from '../../lib/index.js'
 import type {
-  SssonectorOptions, SssonectorUpstream, UpstreamStats, UpstreamResponse, TargetStats, ErrorCategory
+  SssonectorOptions, SssonectorUpstream, UpstreamStats, UpstreamResponse, TargetStats, ErrorCategory, RouteOptions
 } from '../../lib/index.js'
 
 function expectType<T> (_value: T): void {}
@@ -90,6 +90,54 @@ void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [
 void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', replyOptions: { getUpstream: () => '' } }] })
 // @ts-expect-error websocket does not go through the pool
 void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', websocket: true }] })
+
+// Every option the pool owns is absent from RouteOptions: each line must fail to
+// compile. The value is `undefined`, which any optional key would take, so the
+// only error left is the key itself.
+function route (r: RouteOptions): RouteOptions { return r }
+function reply (r: NonNullable<RouteOptions['replyOptions']>): RouteOptions { return { prefix: '/', upstream: 'u', replyOptions: r } }
+route({ prefix: '/', upstream: 'u', rewritePrefix: '/v1', logLevel: 'warn', disableCache: true, cacheURLs: 10, contentTypesToEncode: [] })
+reply({ queryString: {}, contentType: 'text/plain', onResponse: undefined, body: '', rewriteHeaders: (h) => h, rewriteRequestHeaders: (_r, h) => h, method: 'GET', timeout: 1000 })
+// @ts-expect-error the pool owns undici
+route({ prefix: '/', upstream: 'u', undici: undefined })
+// @ts-expect-error the pool owns http
+route({ prefix: '/', upstream: 'u', http: undefined })
+// @ts-expect-error the pool owns http2
+route({ prefix: '/', upstream: 'u', http2: undefined })
+// @ts-expect-error the pool owns base
+route({ prefix: '/', upstream: 'u', base: undefined })
+// @ts-expect-error the pool owns globalAgent
+route({ prefix: '/', upstream: 'u', globalAgent: undefined })
+// @ts-expect-error the pool owns destroyAgent
+route({ prefix: '/', upstream: 'u', destroyAgent: undefined })
+// @ts-expect-error the pool owns balancedPoolOptions
+route({ prefix: '/', upstream: 'u', balancedPoolOptions: undefined })
+// @ts-expect-error the pool owns retryMethods
+route({ prefix: '/', upstream: 'u', retryMethods: undefined })
+// @ts-expect-error the pool owns maxRetriesOn503
+route({ prefix: '/', upstream: 'u', maxRetriesOn503: undefined })
+// @ts-expect-error websocket does not go through the pool
+route({ prefix: '/', upstream: 'u', websocket: undefined })
+// @ts-expect-error wsUpstream does not go through the pool
+route({ prefix: '/', upstream: 'u', wsUpstream: undefined })
+// @ts-expect-error wsHooks does not go through the pool
+route({ prefix: '/', upstream: 'u', wsHooks: undefined })
+// @ts-expect-error wsReconnect does not go through the pool
+route({ prefix: '/', upstream: 'u', wsReconnect: undefined })
+// @ts-expect-error wsClientOptions does not go through the pool
+route({ prefix: '/', upstream: 'u', wsClientOptions: undefined })
+// @ts-expect-error wsServerOptions does not go through the pool
+route({ prefix: '/', upstream: 'u', wsServerOptions: undefined })
+// @ts-expect-error the pool owns replyOptions.getUpstream
+reply({ getUpstream: undefined })
+// @ts-expect-error the pool owns replyOptions.retryDelay
+reply({ retryDelay: undefined })
+// @ts-expect-error the pool owns replyOptions.retriesCount
+reply({ retriesCount: undefined })
+// @ts-expect-error the pool owns replyOptions.maxRetriesOn503
+reply({ maxRetriesOn503: undefined })
+// @ts-expect-error the pool owns replyOptions.onError
+reply({ onError: undefined })
 
 // The decorator.
 async function use (): Promise<void> {
