@@ -48,6 +48,19 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['bad budget', { ...ok, retry: { budget: { percent: 120 } } }, /^retry\.budget\.percent: 120 is not between 0 and 100/],
   ['bad health check path', { ...ok, healthCheck: { path: 'health' } }, /^healthCheck\.path: "health" is not a path starting with "\/"/],
   ['bad expected status', { ...ok, healthCheck: { path: '/h', expectedStatus: [300, 200] } }, /^healthCheck\.expectedStatus\[1\]: 200 is not between 300 and 599/],
+  ['maxRequestsPerConnection 0', { ...ok, pool: { maxRequestsPerConnection: 0 } }, /^pool\.maxRequestsPerConnection: 0 is less than 1/],
+  ['maxRequestsPerConnection not an integer', { ...ok, pool: { maxRequestsPerConnection: 2.5 } }, /^pool\.maxRequestsPerConnection: 2\.5 is not an integer/],
+  ['maxRequestsPerConnection a string', { ...ok, pool: { maxRequestsPerConnection: '100' } }, /^pool\.maxRequestsPerConnection: "100" is not an integer/],
+  ['maxRequestsPerConnection false', { ...ok, pool: { maxRequestsPerConnection: false } }, /^pool\.maxRequestsPerConnection: false is not an integer/],
+  ['maxConnectionAge 0', { ...ok, pool: { maxConnectionAge: 0 } }, /^pool\.maxConnectionAge: 0 must be longer than 0/],
+  ['maxConnectionAge not a duration', { ...ok, pool: { maxConnectionAge: '10 minutes' } }, /^pool\.maxConnectionAge: "10 minutes" is not a duration/],
+  ['maxConnectionAge false', { ...ok, pool: { maxConnectionAge: false } }, /^pool\.maxConnectionAge: false is not a duration/],
+  ['maxConnectionAge in an upstream', { upstreams: { users: { targets: [], pool: { maxConnectionAge: -1 } } } }, /^upstreams\.users\.pool\.maxConnectionAge: -1 is not a duration/],
+  ['clientBody 0', { ...ok, timeouts: { clientBody: 0 } }, /^timeouts\.clientBody: 0 must be longer than 0/],
+  ['clientBody not a duration', { ...ok, timeouts: { clientBody: 'soon' } }, /^timeouts\.clientBody: "soon" is not a duration/],
+  ['clientBody true', { ...ok, timeouts: { clientBody: true } }, /^timeouts\.clientBody: true is not a duration/],
+  ['clientBody too long', { ...ok, timeouts: { clientBody: '1000h' } }, /^timeouts\.clientBody: "1000h" is longer than Node's timers allow/],
+  ['clientBody in an upstream', { upstreams: { users: { targets: [], timeouts: { clientBody: '1 minute' } } } }, /^upstreams\.users\.timeouts\.clientBody: "1 minute" is not a duration/],
   ['bad tls', { ...ok, tls: { ca: 42 } }, /^tls\.ca: 42 is not a PEM string or Buffer/],
   ['bad metrics path', { ...ok, metrics: { path: 'metrics' } }, /^metrics\.path: "metrics" is not a path/],
   ['bad registry', { ...ok, metrics: { registry: {} } }, /^metrics\.registry: \{\} is not a prom-client Registry/],
@@ -158,11 +171,13 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
     maxRetryInterval: 60000,
     maxRetries: 3,
     maxQueue: 1000,
-    queueTimeout: 2000
+    queueTimeout: 2000,
+    maxRequestsPerConnection: 0,
+    maxConnectionAge: 0
   })
   t.equal(plain.balance, 'least-request')
   t.same(plain.targets, [{ url: 'http://127.0.0.1:1', origin: 'http://127.0.0.1:1', weight: 1 }])
-  t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0 })
+  t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0, clientBody: 60000 })
   t.same([...plain.retry!.methods], ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
   t.same([...plain.retry!.statusCodes], [502, 503, 504])
   t.same(plain.retry!.budget, { percent: 10, minConcurrent: 3 })
@@ -176,7 +191,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(tuned.pool.maxActive, 50, 'the rest of the block comes from the top level')
   t.equal(tuned.pool.idleTimeout, 30000)
   t.same(tuned.retry!.budget, { percent: 10, minConcurrent: 0 }, 'nested budget merged key by key')
-  t.same(tuned.timeouts, { connect: 100, headers: 1000, body: 30000, request: 0 })
+  t.same(tuned.timeouts, { connect: 100, headers: 1000, body: 30000, request: 0, clientBody: 60000 })
   t.equal(tuned.circuitBreaker, null)
   t.equal(tuned.targets[0].weight, 3)
 
@@ -198,6 +213,45 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(plain.slowStart, 0)
   t.same(plain.outlierDetection, { interval: 10000, baseEjectionTime: 30000, maxEjectionTime: 300000, maxEjectionPercent: 50, minimumRequests: 20, failureRateFactor: 3, latencyFactor: 3 })
   t.same(r.gracefulClose, { delay: 10000, preStop: 0 })
+})
+
+t.test('connection reuse limits and the client body timeout: defaults, accepted values, top level merged under an upstream', async (t) => {
+  const d = resolveOptions({ upstreams: { a: { targets: [] } } }).upstreams[0]
+  t.equal(d.pool.maxRequestsPerConnection, 0, 'no limit by default')
+  t.equal(d.pool.maxConnectionAge, 0, 'no age limit by default')
+  t.equal(d.timeouts.clientBody, 60000, '60s by default')
+
+  const accepted = (pool: object, timeouts: object): { pool: Record<string, number>, timeouts: Record<string, number> } =>
+    resolveOptions({ upstreams: { a: { targets: [] } }, pool, timeouts }).upstreams[0] as never
+  t.equal(accepted({ maxRequestsPerConnection: 1 }, {}).pool.maxRequestsPerConnection, 1)
+  t.equal(accepted({ maxRequestsPerConnection: 10000 }, {}).pool.maxRequestsPerConnection, 10000)
+  t.equal(accepted({ maxConnectionAge: 250 }, {}).pool.maxConnectionAge, 250)
+  t.equal(accepted({ maxConnectionAge: '1.5s' }, {}).pool.maxConnectionAge, 1500)
+  t.equal(accepted({ maxConnectionAge: '10m' }, {}).pool.maxConnectionAge, 600000)
+  t.equal(accepted({}, { clientBody: '5s' }).timeouts.clientBody, 5000)
+  t.equal(accepted({}, { clientBody: 100 }).timeouts.clientBody, 100)
+  t.equal(accepted({}, { clientBody: false }).timeouts.clientBody, 0, 'false: none')
+
+  const r = resolveOptions({
+    upstreams: {
+      inherits: { targets: [] },
+      overrides: { targets: [], pool: { maxRequestsPerConnection: 5 }, timeouts: { clientBody: false } },
+      adds: { targets: [], pool: { maxConnectionAge: '1m' }, timeouts: { clientBody: '2s' } }
+    },
+    pool: { maxRequestsPerConnection: 100, maxIdle: 7 },
+    timeouts: { clientBody: '30s' }
+  })
+  const [inherits, overrides, adds] = r.upstreams
+  t.equal(inherits.pool.maxRequestsPerConnection, 100)
+  t.equal(inherits.pool.maxConnectionAge, 0)
+  t.equal(inherits.timeouts.clientBody, 30000)
+  t.equal(overrides.pool.maxRequestsPerConnection, 5, 'the upstream\'s own value wins')
+  t.equal(overrides.pool.maxIdle, 7, 'the rest of the block from the top level')
+  t.equal(overrides.timeouts.clientBody, 0, 'an upstream turns the top level\'s timeout off')
+  t.equal(adds.pool.maxRequestsPerConnection, 100)
+  t.equal(adds.pool.maxConnectionAge, 60000)
+  t.equal(adds.timeouts.clientBody, 2000)
+  t.same(adds.timeouts, { connect: 5000, headers: 30000, body: 30000, request: 0, clientBody: 2000 })
 })
 
 t.test('the caller\'s options are never mutated', async (t) => {

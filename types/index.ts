@@ -40,6 +40,16 @@ export interface PoolOptions {
   maxQueue?: number
   /** How long a request may wait for a connection before a 503. @default '2s' */
   queueTimeout?: Duration
+  /**
+   * A connection that served this many requests is closed rather than reused
+   * (Envoy's `max_requests_per_connection`); an integer >= 1. @default off (no limit)
+   */
+  maxRequestsPerConnection?: number
+  /**
+   * A connection older than this is closed when it next goes idle (Envoy's
+   * `max_connection_duration`), so connections move to new targets and addresses. @default off
+   */
+  maxConnectionAge?: Duration
 }
 
 export interface HealthCheckOptions {
@@ -124,6 +134,11 @@ export interface TimeoutOptions {
   body?: Duration
   /** The whole exchange; `false` for none. @default false */
   request?: Duration | false
+  /**
+   * Longest gap between two chunks of a request body from the client (NGINX's
+   * `client_body_timeout`); `false` for none. @default '60s'
+   */
+  clientBody?: Duration | false
 }
 
 /** TLS settings for https targets. Certificates are always verified unless `rejectUnauthorized: false`. */

@@ -13,7 +13,9 @@ export const DEFAULTS = {
     maxRetryInterval: 60 * 1000, // 1m
     maxRetries: 3,
     maxQueue: 1000,
-    queueTimeout: 2 * 1000 // 2s
+    queueTimeout: 2 * 1000, // 2s
+    maxRequestsPerConnection: 0, // no limit
+    maxConnectionAge: 0 // off
   },
   healthCheck: {
     path: undefined as string | undefined,
@@ -56,7 +58,8 @@ export const DEFAULTS = {
     connect: 5 * 1000, // 5s
     headers: 30 * 1000, // 30s
     body: 30 * 1000, // 30s
-    request: 0 // off
+    request: 0, // off
+    clientBody: 60 * 1000 // 60s (NGINX's client_body_timeout)
   },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
   gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
@@ -72,6 +75,10 @@ export interface ResolvedPool {
   maxRetries: number
   maxQueue: number
   queueTimeout: number
+  /** 0: no limit */
+  maxRequestsPerConnection: number
+  /** ms; 0: off */
+  maxConnectionAge: number
 }
 
 export interface ResolvedHealthCheck {
@@ -119,6 +126,8 @@ export interface ResolvedTimeouts {
   body: number
   /** 0: off */
   request: number
+  /** The longest gap between two chunks of the client's request body; 0: off */
+  clientBody: number
 }
 
 export interface ResolvedTarget {

@@ -46,7 +46,9 @@ const full: SssonectorOptions = {
     maxRetryInterval: '1m',
     maxRetries: 3,
     maxQueue: 1000,
-    queueTimeout: 2000
+    queueTimeout: 2000,
+    maxRequestsPerConnection: 1000,
+    maxConnectionAge: '10m'
   },
   healthCheck: {
     path: '/health',
@@ -68,7 +70,7 @@ const full: SssonectorOptions = {
     budget: { percent: 20, minConcurrent: 3 },
     bufferBody: 65536
   },
-  timeouts: { connect: '5s', headers: '30s', body: '30s', request: false },
+  timeouts: { connect: '5s', headers: '30s', body: '30s', request: false, clientBody: '60s' },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
   gracefulClose: { delay: '10s' }
 }
@@ -138,6 +140,11 @@ reply({ retriesCount: undefined })
 reply({ maxRetriesOn503: undefined })
 // @ts-expect-error the pool owns replyOptions.onError
 reply({ onError: undefined })
+
+// @ts-expect-error a connection age is a duration, not a boolean
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, pool: { maxConnectionAge: true } })
+// @ts-expect-error the client body timeout takes a known unit
+void app.register(sssonectorPool, { upstreams: { u: { targets: [], timeouts: { clientBody: '1 minute' } } } })
 
 // The decorator.
 async function use (): Promise<void> {
