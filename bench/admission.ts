@@ -1,6 +1,6 @@
 // Micro-benchmark of admission with requests already queued: the cost of
 // (a) queueing one more request and cancelling it (its client hung up),
-// (b) one tryAdmit() that must answer null because others wait first, and
+// (b) one acquire() refused at once because the queue is full, and
 // (c) serving one queued request when capacity frees, with 10, 1,000 and
 // 10,000 requests waiting. Run with `npm run bench:admission`. CPU only: the
 // upstream's connections are stand-ins (the ConnectionFactory seam), nothing
@@ -9,10 +9,10 @@
 // Environment: ADMISSION_OPS (operations per timing, 200000), ADMISSION_REPEAT
 // (timings per cell, the median is printed; 5).
 import { Upstream } from '../lib/upstream.js'
-import type { Lease } from '../lib/upstream.js'
+import type { Lease } from '../lib/lease.js'
+import type { LeaseWaiter } from '../lib/admission.js'
 import { resolveOptions } from '../lib/options/index.js'
 import type { ConnectionClient, ConnectionFactory } from '../lib/connection-pool.js'
-import type { Waiter } from '../lib/queue.js'
 
 const OPS = positiveInteger('ADMISSION_OPS', 200_000)
 const REPEAT = positiveInteger('ADMISSION_REPEAT', 5)
@@ -32,56 +32,56 @@ const factory: ConnectionFactory = (): ConnectionClient => ({
   on () { return this }
 })
 
-/** One upstream, one target, one connection (taken by `lease`), room for 20,000 waiters for an hour. */
-function setup (): { up: Upstream, lease: Lease } {
-  const config = resolveOptions({
-    upstreams: { u: { targets: ['http://127.0.0.1:1'], pool: { maxActive: 1, maxQueue: 20_000, queueTimeout: '1h' } } }
-  }).upstreams[0]!
-  const up = new Upstream(config, { factory })
-  const lease = up.tryAdmit()
-  if (lease === null) throw new Error('the first tryAdmit() found no connection')
-  return { up, lease }
+/** A waiter as the proxy's own (a class: no closures per waiter); the queue sets its deadline (now + the 1 h queue timeout). */
+abstract class Waiting implements LeaseWaiter {
+  deadline = 0
+  cancelled = false
+  readonly key = undefined
+  refused = false
+  shouldSelectAnotherHost (): boolean { return false }
+  abstract grant (lease: Lease): void
+  fail (): void { this.refused = true }
 }
 
-/**
- * A waiter whose grant releases its lease at once (a class, as the proxy's
- * own waiter is: no closures per waiter). Its deadline is the upstream's own
- * (now + the 1 h queue timeout), not Infinity: the queue arms a timer for
- * the head's deadline, and Node turns an infinite delay into 1 ms.
- */
-class Releasing implements Waiter<Lease> {
-  deadline: number
-  cancelled = false
-  constructor (deadline: number) { this.deadline = deadline }
+/** A waiter whose grant releases its lease at once. */
+class Releasing extends Waiting {
   grant (lease: Lease): void { lease.release() }
-  fail (): void {}
 }
 
 /** A waiter that keeps its lease, as the one held: `holder.lease`. */
-class Keeping implements Waiter<Lease> {
-  deadline: number
-  cancelled = false
-  readonly holder: { lease: Lease }
-  constructor (deadline: number, holder: { lease: Lease }) {
-    this.deadline = deadline
+class Keeping extends Waiting {
+  readonly holder: { lease: Lease | null }
+  constructor (holder: { lease: Lease | null }) {
+    super()
     this.holder = holder
   }
 
   grant (lease: Lease): void { this.holder.lease = lease }
-  fail (): void {}
+}
+
+/** One upstream, one target, one connection (taken by `lease`), room for `maxQueue` waiters for an hour. */
+function setup (maxQueue = 20_000): { up: Upstream, lease: Lease } {
+  const config = resolveOptions({
+    upstreams: { u: { targets: ['http://127.0.0.1:1'], pool: { maxActive: 1, maxQueue, queueTimeout: '1h' } } }
+  }).upstreams[0]!
+  const up = new Upstream(config, { factory })
+  const holder: { lease: Lease | null } = { lease: null }
+  up.acquire(new Keeping(holder))
+  if (holder.lease === null) throw new Error('the first acquire() found no connection')
+  return { up, lease: holder.lease }
 }
 
 /** Queues `waiters` (untimed), checking none is refused. */
-function fill (up: Upstream, waiters: Array<Waiter<Lease>>): void {
+function fill (up: Upstream, waiters: Waiting[]): void {
   for (const [i, w] of waiters.entries()) {
-    if (up.enqueue(w) !== null) throw new Error(`the queue refused waiter ${i + 1} of ${waiters.length}`)
+    up.acquire(w)
+    if (w.refused) throw new Error(`the queue refused waiter ${i + 1} of ${waiters.length}`)
   }
 }
 
 /** `n` new waiters, made before the clock starts: their allocation is the caller's cost, not admission's. */
-function releasing (up: Upstream, n: number): Releasing[] {
-  const deadline = up.queueDeadline()
-  return Array.from({ length: n }, () => new Releasing(deadline))
+function releasing (n: number): Releasing[] {
+  return Array.from({ length: n }, () => new Releasing())
 }
 
 function now (): bigint {
@@ -91,12 +91,12 @@ function now (): bigint {
 /** (a) enqueue and cancel one more waiter, `OPS` times, with `depth` waiting: ns per pair. */
 function enqueueCancel (depth: number): number {
   const { up, lease } = setup()
-  fill(up, releasing(up, depth))
-  const more = releasing(up, OPS)
+  fill(up, releasing(depth))
+  const more = releasing(OPS)
   const start = now()
   for (let i = 0; i < OPS; i++) {
     const w = more[i]!
-    up.enqueue(w)
+    up.acquire(w)
     up.cancel(w)
   }
   const ns = Number(now() - start) / OPS
@@ -105,17 +105,16 @@ function enqueueCancel (depth: number): number {
   return ns
 }
 
-/** (b) tryAdmit() with `depth` waiting, which must answer null: ns per call. */
+/** (b) acquire() with `depth` waiting in a full queue, which must refuse at once (503): ns per call. */
 function refusedAdmit (depth: number): number {
-  const { up, lease } = setup()
-  fill(up, releasing(up, depth))
-  let admitted = 0
+  const { up, lease } = setup(depth)
+  fill(up, releasing(depth))
+  const more = releasing(OPS)
   const start = now()
-  for (let i = 0; i < OPS; i++) {
-    if (up.tryAdmit() !== null) admitted++
-  }
+  for (let i = 0; i < OPS; i++) up.acquire(more[i]!)
   const ns = Number(now() - start) / OPS
-  if (admitted !== 0) throw new Error(`tryAdmit() admitted ${admitted} past a queue of ${depth}`)
+  const admitted = more.filter((w) => !w.refused).length
+  if (admitted !== 0) throw new Error(`acquire() queued ${admitted} past a full queue of ${depth}`)
   lease.release()
   return ns
 }
@@ -128,18 +127,19 @@ function refusedAdmit (depth: number): number {
  */
 function drain (depth: number): number {
   const { up, lease: first } = setup()
-  let lease: Lease | null = first
+  const holder: { lease: Lease | null } = { lease: first }
   let served = 0
   let total = 0n
   const runs = Math.max(1, Math.ceil(OPS / depth))
   for (let r = 0; r < runs; r++) {
-    lease = lease ?? up.tryAdmit()
+    if (holder.lease === null) up.acquire(new Keeping(holder))
+    const lease = holder.lease
     if (lease === null) throw new Error('no connection after the queue drained')
-    fill(up, releasing(up, depth))
+    fill(up, releasing(depth))
     const start = now()
     lease.release()
     total += now() - start
-    lease = null
+    holder.lease = null
     if (up.pending !== 0) throw new Error(`${up.pending} still waiting after the drain`)
     served += depth
   }
@@ -155,14 +155,13 @@ function drain (depth: number): number {
  */
 function steadyServe (depth: number): number {
   const { up, lease } = setup()
-  const holder = { lease }
-  const deadline = up.queueDeadline()
-  fill(up, Array.from({ length: depth }, () => new Keeping(deadline, holder)))
-  const more = Array.from({ length: OPS }, () => new Keeping(deadline, holder))
+  const holder: { lease: Lease | null } = { lease }
+  fill(up, Array.from({ length: depth }, () => new Keeping(holder)))
+  const more = Array.from({ length: OPS }, () => new Keeping(holder))
   const start = now()
   for (let i = 0; i < OPS; i++) {
-    up.enqueue(more[i]!)
-    holder.lease.release()
+    up.acquire(more[i]!)
+    holder.lease!.release()
   }
   const ns = Number(now() - start) / OPS
   if (up.pending !== depth) throw new Error(`${up.pending} waiting, not ${depth}`)
@@ -188,7 +187,7 @@ const clockCost = measureClock()
 
 const measurements: Array<[string, (depth: number) => number]> = [
   ['(a) enqueue + cancel one more', enqueueCancel],
-  ['(b) tryAdmit() -> null (queue first)', refusedAdmit],
+  ['(b) acquire() -> 503 (queue full)', refusedAdmit],
   ['(c) serve one waiter (drain, per waiter)', drain],
   ["(c') serve one at constant depth, enqueue incl.", steadyServe]
 ]

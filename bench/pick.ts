@@ -25,7 +25,7 @@ const policies: Array<[string, BalancePolicy, (i: number) => number]> = [
   ['random weighted', 'random', (i) => 1 + (i % 5)],
   ['consistent-hash', 'consistent-hash', () => 1]
 ]
-const keys = Array.from({ length: 1024 }, (_, i) => `user-${i}`)
+const keys = Array.from({ length: 1024 }, (_, i) => ({ key: `user-${i}`, shouldSelectAnotherHost: () => false }))
 
 const rows: string[][] = [['policy', '3 targets', '30 targets', '300 targets', '300/3']]
 for (const [label, policy, weight] of policies) {

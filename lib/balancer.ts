@@ -14,25 +14,42 @@ export interface Pickable {
 export type Random = () => number
 
 /**
+ * What a request tells the balancer (Envoy's `LoadBalancerContext`): its
+ * consistent-hash key, and, for a retry, which targets it must not use again
+ * (`shouldSelectAnotherHost`). Each request carries its own: nothing shared
+ * is changed to steer a pick.
+ */
+export interface PickContext<T extends Pickable = Pickable> {
+  readonly key: string | undefined
+  shouldSelectAnotherHost (target: T): boolean
+}
+
+/**
  * Picks a target for a request among those that can take one now. Every
- * policy skips the others through `Pickable#canTake()`, never its own rule.
- * `update()` is called with the whole list whenever targets come, go or change weight.
+ * policy skips the others through `Pickable#canTake()` and the request's
+ * context, never a rule of its own. `update()` is called with the whole list
+ * whenever targets come, go or change weight.
  */
 export interface Balancer<T extends Pickable = Pickable> {
   update (targets: readonly T[]): void
-  /** A target, or undefined when none can take the request. `key` is for consistent hashing. */
-  pick (key?: string): T | undefined
+  /** A target, or undefined when none can take the request. */
+  pick (context?: PickContext<T>): T | undefined
+}
+
+/** Whether the request may go to this target now. */
+function fits<T extends Pickable> (t: T, context: PickContext<T> | undefined): boolean {
+  return t.canTake() && (context === undefined || !context.shouldSelectAnotherHost(t))
 }
 
 /** Tries a few random draws before scanning: O(1) while most targets can take requests. */
 const RANDOM_TRIES = 4
 
-/** The first target, from a start index, that can take a request (the slow path). */
-function scanFrom<T extends Pickable> (targets: readonly T[], start: number): T | undefined {
+/** The first target, from a start index, that can take the request (the slow path). */
+function scanFrom<T extends Pickable> (targets: readonly T[], start: number, context: PickContext<T> | undefined): T | undefined {
   const n = targets.length
   for (let i = 0; i < n; i++) {
     const t = targets[(start + i) % n]
-    if (t.canTake()) return t
+    if (fits(t, context)) return t
   }
   return undefined
 }
@@ -59,13 +76,13 @@ export class RoundRobin<T extends Pickable = Pickable> implements Balancer<T> {
     if (this.#next >= this.#targets.length) this.#next = 0
   }
 
-  pick (): T | undefined {
+  pick (context?: PickContext<T>): T | undefined {
     const targets = this.#targets
     const n = targets.length
     if (!this.#weighted) {
       for (let i = 0; i < n; i++) {
         const j = (this.#next + i) % n
-        if (targets[j].canTake()) {
+        if (fits(targets[j], context)) {
           this.#next = (j + 1) % n
           return targets[j]
         }
@@ -78,7 +95,7 @@ export class RoundRobin<T extends Pickable = Pickable> implements Balancer<T> {
     for (let i = 0; i < n; i++) {
       const t = targets[i]
       // A target that cannot serve takes no part, and earns no credit meanwhile.
-      if (!t.canTake()) continue
+      if (!fits(t, context)) continue
       current[i] += t.weight
       total += t.weight
       if (best === -1 || current[i] > current[best]) best = i
@@ -134,19 +151,19 @@ abstract class WeightedDraws<T extends Pickable> implements Balancer<T> {
     this.index.update(targets)
   }
 
-  abstract pick (key?: string): T | undefined
+  abstract pick (context?: PickContext<T>): T | undefined
 }
 
 /** Weighted random: O(log n) a draw. */
 export class WeightedRandom<T extends Pickable = Pickable> extends WeightedDraws<T> {
-  pick (): T | undefined {
+  pick (context?: PickContext<T>): T | undefined {
     const index = this.index
     if (index.targets.length === 0) return undefined
     for (let i = 0; i < RANDOM_TRIES; i++) {
       const t = index.draw(this.random())
-      if (t.canTake()) return t
+      if (fits(t, context)) return t
     }
-    return scanFrom(index.targets, Math.floor(this.random() * index.targets.length))
+    return scanFrom(index.targets, Math.floor(this.random() * index.targets.length), context)
   }
 }
 
@@ -157,7 +174,7 @@ export class WeightedRandom<T extends Pickable = Pickable> extends WeightedDraws
  * target that looked idlest a moment ago.
  */
 export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T> {
-  pick (): T | undefined {
+  pick (context?: PickContext<T>): T | undefined {
     const index = this.index
     const n = index.targets.length
     if (n === 0) return undefined
@@ -165,11 +182,11 @@ export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T
     let b: T | undefined
     for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
       const t = index.draw(this.random())
-      if (!t.canTake()) continue
+      if (!fits(t, context)) continue
       if (a === undefined) a = t
       else if (t !== a || n === 1) b = t
     }
-    if (a === undefined) return scanFrom(index.targets, Math.floor(this.random() * n))
+    if (a === undefined) return scanFrom(index.targets, Math.floor(this.random() * n), context)
     if (b === undefined || b === a) return a
     // Fewer outstanding per unit of weight wins; on a tie (idle targets) the first
     // draw does, and the draws follow the weights.
@@ -225,8 +242,9 @@ export class ConsistentHash<T extends Pickable = Pickable> implements Balancer<T
     this.#owners = points.map((p) => p[1])
   }
 
-  pick (key?: string): T | undefined {
-    if (key === undefined) return this.#fallback.pick()
+  pick (context?: PickContext<T>): T | undefined {
+    const key = context?.key
+    if (key === undefined) return this.#fallback.pick(context)
     const hashes = this.#hashes
     const n = hashes.length
     if (n === 0) return undefined
@@ -244,7 +262,7 @@ export class ConsistentHash<T extends Pickable = Pickable> implements Balancer<T
     for (let i = 0; i < n; i++) {
       const t = owners[(lo + i) % n]
       if (t === last) continue
-      if (t.canTake()) return t
+      if (fits(t, context)) return t
       last = t
     }
     return undefined

@@ -2,6 +2,7 @@ import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import type { TlsOptions } from '../types/index.js'
 import type { ResolvedPool, ResolvedTimeouts } from './options/index.js'
+import { categorize } from './errors.js'
 
 /** What a target's connections are made with. */
 export interface ConnectionSettings {
@@ -62,6 +63,8 @@ export interface PoolObserver {
   opened (): void
   /** `age`: ms it was open. */
   closed (age: number): void
+  /** An idle connection showed a framing anomaly; undici closed it. */
+  anomaly (err: Error): void
 }
 
 /** A pooled connection: its client, its state, and when it opened and last went idle. */
@@ -72,6 +75,8 @@ export class Connection {
   idleSince = 0
   /** Index in the pool's idle stack, -1 when not idle. */
   idleIndex = -1
+  /** Requests it carried (attempts it was handed out for). */
+  requests = 0
   /** Its socket has connected at least once. */
   connected = false
   /** The socket closed (peer, timeout or error): never reused. */
@@ -92,9 +97,12 @@ function onConnect (this: { conn: Connection }): void {
   this.conn.broken = false
 }
 
-function onDisconnect (this: { conn: Connection }): void {
+function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: unknown, err: unknown): void {
   const conn = this.conn
   conn.broken = true
+  // A socket that closed on a framing anomaly (bytes on an idle socket, a second
+  // answer, bytes after a complete response): undici destroyed it; the target hears.
+  if (err != null && conn.idleIndex !== -1 && categorize(err) === 'protocol') conn.pool.observer?.anomaly(err as Error)
   // An idle socket the peer closed leaves the idle set on the event, not on reuse.
   if (conn.idleIndex !== -1) conn.pool.discard(conn)
 }
@@ -171,6 +179,7 @@ export class TargetPool {
         continue
       }
       this.busy++
+      conn.requests++
       return conn
     }
     if (!this.canOpen()) return undefined
@@ -184,14 +193,22 @@ export class TargetPool {
     this.opened++
     this.#limits.open++
     this.busy++
+    conn.requests++
     this.observer?.opened()
     return conn
+  }
+
+  /** Whether a connection has served its time: `maxRequestsPerConnection` requests, or older than `maxConnectionAge`. */
+  #retired (conn: Connection, now: number): boolean {
+    const { maxRequestsPerConnection, maxConnectionAge } = this.#settings.pool
+    return (maxRequestsPerConnection !== 0 && conn.requests >= maxRequestsPerConnection) ||
+      (maxConnectionAge !== 0 && now - conn.openedAt >= maxConnectionAge)
   }
 
   /** Put: back to the idle set when it can serve again, else closed. */
   put (conn: Connection, reusable: boolean): void {
     this.busy--
-    if (!reusable || conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle) {
+    if (!reusable || conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle || this.#retired(conn, this.#now())) {
       this.#destroy(conn)
     } else {
       conn.idleSince = this.#now()
@@ -224,7 +241,7 @@ export class TargetPool {
     return this.idle.length > 0 ? this.idle[0].idleSince : Infinity
   }
 
-  /** Closes idle connections idle for `idleTimeout` or more; returns when the next one will be due, or Infinity. */
+  /** Closes idle connections idle for `idleTimeout` or more (or past `maxConnectionAge`); returns when the next one will be due, or Infinity. */
   sweep (now: number): number {
     const timeout = this.#settings.pool.idleTimeout
     let closed = false
@@ -234,8 +251,26 @@ export class TargetPool {
       this.#destroy(conn)
       closed = true
     }
+    if (this.#settings.pool.maxConnectionAge !== 0) {
+      for (let i = this.idle.length - 1; i >= 0; i--) {
+        const conn = this.idle[i]
+        if (!this.#retired(conn, now)) continue
+        this.#removeIdle(conn)
+        this.#destroy(conn)
+        closed = true
+      }
+    }
     if (closed) this.#onFree()
-    return this.idle.length > 0 ? this.idle[0].idleSince + timeout : Infinity
+    return this.nextSweep()
+  }
+
+  /** When the next idle connection is due to be closed (idle timeout, or age), or Infinity. */
+  nextSweep (): number {
+    if (this.idle.length === 0) return Infinity
+    let due = this.idle[0].idleSince + this.#settings.pool.idleTimeout
+    const maxAge = this.#settings.pool.maxConnectionAge
+    if (maxAge !== 0) for (const conn of this.idle) due = Math.min(due, conn.openedAt + maxAge)
+    return due
   }
 
   #removeIdle (conn: Connection): void {

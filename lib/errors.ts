@@ -43,6 +43,48 @@ export const UpstreamStatusError = define('FST_SSSONECTOR_UPSTREAM_STATUS', 'Ups
 export const NoTargetError = define('FST_SSSONECTOR_NO_TARGET', 'No target of upstream %s can take the request', 503, 'no_target')
 export const PoolExhaustedError = define('FST_SSSONECTOR_POOL_EXHAUSTED', 'Upstream %s is at capacity', 503, 'pool_exhausted')
 export const BodyTooLargeError = define('FST_SSSONECTOR_BODY_TOO_LARGE', 'Request body is larger than %s bytes', 413, 'body_too_large')
+export const ClientBodyError = define('FST_SSSONECTOR_CLIENT_BODY', 'Request body from the client failed: %s', 400, 'client_body')
+export const ClientBodyTimeoutError = define('FST_SSSONECTOR_CLIENT_BODY_TIMEOUT', 'The client sent no request body for %s', 408, 'client_timeout')
+export const ClientAbortError = define('FST_SSSONECTOR_CLIENT_ABORT', 'The client went away: %s', 499, 'client_abort')
+export const BadRequestError = define('FST_SSSONECTOR_BAD_REQUEST', 'The request cannot be forwarded: %s', 400, 'bad_request')
+
+/**
+ * Whose fault a category is: the target's own (these alone move its state:
+ * skip, breaker, outlier detection), the client's (a bad, abandoned or slow
+ * request body, a hang-up, a request the gateway cannot forward), or the
+ * gateway's own refusal (nothing available). Envoy's outlier detector tells
+ * local-origin from upstream failures the same way.
+ */
+export type Fault = 'target' | 'client' | 'gateway'
+
+const FAULT: Record<ErrorCategory, Fault> = {
+  connect_refused: 'target',
+  connect_timeout: 'target',
+  dns: 'target',
+  tls: 'target',
+  reset: 'target',
+  headers_timeout: 'target',
+  body_timeout: 'target',
+  request_timeout: 'target',
+  protocol: 'target',
+  http_5xx: 'target',
+  unknown: 'target',
+  client_abort: 'client',
+  client_body: 'client',
+  client_timeout: 'client',
+  body_too_large: 'client',
+  bad_request: 'client',
+  pool_exhausted: 'gateway',
+  circuit_open: 'gateway',
+  no_target: 'gateway'
+}
+
+export function faultOf (category: ErrorCategory): Fault {
+  return FAULT[category]
+}
+
+/** Failures of the connect itself: no byte of the request reached the upstream. */
+export const CONNECT_FAILURES: ReadonlySet<ErrorCategory> = new Set<ErrorCategory>(['connect_refused', 'connect_timeout', 'dns', 'tls'])
 
 const TLS_CODES = new Set([
   'DEPTH_ZERO_SELF_SIGNED_CERT',
@@ -80,6 +122,8 @@ export function categorize (err: unknown): ErrorCategory {
     case 'EAI_NONAME':
       return 'dns'
     case 'UND_ERR_SOCKET':
+      // undici's own word for a response it will not read (an unsolicited 100 or 101, an answer with no request): malformed, not a reset
+      return /^bad (response|upgrade)$/.test((err as Error).message) ? 'protocol' : 'reset'
     case 'ECONNRESET':
     case 'EPIPE':
     case 'UND_ERR_CLOSED':
@@ -94,7 +138,16 @@ export function categorize (err: unknown): ErrorCategory {
       return 'client_abort'
     case 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH':
     case 'UND_ERR_INFO':
+    case 'UND_ERR_HEADERS_OVERFLOW':
+    case 'UND_ERR_RES_EXCEEDED_MAX_SIZE':
       return 'protocol'
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
+      // the request body did not match its Content-Length: the client's
+      return 'client_body'
+    case 'UND_ERR_INVALID_ARG':
+    case 'UND_ERR_NOT_SUPPORTED':
+      // undici refused to send the request as given (a header it does not allow)
+      return 'bad_request'
   }
   const name = (err as Error).name
   if (name === 'AbortError') return 'client_abort'
@@ -113,7 +166,10 @@ const BY_CATEGORY: Partial<Record<ErrorCategory, Ctor>> = {
   body_timeout: BodyTimeoutError,
   request_timeout: RequestTimeoutError,
   protocol: ProtocolError,
-  unknown: UpstreamError
+  unknown: UpstreamError,
+  client_body: ClientBodyError,
+  client_timeout: ClientBodyTimeoutError,
+  bad_request: BadRequestError
 }
 
 /**

@@ -2,11 +2,13 @@ import { Client } from 'undici'
 import type { ResolvedHealthCheck } from './options/index.js'
 import type { TlsOptions } from '../types/index.js'
 import type { Target } from './target.js'
-import { categorize } from './errors.js'
+import { CONNECT_FAILURES, categorize } from './errors.js'
 
 /** What one probe found. */
 export interface ProbeResult {
   ok: boolean
+  /** It connected (an answer came, good or bad): a skip for failed connects is over. */
+  connected: boolean
   /** The status, or the failure's category. */
   reason: string
 }
@@ -85,9 +87,10 @@ export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectT
       })
       await res.body.dump()
       const [from, to] = opts.expectedStatus
-      return { ok: res.statusCode >= from && res.statusCode <= to, reason: `status ${res.statusCode}` }
+      return { ok: res.statusCode >= from && res.statusCode <= to, connected: true, reason: `status ${res.statusCode}` }
     } catch (err) {
-      return { ok: false, reason: categorize(err) }
+      const reason = categorize(err)
+      return { ok: false, connected: !CONNECT_FAILURES.has(reason), reason }
     }
   }
   const forget = async (t: Target): Promise<void> => {
@@ -120,11 +123,11 @@ export class HealthChecker {
   readonly #opts: ResolvedHealthCheck
   readonly #probe: Prober
   readonly #random: () => number
-  readonly #onResult: (target: Target, result: ProbeResult) => void
+  readonly #onResult: (target: Target, result: ProbeResult, epoch: number) => void
   readonly #watches = new Map<Target, Watch>()
   #stopped = false
 
-  constructor (opts: ResolvedHealthCheck, probe: Prober, random: () => number, onResult: (target: Target, result: ProbeResult) => void) {
+  constructor (opts: ResolvedHealthCheck, probe: Prober, random: () => number, onResult: (target: Target, result: ProbeResult, epoch: number) => void) {
     this.#opts = opts
     this.#probe = probe
     this.#random = random
@@ -154,12 +157,14 @@ export class HealthChecker {
   async #run (w: Watch): Promise<void> {
     w.timer = null
     w.running = true
+    // The probe's result speaks of the state it started in (a probe begun before an outage says nothing of it).
+    const epoch = w.target.probeStarted()
     const result = await this.#probe(w.target)
     w.running = false
     if (this.#stopped || this.#watches.get(w.target) !== w) return
     const move = w.counter.record(result.ok, w.target.hcDown)
     if (move !== null) w.target.setActiveHealth(move === 'down', `${move === 'down' ? 'failed' : 'passed'} active check: ${result.reason}`)
-    this.#onResult(w.target, result)
+    this.#onResult(w.target, result, epoch)
     const base = w.target.hcDown ? this.#opts.unhealthyInterval : this.#opts.interval
     w.timer = setTimeout(() => { this.#run(w).catch(() => {}) }, base + Math.floor(this.#random() * base * 0.1))
     w.timer.unref()

@@ -14,7 +14,8 @@ import { renderStatus } from './status.js'
 export type * from '../types/index.js'
 export * as errors from './errors.js'
 export { parseDuration } from './options/index.js'
-export { Upstream, UpstreamDispatcher } from './upstream.js'
+export { Upstream } from './upstream.js'
+export { UpstreamDispatcher } from './dispatcher.js'
 
 /** While closing, every response ends its connection. */
 function closeAfter (_req: IncomingMessage, res: ServerResponse): void {

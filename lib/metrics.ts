@@ -1,12 +1,17 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { ErrorCategory } from '../types/index.js'
-import type { Upstream } from './upstream.js'
-import type { Target } from './target.js'
+import type { ErrorCategory, UpstreamStats } from '../types/index.js'
 
 // Categories counted as connection errors (the seed's connection_errors).
 const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'unknown']
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error'] as const
 const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhausted']
+const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_body', 'client_timeout', 'body_too_large', 'bad_request']
+const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
+
+/** What the metrics read: an upstream's stats, nothing else. */
+export interface StatsSource {
+  stats (): UpstreamStats
+}
 
 /** One target's series, with label sets built once: the request path only observes and increments. */
 export interface TargetMeter {
@@ -19,10 +24,11 @@ export interface TargetMeter {
 
 /** Where upstreams get their targets' meters, and count their retries. */
 export interface Meter {
-  target (upstream: string, target: Target): TargetMeter
+  /** The meter of one target, by its URL. */
+  target (upstream: string, target: string): TargetMeter
   retry (upstream: string, reason: ErrorCategory): void
   /** A target is gone: its series go too. */
-  forget (upstream: string, target: Target): void
+  forget (upstream: string, target: string): void
 }
 
 export interface MetricsOptions {
@@ -34,13 +40,14 @@ export interface MetricsOptions {
 /**
  * prom-client metrics on an injected Registry (or one of the plugin's own,
  * never the global one). Point-in-time values (connections, queue, health,
- * breaker, counts kept by the pools) are read in collect(); the request path
- * only observes histograms and increments counters through label sets made
- * once per target.
+ * breaker, counts kept by the pools) are read from the upstreams' `stats()`
+ * in collect(), once per scrape; the request path only observes histograms
+ * and increments counters through label sets made once per target.
  */
 export class Metrics implements Meter {
   readonly registry: Registry
-  #upstreams: readonly Upstream[] = []
+  #sources: readonly StatsSource[] = []
+  #snapshot: UpstreamStats[] | null = null
   readonly #duration: Histogram<'upstream' | 'target' | 'status_class'>
   readonly #age: Histogram<'upstream' | 'target'>
   readonly #opened: Counter<'upstream' | 'target'>
@@ -50,7 +57,7 @@ export class Metrics implements Meter {
     const registry = this.registry = opts.registry ?? new Registry()
     const registers = [registry]
     const prefix = opts.prefix
-    const ups = (): readonly Upstream[] => this.#upstreams
+    const ups = (): UpstreamStats[] => this.#stats()
     if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
 
     // The seed's four, by their exact names.
@@ -61,7 +68,7 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.busy)
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.busy)
       }
     })
     new Gauge({ // eslint-disable-line no-new
@@ -71,7 +78,7 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.pool.idle.length)
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.idle)
       }
     })
     new Counter({ // eslint-disable-line no-new
@@ -98,7 +105,7 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) if (t.hcFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.hcFailures)
+        for (const u of ups()) for (const t of u.targets) if (t.healthCheckFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.healthCheckFailures)
       }
     })
 
@@ -137,6 +144,16 @@ export class Metrics implements Meter {
       collect () {
         this.reset()
         for (const u of ups()) for (const reason of REJECT_CATEGORIES) this.inc({ upstream: u.name, reason }, u.rejected[reason] ?? 0)
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}client_errors`,
+      help: 'Requests that failed by the client\'s own fault (a bad, abandoned or slow body, a hang-up), by reason: never counted against a target',
+      labelNames: ['upstream', 'reason'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const reason of CLIENT_CATEGORIES) this.inc({ upstream: u.name, reason }, u.clientErrors[reason] ?? 0)
       }
     })
     new Gauge({ // eslint-disable-line no-new
@@ -186,7 +203,7 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) for (const h of t.causes()) this.set({ upstream: u.name, target: t.url, cause: h.cause }, 1)
+        for (const u of ups()) for (const t of u.targets) for (const h of t.health) this.set({ upstream: u.name, target: t.url, cause: h.cause }, 1)
       }
     })
     new Gauge({ // eslint-disable-line no-new
@@ -198,22 +215,30 @@ export class Metrics implements Meter {
         this.reset()
         for (const u of ups()) {
           for (const t of u.targets) {
-            if (t.breaker === null) continue
-            const state = t.downCause !== 'breaker' ? 0 : u.now() >= t.downUntil ? 2 : 1
-            this.set({ upstream: u.name, target: t.url }, state)
+            if (t.breaker !== null) this.set({ upstream: u.name, target: t.url }, BREAKER_STATES[t.breaker.state])
           }
         }
       }
     })
   }
 
-  /** The upstreams whose state collect() reads. */
-  watch (upstreams: readonly Upstream[]): void {
-    this.#upstreams = upstreams
+  /** The upstreams whose stats collect() reads. */
+  watch (sources: readonly StatsSource[]): void {
+    this.#sources = sources
   }
 
-  target (upstream: string, target: Target): TargetMeter {
-    const labels = { upstream, target: target.url }
+  /** Every upstream's stats, read once per scrape (the gauges of one scrape share them). */
+  #stats (): UpstreamStats[] {
+    if (this.#snapshot === null) {
+      this.#snapshot = this.#sources.map((s) => s.stats())
+      // prom-client runs every collect() at once, synchronously, when a scrape starts.
+      queueMicrotask(() => { this.#snapshot = null })
+    }
+    return this.#snapshot
+  }
+
+  target (upstream: string, target: string): TargetMeter {
+    const labels = { upstream, target }
     const classes = STATUS_CLASSES.map((c) => this.#duration.labels({ ...labels, status_class: c }))
     const age = this.#age.labels(labels)
     const opened = this.#opened.labels(labels)
@@ -228,8 +253,8 @@ export class Metrics implements Meter {
     this.#retries.inc({ upstream, reason })
   }
 
-  forget (upstream: string, target: Target): void {
-    const labels = { upstream, target: target.url }
+  forget (upstream: string, target: string): void {
+    const labels = { upstream, target }
     for (const c of STATUS_CLASSES) this.#duration.remove({ ...labels, status_class: c })
     this.#age.remove(labels)
     this.#opened.remove(labels)

@@ -52,7 +52,7 @@ export class OutlierDetector {
   judge (targets: readonly Target[], now: number, random: () => number): Array<{ target: Target, until: number, reason: string }> {
     const stats = this.#stats
     const out: Array<{ target: Target, until: number, reason: string }> = []
-    const inRotation = targets.filter((t) => t.state === 'up')
+    const inRotation = targets.filter((t) => !t.draining)
     if (inRotation.length >= 3) {
       const o = this.#opts
       const judged = inRotation.filter((t) => (stats.get(t)?.requests ?? 0) >= o.minimumRequests && !(t.ejectedUntil > now))
@@ -83,12 +83,12 @@ export class OutlierDetector {
    * of its peers in rotation, by the same rule as an interval; the reason to
    * eject it again, or null.
    */
-  judgeProbation (t: Target, latency: number, failures: number, attempts: number, targets: readonly Target[]): string | null {
+  judgeProbation (t: Target, latency: number, failures: number, attempts: number, targets: readonly Target[], now: number): string | null {
     const o = this.#opts
     let peerFailure = 0
     const peerLatencies: number[] = []
     for (const p of targets) {
-      if (p === t || p.probation !== 0 || p.latency === 0 || !p.available) continue
+      if (p === t || p.probation !== 0 || p.latency === 0 || !p.available(now)) continue
       peerFailure += p.failureRatio
       peerLatencies.push(p.latency)
     }

@@ -1,25 +1,71 @@
-import { Transform } from 'node:stream'
-import type { TransformCallback, Readable } from 'node:stream'
+import { Dispatcher } from 'undici'
+import type { Readable } from 'node:stream'
 import type { IncomingMessage, ServerResponse, IncomingHttpHeaders } from 'node:http'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
 import httpProxy from '@fastify/http-proxy'
 import type { ResolvedRoute } from './options/index.js'
-import { kLease } from './upstream.js'
-import type { Lease, Upstream } from './upstream.js'
-import type { Waiter } from './queue.js'
+import { DEFAULTS } from './options/defaults.js'
+import type { Upstream } from './upstream.js'
+import type { Lease } from './lease.js'
+import type { LeaseWaiter } from './admission.js'
+import type { Target } from './target.js'
 import { BodyTooLargeError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
+import { forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
+import { BufferedBody, prefetch } from './request-body.js'
 
+const kLease = Symbol('sssonector.lease')
 const kWaiter = Symbol('sssonector.waiter')
-type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: ProxyWaiter }
-type Headers = IncomingHttpHeaders & { [kLease]?: Lease }
+const kHeaders = Symbol('sssonector.headers')
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter }
+type Headers = IncomingHttpHeaders & Record<string, string | string[] | number | undefined>
 
-// Hop-by-hop headers (RFC 9110 7.6.1 and the classic list of RFC 2616 13.5.1):
-// they describe one connection, never the next. reply-from already drops
-// Connection, the headers it names, and Transfer-Encoding.
+/** A placeholder for http-proxy's path checks and reply-from's URL: the lease decides the target, its Host and its origin. */
 const PLACEHOLDER = 'http://upstream.sssonector.invalid'
-const HOP_BY_HOP_REQUEST = ['keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authorization']
-const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate']
+
+/**
+ * What reply-from carries from `rewriteRequestHeaders` to the dispatcher in
+ * place of the headers object: the request's lease and its headers as the
+ * upstream will see them. reply-from copies it (`Object.assign`) with its
+ * symbol keys, whatever tick it dispatches in.
+ */
+class Carrier {
+  [kLease]: Lease
+  [kHeaders]: unknown[]
+
+  constructor (lease: Lease, headers: unknown[]) {
+    this[kLease] = lease
+    this[kHeaders] = headers
+  }
+}
+
+/**
+ * The route's dispatcher, given to reply-from: a request that comes with its
+ * carrier runs on its lease. One that comes without (a `reply.from()` the app
+ * calls outside the route's admission) takes a lease of its own through the
+ * upstream's dispatcher.
+ */
+class RouteDispatcher extends Dispatcher {
+  readonly #upstream: Upstream
+
+  constructor (upstream: Upstream) {
+    super()
+    this.#upstream = upstream
+  }
+
+  override dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    const carrier = opts.headers as unknown as Carrier | null | undefined
+    const lease = carrier?.[kLease]
+    if (lease === undefined) return this.#upstream.dispatcher.dispatch(opts, handler)
+    opts.headers = carrier![kHeaders] as string[]
+    if (opts.body instanceof BufferedBody) opts.body = opts.body.buffer
+    return lease.dispatch(opts, handler)
+  }
+
+  // reply-from never closes a dispatcher it was given; the upstream's lifecycle is the plugin's.
+  override async close (): Promise<void> {}
+  override async destroy (): Promise<void> {}
+}
 
 /**
  * Releases the request's lease once its response is closed ('close' fires on
@@ -36,28 +82,33 @@ function onResponseClose (this: ServerResponse): void {
   if (w !== undefined) w.upstream.cancel(w)
 }
 
-/** A proxied request waiting in its upstream's queue for a connection. */
-class ProxyWaiter implements Waiter<Lease> {
-  deadline: number
+/** A proxied request waiting for its lease: its own balancer context (its consistent-hash key). */
+class RouteWaiter implements LeaseWaiter {
+  deadline = 0
   cancelled = false
-  key: string | undefined = undefined
+  readonly key: string | undefined
   readonly upstream: Upstream
   readonly #request: FastifyRequest
   readonly #reply: FastifyReply
   readonly #done: HookHandlerDoneFunction
 
-  constructor (upstream: Upstream, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+  constructor (upstream: Upstream, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, key: string | undefined) {
     this.upstream = upstream
-    this.deadline = upstream.queueDeadline()
+    this.key = key
     this.#request = request
     this.#reply = reply
     this.#done = done
   }
 
+  shouldSelectAnotherHost (_target: Target): boolean {
+    return false
+  }
+
   grant (lease: Lease): void {
     const raw = this.#request.raw as LeasedMessage
     raw[kWaiter] = undefined
-    start(lease, raw, this.#reply, this.#done)
+    raw[kLease] = lease
+    this.#done()
   }
 
   fail (err: Error): void {
@@ -66,39 +117,8 @@ class ProxyWaiter implements Waiter<Lease> {
   }
 }
 
-/** The request holds its lease: on to the handler. */
-function start (lease: Lease, raw: LeasedMessage, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-  raw[kLease] = lease
-  lease.upstream.armRequestTimeout(lease, (err) => {
-    // Nothing sent yet: 504. Otherwise the response can only be cut.
-    if (!reply.sent) sendError(reply, err)
-    else reply.raw.destroy(err)
-  })
-  done()
-}
-
-/** Counts a streamed (chunked) request body and fails it past the limit. */
-class BodyLimit extends Transform {
-  #left: number
-  readonly #limit: number
-
-  constructor (limit: number) {
-    super()
-    this.#left = limit
-    this.#limit = limit
-  }
-
-  override _transform (chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.#left -= chunk.length
-    if (this.#left < 0) {
-      cb(new BodyTooLargeError(this.#limit))
-      return
-    }
-    cb(null, chunk)
-  }
-}
-
 function sendError (reply: FastifyReply, err: SssonectorError): void {
+  if (reply.sent || reply.raw.destroyed) return
   if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
   // The rest of an unread body would be taken for the next request: the connection ends with this answer.
   if (err.statusCode === 413 || !reply.request.raw.complete) reply.header('connection', 'close')
@@ -110,103 +130,82 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   const { prefix } = route
   // Fastify's request.routeOptions builds a new object on every read: take the limit once.
   const bodyLimit = route.bodyLimit ?? fastify.initialConfig.bodyLimit ?? 1024 * 1024
+  const bufferBody = upstream.config.retry?.bufferBody ?? DEFAULTS.retry.bufferBody
+  const clientBody = upstream.config.timeouts.clientBody
   const userOpts = route.proxy
   const userReply = (userOpts.replyOptions ?? {}) as Record<string, unknown>
   const userRewriteRequestHeaders = userReply.rewriteRequestHeaders as ((req: FastifyRequest, h: Headers) => Headers) | undefined
+  const userRewriteHeaders = userReply.rewriteHeaders as ((h: Record<string, unknown>, r: FastifyRequest) => Record<string, unknown>) | undefined
   const userPreHandler = (userOpts.preHandler ?? userOpts.beforeHandler) as preHandlerHookHandler | undefined
   const hashKey = upstream.config.balance === 'consistent-hash' ? upstream.config.hashKey : undefined
+  const dispatcher = new RouteDispatcher(upstream)
+
+  function acquire (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    reply.raw.on('close', onResponseClose)
+    const w = new RouteWaiter(upstream, request, reply, done, hashKey === undefined ? undefined : hashKey(request))
+    const raw = request.raw as LeasedMessage
+    raw[kWaiter] = w
+    upstream.acquire(w)
+  }
 
   // Last of the route's preHandlers, so the app's own hooks (auth) run first and a
   // rejected request takes no slot.
   function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    const limit = bodyLimit
-    const length = request.headers['content-length']
-    if (length !== undefined && Number(length) > limit) {
-      sendError(reply, new BodyTooLargeError(limit) as unknown as SssonectorError)
+    const header = request.headers['content-length']
+    const length = header === undefined ? -1 : Number(header)
+    if (length > bodyLimit) {
+      sendError(reply, new BodyTooLargeError(bodyLimit) as unknown as SssonectorError)
       return
     }
-    // A chunked body has no length up front: count it as it streams
-    // (http-proxy's pass-through parser bypasses Fastify's bodyLimit).
-    if (length === undefined && request.body != null && typeof (request.body as Readable).pipe === 'function') {
-      const counter = new BodyLimit(limit)
-      const source = request.body as Readable
-      source.on('error', (err) => counter.destroy(err))
-      request.body = source.pipe(counter)
-    }
-    let lease: Lease | null
-    const key = hashKey === undefined ? undefined : hashKey(request)
-    try {
-      lease = upstream.tryAdmit(key)
-    } catch (err) {
-      sendError(reply, err as SssonectorError)
+    const body = request.body as Readable | undefined | null
+    if (body == null || typeof body.pipe !== 'function') {
+      acquire(request, reply, done)
       return
     }
-    reply.raw.on('close', onResponseClose)
-    const raw = request.raw as LeasedMessage
-    if (lease !== null) {
-      start(lease, raw, reply, done)
-      return
-    }
-    // Every target is at its caps: wait, bounded, for a connection.
-    const w = new ProxyWaiter(upstream, request, reply, done)
-    w.key = key
-    const err = upstream.enqueue(w)
-    if (err !== null) {
-      sendError(reply, err)
-      return
-    }
-    raw[kWaiter] = w
+    // The body's start (all of a small one) is read before the request takes a
+    // connection: a client trickling its body holds none meanwhile.
+    prefetch(body, length, bufferBody, bodyLimit, clientBody, (err, prefetched) => {
+      if (err !== null) {
+        const e = toUpstreamError(err)
+        upstream.clientError(e.category)
+        sendError(reply, e)
+        return
+      }
+      request.body = prefetched
+      acquire(request, reply, done)
+    })
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
     const lease = (request.raw as LeasedMessage)[kLease]!
-    // reply-from set the placeholder's host: the target's own goes out (undici takes TLS SNI from it too).
-    headers.host = lease.target.host
-    // Only properties the object has are set (to undefined: undici skips them);
-    // a new one would make reply-from's copy of it a slow object.
-    for (let i = 0; i < HOP_BY_HOP_REQUEST.length; i++) {
-      if (headers[HOP_BY_HOP_REQUEST[i]] !== undefined) headers[HOP_BY_HOP_REQUEST[i]] = undefined
+    const forwarded = {
+      for: forwardedFor(headers['x-forwarded-for'], request.raw.socket.remoteAddress),
+      proto: request.protocol,
+      host: request.host
     }
-    const peer = request.raw.socket.remoteAddress
-    const prior = headers['x-forwarded-for']
-    const chain = prior === undefined ? null : Array.isArray(prior) ? prior.join(', ') : prior
-    const forwardedFor = peer === undefined ? chain : chain === null ? peer : `${chain}, ${peer}`
-    if (userRewriteRequestHeaders !== undefined) {
+    let list: unknown[]
+    if (userRewriteRequestHeaders === undefined) {
+      list = forwardHeaders(headers, forwarded)
+    } else {
       // The app's hook sees (and may change) every header that goes out.
-      if (forwardedFor !== null) headers['x-forwarded-for'] = forwardedFor
-      headers['x-forwarded-proto'] = request.protocol
-      headers['x-forwarded-host'] = request.host
-      const out = userRewriteRequestHeaders(request, headers)
-      upstream.dispatcher.handoff = lease
-      return out
+      if (forwarded.for !== null) headers['x-forwarded-for'] = forwarded.for
+      headers['x-forwarded-proto'] = forwarded.proto
+      headers['x-forwarded-host'] = forwarded.host
+      list = userHeaders(userRewriteRequestHeaders(request, headers))
     }
-    // The dispatcher adds these as it sends the request.
-    if (prior !== undefined) headers['x-forwarded-for'] = undefined
-    if (headers['x-forwarded-proto'] !== undefined) headers['x-forwarded-proto'] = undefined
-    if (headers['x-forwarded-host'] !== undefined) headers['x-forwarded-host'] = undefined
-    lease.forwardedFor = forwardedFor
-    lease.forwardedProto = request.protocol
-    lease.forwardedHost = request.host ?? null
-    upstream.dispatcher.handoff = lease
-    return headers
+    return new Carrier(lease, list) as unknown as Headers
   }
 
   function rewriteHeaders (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> {
-    for (let i = 0; i < HOP_BY_HOP_RESPONSE.length; i++) {
-      if (headers[HOP_BY_HOP_RESPONSE[i]] !== undefined) delete headers[HOP_BY_HOP_RESPONSE[i]]
-    }
+    stripResponseHeaders(headers)
     // Closing: the client takes its next request elsewhere.
     if (app.closing) headers.connection = 'close'
-    const user = userReply.rewriteHeaders as ((h: Record<string, unknown>, r: FastifyRequest) => Record<string, unknown>) | undefined
-    return user === undefined ? headers : user(headers, request)
+    return userRewriteHeaders === undefined ? headers : userRewriteHeaders(headers, request)
   }
 
   function onError (reply: FastifyReply, { error }: { error: Error & { cause?: unknown } }): void {
     // reply-from wraps what the dispatcher failed with; the dispatcher's error is the cause.
-    const err = toUpstreamError(error.cause ?? error)
-    // A client that hung up has nobody left to answer.
-    if (err.category === 'client_abort' && reply.raw.destroyed) return
-    sendError(reply, err)
+    sendError(reply, toUpstreamError(error.cause ?? error))
   }
 
   const replyOptions = {
@@ -222,11 +221,8 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   fastify.register(httpProxy, {
     ...userOpts,
     prefix,
-    // A placeholder for http-proxy's path checks and reply-from's URL: the lease
-    // decides the target, its Host and its origin. (A getUpstream hook would
-    // cost http-proxy an object spread and a closure per request.)
     upstream: PLACEHOLDER,
-    undici: upstream.dispatcher,
+    undici: dispatcher,
     disableRequestLogging: userOpts.disableRequestLogging ?? true,
     preHandler: (userPreHandler === undefined ? admit : [userPreHandler, admit]) as preHandlerHookHandler,
     replyOptions

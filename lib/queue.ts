@@ -3,8 +3,6 @@ export interface Waiter<L> {
   /** When it gives up (ms, the upstream's clock). */
   deadline: number
   cancelled: boolean
-  /** The consistent-hash key of its request, if any. */
-  key?: string
   grant (lease: L): void
   fail (err: Error): void
 }

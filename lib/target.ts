@@ -1,25 +1,43 @@
 import type { ErrorCategory, TargetHealthCause, TargetStats } from '../types/index.js'
 import type { ResolvedCircuitBreaker, ResolvedTarget } from './options/index.js'
 import { TargetPool } from './connection-pool.js'
-import type { ConnectionFactory, ConnectionSettings, SharedLimits } from './connection-pool.js'
+import type { Connection, ConnectionFactory, ConnectionSettings, PoolObserver, SharedLimits } from './connection-pool.js'
 import { CircuitBreaker } from './circuit-breaker.js'
-import { skipInterval } from './backoff.js'
+import { TargetDownState, isTrial } from './down-state.js'
+import type { DownEvent, SkipCause, Ticket } from './down-state.js'
+import { CONNECT_FAILURES, faultOf } from './errors.js'
 import type { TargetMeter } from './metrics.js'
+import type { Pickable } from './balancer.js'
 
-/** What a target needs from its upstream: the clock, chance, panic, and where to report a change of health. */
+/** What a target needs from its upstream: the clock, chance, panic, and where to report what it sees. */
 export interface TargetOwner {
   readonly name: string
   now: () => number
   random: () => number
-  /** Fewer targets healthy than the panic threshold: the judgement flags (active health, breaker, ejection) are ignored. */
+  /** Fewer targets healthy than the panic threshold: the judgement flags (active health, ejection) are set aside. */
   readonly panic: boolean
+  /** No target is in rotation: a skipped target may take its trial before its skip is over (see down-state.ts). */
+  readonly quickRecovery: boolean
   readonly retryInterval: number
   readonly maxRetryInterval: number
   /** Ramp-up after a return, in ms (0: none). */
   readonly slowStart: number
-  healthChanged (target: Target, cause: TargetHealthCause, down: boolean, reason: string): void
+  /** A target went out of rotation or came back for one cause; or, out already, failed a trial. */
+  healthChanged: (target: Target, cause: TargetHealthCause, event: DownEvent, reason: string) => void
   /** A target back from an ejection made its probation attempts: ejects it again, or lets it be. */
-  probationOver (target: Target, latency: number, failures: number, attempts: number): void
+  probationOver: (target: Target, latency: number, failures: number, attempts: number) => void
+  /** An attempt of the target's own (not a client's fault) ended: for the outlier detector. */
+  observed: (target: Target, failed: boolean, latency: number) => void
+}
+
+/** What one attempt came to, put once into its target (Envoy's outlier `putResult`). */
+export interface AttemptResult {
+  /** The failure's category; null when an answer came (its `status` tells). */
+  category: ErrorCategory | null
+  /** The answer's status, 0 when there was none. */
+  status: number
+  /** Milliseconds. */
+  latency: number
 }
 
 /**
@@ -30,50 +48,37 @@ export interface TargetOwner {
  */
 export const PROBATION_ATTEMPTS = 3
 
-/** Categories that count as failures for the breaker: the target broke or was too slow. A client hang-up never does. */
-const BREAKER_FAILURES: ReadonlySet<ErrorCategory> = new Set<ErrorCategory>([
-  'reset', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'http_5xx', 'unknown'
-])
+const DOWN_CAUSE: Record<SkipCause, TargetHealthCause> = { connect: 'connect_failed', breaker: 'circuit_open' }
+
+/** The histogram's status class of an attempt: 1xx..5xx as 0..4, 5 for a failure with no answer. */
+function statusClass (result: AttemptResult): number {
+  if (result.category !== null && result.category !== 'http_5xx') return 5
+  return Math.min(4, Math.max(0, ((result.status / 100) | 0) - 1))
+}
 
 /**
- * A target (Envoy's host): its origin and weight, its connection pool, the
- * counters the balancer and stats read, and its one health state, with each
- * cause flagged apart (Envoy's health flags): skipped after failed connects or
- * an open breaker (with trials after the skip), failed active checks, ejected as
- * an outlier, draining.
+ * A target (Envoy's host): its origin and weight, its connections, the
+ * counters the balancer and stats read, and its health, with each cause kept
+ * apart (Envoy's health flags): its down state (skipped after failed connects
+ * or an open breaker, then trials; see down-state.ts), failed active checks,
+ * an ejection as an outlier, draining. Only the target's own faults move it:
+ * a client's bad body, hang-up or timeout never does.
  */
-export class Target {
+export class Target implements Pickable {
   readonly url: string
   readonly origin: string
   /** `host[:port]`, as sent in the Host header. */
   readonly host: string
   weight: number
   readonly addedAt: number
-  readonly pool: TargetPool
-  state: 'up' | 'draining' = 'up'
   /** Attempts on this target now. */
   active = 0
   /** Requests admitted with this target and not yet released. */
   leased = 0
   /** Attempts sent since start. */
   requests = 0
+  /** Its own failed attempts, by category (5xx answers and clients' faults aside). */
   readonly errors: Partial<Record<ErrorCategory, number>> = {}
-  /** Set for a moment while a retry looks for a target it has not tried. */
-  excluded = false
-
-  /**
-   * Skipped until then (ms) after failed connects or an open breaker, then given
-   * trials. 0 when not skipped. The one owner of "this target is down".
-   */
-  downUntil = 0
-  downCause: 'connect' | 'breaker' | null = null
-  downSince = 0
-  /** Skips in a row: each doubles the interval. */
-  skips = 0
-  /** Trials that may still start after the skip, and good ones so far. */
-  #trialsLeft = 0
-  #trialsOk = 0
-  #trialsNeeded = 0
 
   /** Failed its active health checks. */
   hcDown = false
@@ -98,6 +103,9 @@ export class Target {
   latency = 0
   failureRatio = 0
   readonly #owner: TargetOwner
+  readonly #pool: TargetPool
+  readonly #down: TargetDownState
+  #draining = false
   #onIdle: (() => void) | null = null
 
   constructor (resolved: ResolvedTarget, settings: ConnectionSettings, limits: SharedLimits, factory: ConnectionFactory,
@@ -108,62 +116,200 @@ export class Target {
     this.weight = resolved.weight
     this.#owner = owner
     this.addedAt = owner.now()
-    this.pool = new TargetPool(resolved.origin, settings, limits, factory, owner.now, onFree)
+    this.#pool = new TargetPool(resolved.origin, settings, limits, factory, owner.now, onFree)
     this.breaker = breaker === null ? null : new CircuitBreaker(breaker, owner.now)
+    const halfOpen = breaker?.halfOpenRequests ?? 1
+    this.#down = new TargetDownState({
+      interval: owner.retryInterval,
+      maxInterval: owner.maxRetryInterval,
+      trials: (cause) => cause === 'breaker' ? halfOpen : 1,
+      onChange: (event, cause, reason) => { this.#downChanged(event, cause, reason) }
+    })
     if (owner.slowStart > 0) this.rampFrom = this.addedAt
   }
 
-  /** No cause flagged: counts as healthy for the panic threshold. */
-  get healthy (): boolean {
-    return this.state === 'up' && this.downUntil === 0 && !this.hcDown && !this.#ejected()
+  /** Tells the pool whom to tell of each connection opened and closed, and of framing anomalies (set once by the upstream). */
+  observe (observer: PoolObserver | null): void {
+    this.#pool.observer = observer
   }
 
-  #ejected (): boolean {
-    if (this.ejectedUntil === 0) return false
-    if (this.#owner.now() < this.ejectedUntil) return true
-    this.ejectedUntil = 0
-    this.probation = PROBATION_ATTEMPTS
-    this.#probationLatency = 0
-    this.#probationFailures = 0
-    this.#owner.healthChanged(this, 'ejected', false, 'ejection time over, on probation')
-    return false
+  /** Leaving rotation (`removeTarget`, `setTargets`, close): takes no new request. */
+  get draining (): boolean {
+    return this.#draining
+  }
+
+  /** The down state (up, skipped, trying), as it is now. */
+  get downState (): TargetDownState['state'] {
+    return this.#down.state
+  }
+
+  /** No cause flagged: counts as healthy for the panic threshold. Reads only. */
+  healthy (now: number): boolean {
+    return !this.#draining && this.#down.isUp && !this.hcDown && !(this.ejectedUntil > now)
   }
 
   /**
-   * Whether it is in rotation: not draining, not skipped after failed connects
-   * (its trial aside), and, unless the upstream is in panic, not skipped by its
-   * breaker, failing its active checks, nor ejected.
+   * In rotation: the balancer may pick it now, its connection caps aside (not
+   * draining; not skipped, or its skip is over and a trial may run; and,
+   * unless the upstream is in panic, not failing its active checks nor
+   * ejected). Reads only: a metrics scrape or the status page never moves anything.
    */
-  get available (): boolean {
-    if (this.state !== 'up') return false
-    const panic = this.#owner.panic
-    // A refused connect is a fact, an open breaker a judgement: panic sets aside only judgements.
-    if (this.downUntil !== 0 && (this.downCause === 'connect' || !panic) && (this.#trialsLeft === 0 || this.#owner.now() < this.downUntil)) return false
-    if (panic) return true
-    return !this.hcDown && !this.#ejected()
+  available (now: number): boolean {
+    if (this.#draining || !this.#down.canBegin(now, false)) return false
+    return this.#owner.panic || (!this.hcDown && !(this.ejectedUntil > now))
   }
 
-  /** In rotation and able to hand out a connection now: the one predicate every balancing policy uses. */
+  /**
+   * Whether a request may start on it now: in rotation and under its
+   * connection caps, one attempt at a time on probation, and its share while
+   * ramping up. The one predicate every balancing policy uses. An ejection
+   * whose time ran out ends here, on the request path.
+   */
   canTake (): boolean {
-    if (this.excluded || !this.available || !this.pool.hasCapacity()) return false
+    if (this.#draining) return false
+    const owner = this.#owner
+    const panic = owner.panic
+    const down = this.#down
+    if (!down.isUp && !down.canBegin(owner.now(), owner.quickRecovery)) return false
+    if (this.ejectedUntil !== 0 && owner.now() >= this.ejectedUntil) this.#endEjection()
+    if (!panic && (this.hcDown || this.ejectedUntil !== 0)) return false
+    if (!this.#pool.hasCapacity()) return false
     // On probation: one attempt at a time.
     if (this.probation !== 0 && (this.active !== 0 || this.leased !== 0)) return false
     // Slow start: a share that grows from 10% to all of its weight over `slowStart`.
     if (this.rampFrom !== 0) {
-      const share = (this.#owner.now() - this.rampFrom) / this.#owner.slowStart
+      const share = (owner.now() - this.rampFrom) / owner.slowStart
       if (share >= 1) this.rampFrom = 0
-      else if (this.#owner.random() > Math.max(0.1, share)) return false
+      else if (owner.random() > Math.max(0.1, share)) return false
     }
     return true
   }
 
   /** Requests outstanding on it now (connections in use), for least request. */
   get outstanding (): number {
-    return this.pool.busy
+    return this.#pool.busy
   }
 
-  /** An attempt ended: feeds the recent latency and failure ratio. */
-  observe (failed: boolean, latency: number): void {
+  /**
+   * A request was given this target (the balancer picked it): its ticket,
+   * which its attempt's result takes back. A target whose skip is over (or in
+   * panic) gives a trial.
+   */
+  begin (): Ticket {
+    const down = this.#down
+    return down.isUp ? down.begin(0, false) : down.begin(this.#owner.now(), this.#owner.quickRecovery)
+  }
+
+  /** The most recently used idle connection, or a new one under the caps (`fresh`: a new one when it fits). */
+  takeConnection (fresh = false): Connection | undefined {
+    return this.#pool.take(fresh)
+  }
+
+  /** A connection back: idle again when it can serve, else closed. */
+  putConnection (conn: Connection, reusable: boolean): void {
+    this.#pool.put(conn, reusable)
+  }
+
+  /** Closes its least recently used idle connection, to make room for another target's. */
+  evictIdle (): boolean {
+    return this.#pool.evictIdle()
+  }
+
+  /** When its least recently used idle connection went idle, or Infinity. */
+  oldestIdle (): number {
+    return this.#pool.oldestIdle()
+  }
+
+  /** Closes idle connections past their time; returns when the next is due, or Infinity. */
+  sweep (now: number): number {
+    return this.#pool.sweep(now)
+  }
+
+  /** When its next idle connection is due to be closed, or Infinity. */
+  nextSweep (): number {
+    return this.#pool.nextSweep()
+  }
+
+  /** An attempt starts on one of its connections. */
+  attemptStarted (): void {
+    this.active++
+    this.requests++
+  }
+
+  /** An attempt ended (its result is put apart, with `putResult`). */
+  attemptEnded (): void {
+    this.active--
+    this.settle()
+  }
+
+  /**
+   * What an attempt with this ticket came to: one call per attempt. A client's
+   * fault or the gateway's own refusal says nothing of the target (a trial it
+   * cut short may run again). Its own failures and answers feed its counters,
+   * moving averages, probation, metrics, breaker and down state.
+   */
+  putResult (ticket: Ticket, result: AttemptResult): void {
+    const category = result.category
+    if (category !== null && faultOf(category) !== 'target') {
+      this.#down.abandon(ticket)
+      return
+    }
+    const failed = category !== null || result.status >= 500
+    if (category !== null && category !== 'http_5xx') this.errors[category] = (this.errors[category] ?? 0) + 1
+    this.#observe(failed, result.latency)
+    this.#owner.observed(this, failed, result.latency)
+    this.meter?.attempt(statusClass(result), result.latency / 1000)
+    this.#judge(ticket, category, result.status, failed)
+  }
+
+  /** An idle connection showed a framing anomaly (undici closed it): a protocol failure of the target's. */
+  anomaly (): void {
+    this.errors.protocol = (this.errors.protocol ?? 0) + 1
+    this.#judge(this.#down.epoch * 2, 'protocol', 0, true)
+  }
+
+  /** Moves its down state and breaker on a result of its own. */
+  #judge (ticket: Ticket, category: ErrorCategory | null, status: number, failed: boolean): void {
+    const down = this.#down
+    const now = this.#owner.now()
+    const connectFailed = category !== null && CONNECT_FAILURES.has(category)
+    const what = category ?? `status ${status}`
+    if (!down.isUp) {
+      // Out of rotation: only its trials tell (an attempt that began before the outage says nothing).
+      if (!isTrial(ticket)) return
+      const cause = down.state.kind === 'up' ? 'connect' : down.state.cause
+      if (connectFailed) down.fail(ticket, 'connect', what, now)
+      // It connects again: a skip for failed connects is over, whatever it answered.
+      else if (cause === 'connect' || !failed) down.succeed(ticket)
+      else down.fail(ticket, 'breaker', `trial failed: ${what}`, now)
+      return
+    }
+    if (!down.current(ticket)) return
+    if (connectFailed) {
+      down.fail(ticket, 'connect', what, now)
+      return
+    }
+    const breaker = this.breaker
+    if (breaker === null) return
+    if (!failed) breaker.success()
+    else if (breaker.failure()) down.fail(ticket, 'breaker', `failures: ${what}`, now)
+  }
+
+  /** A request given this target left before its attempt (the client went away): a trial it held may run again. */
+  abandon (ticket: Ticket): void {
+    this.#down.abandon(ticket)
+  }
+
+  #downChanged (event: DownEvent, cause: SkipCause, reason: string): void {
+    if (event === 'up') {
+      this.breaker?.reset()
+      this.#startRamp()
+    }
+    this.#owner.healthChanged(this, DOWN_CAUSE[cause], event, reason)
+  }
+
+  /** Feeds the recent latency and failure ratio, and the probation after an ejection. */
+  #observe (failed: boolean, latency: number): void {
     if (this.latency === 0) this.latency = latency
     else this.latency += (latency - this.latency) * 0.1
     this.failureRatio += ((failed ? 1 : 0) - this.failureRatio) * 0.1
@@ -177,82 +323,26 @@ export class Target {
     }
   }
 
-  countError (category: ErrorCategory): void {
-    this.errors[category] = (this.errors[category] ?? 0) + 1
-  }
-
   #startRamp (): void {
     if (this.#owner.slowStart > 0) this.rampFrom = this.#owner.now()
   }
 
-  /** An attempt starts on it; true when that attempt is one of its trials after a skip. */
-  attemptStarted (): boolean {
-    if (this.downUntil === 0 || this.#trialsLeft === 0) return false
-    this.#trialsLeft--
-    return true
+  #endEjection (): void {
+    this.ejectedUntil = 0
+    this.probation = PROBATION_ATTEMPTS
+    this.#probationLatency = 0
+    this.#probationFailures = 0
+    this.#owner.healthChanged(this, 'ejected', 'up', 'ejection time over, on probation')
   }
 
-  #skip (cause: 'connect' | 'breaker', trials: number, reason: string): void {
-    const owner = this.#owner
-    const now = owner.now()
-    this.skips++
-    const first = this.downUntil === 0
-    if (first) this.downSince = now
-    this.downUntil = now + skipInterval(this.skips, owner.retryInterval, owner.maxRetryInterval)
-    this.downCause = cause
-    this.#trialsLeft = trials
-    this.#trialsNeeded = trials
-    this.#trialsOk = 0
-    if (first) owner.healthChanged(this, cause === 'connect' ? 'connect_failed' : 'circuit_open', true, reason)
+  /** The epoch of its down state now, for an active probe about to start. */
+  probeStarted (): number {
+    return this.#down.epoch
   }
 
-  #unskip (reason: string): void {
-    const cause = this.downCause
-    this.downUntil = 0
-    this.downCause = null
-    this.skips = 0
-    this.#trialsLeft = 0
-    this.breaker?.reset()
-    this.#owner.healthChanged(this, cause === 'breaker' ? 'circuit_open' : 'connect_failed', false, reason)
-    this.#startRamp()
-  }
-
-  /**
-   * What an attempt on it came to. `category` is null for an answer (whose
-   * `status` then tells); a client hang-up says nothing of the target.
-   */
-  outcome (category: ErrorCategory | null, status: number, trial: boolean): void {
-    if (category === 'client_abort') {
-      if (trial) this.#trialsLeft++ // that trial did not happen: another may
-      return
-    }
-    if (category === 'connect_refused' || category === 'connect_timeout' || category === 'dns' || category === 'tls') {
-      this.#skip('connect', 1, category)
-      return
-    }
-    const failed = (category !== null && BREAKER_FAILURES.has(category)) || status >= 500
-    if (this.downUntil !== 0) {
-      if (this.downCause === 'connect') {
-        // It connects again: the skip is over, whatever it answered.
-        this.#unskip('connected')
-      } else if (trial) {
-        if (failed) this.#skip('breaker', this.breaker?.halfOpenRequests ?? 1, `trial failed: ${category ?? status}`)
-        else if (++this.#trialsOk >= this.#trialsNeeded) this.#unskip('trials succeeded')
-        return
-      } else {
-        // An attempt that started before it was skipped: says nothing of now.
-        return
-      }
-    }
-    const breaker = this.breaker
-    if (breaker === null) return
-    if (!failed) breaker.success()
-    else if (breaker.failure()) this.#skip('breaker', breaker.halfOpenRequests, `failures: ${category ?? status}`)
-  }
-
-  /** An active probe connected: a skip for failed connects is over. */
-  probeConnected (): void {
-    if (this.downCause === 'connect') this.#unskip('an active check connected')
+  /** An active probe that started in that epoch connected: a skip for failed connects is over. */
+  probeConnected (epoch: number): void {
+    this.#down.connected(epoch)
   }
 
   /** Active health checks marked it down or up. */
@@ -260,7 +350,7 @@ export class Target {
     if (this.hcDown === down) return
     this.hcDown = down
     this.hcSince = this.#owner.now()
-    this.#owner.healthChanged(this, 'active_health', down, reason)
+    this.#owner.healthChanged(this, 'active_health', down ? 'down' : 'up', reason)
     if (!down) this.#startRamp()
   }
 
@@ -270,13 +360,18 @@ export class Target {
     this.ejections++
     this.ejectedSince = this.#owner.now()
     this.ejectedUntil = until
-    this.#owner.healthChanged(this, 'ejected', true, reason)
+    this.#owner.healthChanged(this, 'ejected', 'down', reason)
   }
 
-  /** Milliseconds until it may be tried again, 0 when it may now. */
-  retryIn (): number {
-    if (this.downUntil === 0) return 0
-    return Math.max(0, this.downUntil - this.#owner.now())
+  /** Milliseconds until a trial may start on it, 0 when one may now. */
+  retryIn (now: number): number {
+    return this.#down.retryIn(now)
+  }
+
+  /** Whether a trial of it is under way: its result may bring it back. */
+  get trialInFlight (): boolean {
+    const s = this.#down.state
+    return s.kind === 'trying' && s.inFlight > 0
   }
 
   /** Called whenever `active` or `leased` goes down. */
@@ -290,45 +385,49 @@ export class Target {
 
   /** Takes it out of rotation, waits for what is in flight on it, then closes its connections. */
   async drain (): Promise<void> {
-    if (this.state !== 'draining') {
-      this.state = 'draining'
-      this.#owner.healthChanged(this, 'draining', true, 'removed')
+    if (!this.#draining) {
+      this.#draining = true
+      this.#owner.healthChanged(this, 'draining', 'down', 'removed')
     }
     if (this.active > 0 || this.leased > 0) {
       await new Promise<void>((resolve) => { this.#onIdle = resolve })
     }
-    await this.pool.close()
+    await this.#pool.close()
   }
 
-  /** Every cause that keeps it out of rotation now, with since when. */
-  causes (): TargetStats['health'] {
+  /** Every cause that keeps it out of rotation now, with since when. Reads only. */
+  causes (now: number): TargetStats['health'] {
     const out: TargetStats['health'] = []
-    if (this.state === 'draining') out.push({ cause: 'draining', since: null, until: null })
-    if (this.downUntil !== 0) {
-      out.push({ cause: this.downCause === 'breaker' ? 'circuit_open' : 'connect_failed', since: this.downSince, until: this.downUntil })
-    }
+    if (this.#draining) out.push({ cause: 'draining', since: null, until: null })
+    const s = this.#down.state
+    if (s.kind !== 'up') out.push({ cause: DOWN_CAUSE[s.cause], since: s.since, until: s.until })
     if (this.hcDown) out.push({ cause: 'active_health', since: this.hcSince, until: null })
-    if (this.ejectedUntil !== 0 && this.#owner.now() < this.ejectedUntil) out.push({ cause: 'ejected', since: this.ejectedSince, until: this.ejectedUntil })
+    if (this.ejectedUntil > now) out.push({ cause: 'ejected', since: this.ejectedSince, until: this.ejectedUntil })
     return out
   }
 
+  /** Plain JSON of its state. Reads only. */
   stats (now: number): TargetStats {
-    const pool = this.pool
+    const pool = this.#pool
     const counts = this.breaker?.counts()
+    const s = this.#down.state
+    let breaker: 'closed' | 'open' | 'half-open' = 'closed'
+    if (s.kind !== 'up' && s.cause === 'breaker') breaker = s.kind === 'skipped' && now < s.until ? 'open' : 'half-open'
     return {
       url: this.url,
       origin: this.origin,
       weight: this.weight,
-      state: this.state,
-      available: this.available,
-      health: this.causes(),
-      down: this.downUntil === 0 ? null : { since: this.downSince, until: this.downUntil, failures: this.skips, trial: this.#trialsLeft < this.#trialsNeeded },
-      breaker: this.breaker === null ? null : { state: this.downCause === 'breaker' ? (now >= this.downUntil ? 'half-open' : 'open') : 'closed', ...counts! },
+      state: this.#draining ? 'draining' : 'up',
+      available: this.available(now),
+      health: this.causes(now),
+      down: s.kind === 'up' ? null : { since: s.since, until: s.until, failures: s.failedTrials + 1, trial: s.kind === 'trying' && s.inFlight > 0 },
+      breaker: this.breaker === null ? null : { state: breaker, ...counts! },
       ejections: this.ejections,
       slowStart: this.rampFrom !== 0,
       latency: Math.round(this.latency * 10) / 10,
       failureRatio: Math.round(this.failureRatio * 1000) / 1000,
       active: this.active,
+      busy: pool.busy,
       idle: pool.idle.length,
       connections: pool.open,
       opened: pool.opened,
@@ -336,6 +435,7 @@ export class Target {
       connectionAges: pool.ages(now),
       requests: this.requests,
       errors: { ...this.errors },
+      healthCheckFailures: this.hcFailures,
       age: now - this.addedAt
     }
   }

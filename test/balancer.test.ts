@@ -1,6 +1,6 @@
 import t from 'tap'
 import { ConsistentHash, LeastRequest, RoundRobin, WeightedRandom, hash32, makeBalancer } from '../lib/balancer.js'
-import type { Balancer, Pickable } from '../lib/balancer.js'
+import type { Balancer, PickContext, Pickable } from '../lib/balancer.js'
 import { seeded } from './helpers/random.js'
 
 class T implements Pickable {
@@ -16,6 +16,11 @@ class T implements Pickable {
   canTake (): boolean { return this.up }
 }
 
+/** A request's context with a key (and nothing to avoid). */
+function ctx (key: string | undefined): PickContext<T> {
+  return { key, shouldSelectAnotherHost: () => false }
+}
+
 function targets (n: number, weight = (_i: number) => 1): T[] {
   return Array.from({ length: n }, (_, i) => new T(`t${i}`, weight(i)))
 }
@@ -23,7 +28,7 @@ function targets (n: number, weight = (_i: number) => 1): T[] {
 function counts (b: Balancer<T>, picks: number, key?: (i: number) => string): Map<T, number> {
   const m = new Map<T, number>()
   for (let i = 0; i < picks; i++) {
-    const x = b.pick(key?.(i))!
+    const x = b.pick(ctx(key?.(i)))!
     m.set(x, (m.get(x) ?? 0) + 1)
   }
   return m
@@ -101,13 +106,13 @@ t.test('consistent-hash: a key always reaches the same target; removing 1 of 10 
   const ch = new ConsistentHash<T>(seeded(4))
   ch.update(ts)
   const keys = Array.from({ length: 10000 }, (_, i) => `user-${i}`)
-  const before = keys.map((k) => ch.pick(k)!)
-  t.same(keys.map((k) => ch.pick(k)!), before, 'stable')
+  const before = keys.map((k) => ch.pick(ctx(k))!)
+  t.same(keys.map((k) => ch.pick(ctx(k))!), before, 'stable')
   const loads = ts.map((x) => before.filter((b) => b === x).length)
   t.ok(Math.min(...loads) > 600 && Math.max(...loads) < 1400, `spread over the ring: ${loads.join(' ')}`)
   const removed = ts[3]
   ch.update(ts.filter((x) => x !== removed))
-  const after = keys.map((k) => ch.pick(k)!)
+  const after = keys.map((k) => ch.pick(ctx(k))!)
   const moved = keys.filter((_, i) => after[i] !== before[i]).length
   t.ok(moved <= 10000 * 0.12, `${moved} of 10000 keys moved (about a tenth)`)
   t.ok(keys.every((_, i) => after[i] === before[i] || before[i] === removed), 'only the removed target\'s keys moved')
@@ -115,11 +120,11 @@ t.test('consistent-hash: a key always reaches the same target; removing 1 of 10 
   ch.update(ts)
   const k = keys.find((_, i) => before[i] === ts[5])!
   ts[5].up = false
-  const elsewhere = ch.pick(k)!
+  const elsewhere = ch.pick(ctx(k))!
   t.not(elsewhere, ts[5])
-  t.equal(ch.pick(k), elsewhere, 'the same next target every time')
+  t.equal(ch.pick(ctx(k)), elsewhere, 'the same next target every time')
   ts[5].up = true
-  t.equal(ch.pick(k), ts[5], 'back when it can take requests again')
+  t.equal(ch.pick(ctx(k)), ts[5], 'back when it can take requests again')
   t.type(ch.pick(), T, 'without a key: least request')
   t.equal(hash32('abc'), hash32('abc'))
   t.not(hash32('abc'), hash32('abd'))
@@ -132,13 +137,30 @@ t.test('every policy skips targets that cannot take a request, through the one p
     b.update(ts)
     ts[1].up = false
     ts[3].up = false
-    const picked = new Set(Array.from({ length: 500 }, (_, i) => b.pick(`k${i}`)))
+    const picked = new Set(Array.from({ length: 500 }, (_, i) => b.pick(ctx(`k${i}`))))
     t.notOk(picked.has(ts[1]) || picked.has(ts[3]), `${policy}: never an unavailable target`)
     t.equal(picked.size, 3, `${policy}: every available one is used`)
     for (const x of ts) x.up = false
-    t.equal(b.pick('k'), undefined, `${policy}: none when none can take it`)
+    t.equal(b.pick(ctx('k')), undefined, `${policy}: none when none can take it`)
     b.update([])
-    t.equal(b.pick('k'), undefined, `${policy}: none when there are no targets`)
+    t.equal(b.pick(ctx('k')), undefined, `${policy}: none when there are no targets`)
+  }
+})
+
+t.test('every policy avoids the targets a request\'s context names (Envoy\'s shouldSelectAnotherHost), and only for that request', async (t) => {
+  for (const policy of ['round-robin', 'least-request', 'random', 'consistent-hash'] as const) {
+    const ts = targets(4)
+    const b = makeBalancer<T>(policy, seeded(9))
+    b.update(ts)
+    const tried = new Set([ts[0], ts[2]])
+    const retry: PickContext<T> = { key: 'k', shouldSelectAnotherHost: (x) => tried.has(x) }
+    const picked = new Set(Array.from({ length: 200 }, () => b.pick(retry)))
+    t.notOk(picked.has(ts[0]) || picked.has(ts[2]), `${policy}: never a target the retry tried`)
+    t.ok(picked.has(ts[1]) || picked.has(ts[3]), `${policy}: one it did not`)
+    const others = new Set(Array.from({ length: 400 }, (_, i) => b.pick(ctx(`o${i}`))))
+    t.ok(others.has(ts[0]) && others.has(ts[2]), `${policy}: another request still reaches them`)
+    tried.add(ts[1]).add(ts[3])
+    t.equal(b.pick(retry), undefined, `${policy}: none when the context rules out every target`)
   }
 })
 

@@ -1,29 +1,22 @@
 import t from 'tap'
 import fc from 'fast-check'
-import type { Dispatcher } from 'undici'
 import { Upstream } from '../lib/upstream.js'
-import type { Lease } from '../lib/upstream.js'
+import type { Lease } from '../lib/lease.js'
 import { resolveOptions } from '../lib/options/index.js'
 import type { ResolvedUpstream } from '../lib/options/index.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
+import { admit, send } from './helpers/leases.js'
 
 function config (pool: Record<string, unknown>, targets = ['http://127.0.0.1:1', 'http://127.0.0.1:2']): ResolvedUpstream {
   return resolveOptions({ upstreams: { u: { targets, balance: 'round-robin', pool } } }).upstreams[0]
-}
-
-const noop: Dispatcher.DispatchHandler = { onError () {}, onComplete () {}, onHeaders () { return true }, onData () { return true }, onConnect () {} }
-
-/** Starts the attempt of a lease on its connection. */
-function send (up: Upstream, lease: Lease): void {
-  up.dispatcher.run({ path: '/', method: 'GET' }, noop, lease, false)
 }
 
 t.test('idleTimeout with an injected clock: the sweep closes connections idle that long, the most recently used last', async (t) => {
   let now = 1000
   const made: FakeClient[] = []
   const up = new Upstream(config({ idleTimeout: '10s' }, ['http://127.0.0.1:1']), { factory: fakeFactory(made), now: () => now })
-  const leases = [up.tryAdmit()!, up.tryAdmit()!]
-  for (const l of leases) send(up, l)
+  const leases = [admit(up)!, admit(up)!]
+  for (const l of leases) send(l)
   made[0].complete() // idle at 1000
   now = 5000
   made[1].complete() // idle at 5000
@@ -38,8 +31,10 @@ t.test('idleTimeout with an injected clock: the sweep closes connections idle th
   t.equal(made[0].destroyed, true)
   t.equal(made[1].destroyed, false)
   // LIFO: the next request gets the most recently used connection.
-  const l = up.tryAdmit()!
-  t.equal(l.conn?.client, made[1])
+  const l = admit(up)!
+  send(l)
+  t.equal(made[1].dispatched, 2, 'the one idle since 5000 carries it')
+  made[1].complete()
   l.release()
   now = 15_000 + 10_000
   up.sweep()
@@ -50,14 +45,16 @@ t.test('idleTimeout with an injected clock: the sweep closes connections idle th
 t.test('get hands out the most recently used idle connection first (LIFO)', async (t) => {
   const made: FakeClient[] = []
   const up = new Upstream(config({}, ['http://127.0.0.1:1']), { factory: fakeFactory(made) })
-  const ls = [up.tryAdmit()!, up.tryAdmit()!, up.tryAdmit()!]
-  for (const l of ls) send(up, l)
+  const ls = [admit(up)!, admit(up)!, admit(up)!]
+  for (const l of ls) send(l)
   made[2].complete()
   made[0].complete()
   made[1].complete()
   for (const l of ls) l.release()
-  const next = up.tryAdmit()!
-  t.equal(next.conn?.client, made[1], 'last put back, first out')
+  const next = admit(up)!
+  send(next)
+  t.same(made.map((c) => c.dispatched), [1, 2, 1], 'last put back, first out')
+  made[1].complete()
   next.release()
   await up.close()
 })
@@ -65,16 +62,19 @@ t.test('get hands out the most recently used idle connection first (LIFO)', asyn
 t.test('a connection whose socket closed while idle leaves the idle set on the event', async (t) => {
   const made: FakeClient[] = []
   const up = new Upstream(config({}, ['http://127.0.0.1:1']), { factory: fakeFactory(made) })
-  const l = up.tryAdmit()!
-  send(up, l)
+  const l = admit(up)!
+  send(l)
   made[0].complete()
   l.release()
   t.equal(up.stats().idle, 1)
   made[0].closeSocket()
   t.equal(up.stats().idle, 0)
   t.equal(up.stats().connections, 0)
-  const l2 = up.tryAdmit()!
-  t.not(l2.conn?.client, made[0], 'a fresh connection')
+  const l2 = admit(up)!
+  send(l2)
+  t.equal(made.length, 2, 'a fresh connection')
+  t.equal(made[1].dispatched, 1)
+  made[1].complete()
   l2.release()
   await up.close()
 })
@@ -123,27 +123,27 @@ t.test('property: any sequence of acquire, release, socket close, failure, targe
         const s = up.stats()
         if (up.limits.open > maxActive) throw new Error(`open ${up.limits.open} > maxActive ${maxActive}`)
         if (up.limits.idle > maxIdle) throw new Error(`idle ${up.limits.idle} > maxIdle ${maxIdle}`)
-        for (const target of up.targets) {
-          if (target.pool.open > Math.min(perTarget, maxActive)) throw new Error(`target open ${target.pool.open} > maxActivePerTarget`)
+        for (const target of s.targets) {
+          if (target.connections > Math.min(perTarget, maxActive)) throw new Error(`target open ${target.connections} > maxActivePerTarget`)
         }
         const live = made.filter((c) => !c.destroyed).length
         if (live !== up.limits.open) throw new Error(`live clients ${live} != open count ${up.limits.open}`)
-        if (s.idle !== up.targets.reduce((n, x) => n + x.pool.idle.length, 0) && removals.length === 0) throw new Error('idle count drift')
+        if (s.idle !== s.targets.reduce((n, x) => n + x.idle, 0) && removals.length === 0) throw new Error('idle count drift')
         for (const c of made) if (c.inflight.length > 1) throw new Error('two attempts on one connection')
       }
       for (const o of ops) {
         switch (o.op) {
           case 'admit': {
             try {
-              const l = up.tryAdmit()
+              const l = admit(up)
               if (l !== null) leases.push(l)
             } catch {}
             break
           }
           case 'send': {
             const l = leases[o.i % Math.max(1, leases.length)]
-            if (l !== undefined && l.conn !== null && !l.conn.closed) {
-              send(up, l)
+            if (l !== undefined && !sent.includes(l)) {
+              send(l)
               sent.push(l)
             }
             break

@@ -15,7 +15,8 @@ interface ErrorBody { statusCode: number, code: string, error: string, message: 
 t.test('connect refused: 502 FST_SSSONECTOR_UPSTREAM_CONNECT, never a 500; then the target is skipped: fast 503', async (t) => {
   const port = await refusedPort()
   const gw = await startGateway(t, {
-    upstreams: { a: { targets: [`http://127.0.0.1:${port}`] } },
+    // Long enough that no quick trial (a hundredth of it, 6 s) falls within the test.
+    upstreams: { a: { targets: [`http://127.0.0.1:${port}`], pool: { retryInterval: '10m', maxRetryInterval: '1h' } } },
     routes: [{ prefix: '/', upstream: 'a' }]
   })
   const res = await request(`${gw.url}/x`, { dispatcher: gw.agent, method: 'POST', body: 'x' })
@@ -26,7 +27,7 @@ t.test('connect refused: 502 FST_SSSONECTOR_UPSTREAM_CONNECT, never a 500; then 
   t.equal(body.statusCode, 502)
   const again = await request(`${gw.url}/x`, { dispatcher: gw.agent })
   t.equal(again.statusCode, 503, 'skipped for pool.retryInterval')
-  t.equal(again.headers['retry-after'], '5')
+  t.equal(again.headers['retry-after'], '600')
   t.equal((await again.body.json() as ErrorBody).code, 'FST_SSSONECTOR_NO_TARGET')
   const s = gw.app.sssonector.upstream('a').stats()
   t.equal(s.targets[0].errors.connect_refused, 1, 'one connect attempt, not two')

@@ -1,5 +1,4 @@
 import t from 'tap'
-import type { Dispatcher } from 'undici'
 import { ProbeCounter } from '../lib/health-checker.js'
 import { CircuitBreaker } from '../lib/circuit-breaker.js'
 import { OutlierDetector } from '../lib/outlier-detector.js'
@@ -10,6 +9,7 @@ import { PROBATION_ATTEMPTS } from '../lib/target.js'
 import type { Target } from '../lib/target.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
 import { seeded } from './helpers/random.js'
+import { admit, send } from './helpers/leases.js'
 
 t.test('active checks: down after exactly unhealthyThreshold failed probes, up after exactly healthyThreshold good ones', async (t) => {
   const c = new ProbeCounter(2, 3)
@@ -71,19 +71,19 @@ function upstream (extra: Record<string, unknown>, n = 3, clock = { now: 0 }): {
   return { up, made, lines }
 }
 
-const noop: Dispatcher.DispatchHandler = { onConnect () {}, onHeaders () { return true }, onData () { return true }, onComplete () {}, onError () {} }
-
-/** One request through the upstream, answered with this status by whichever fake client gets it. */
+/** One request (a POST: never retried) through the upstream, answered with this status by whichever fake client gets it. */
 function serve (up: Upstream, made: FakeClient[], status: number): Target {
-  const lease = up.tryAdmit()!
+  const lease = admit(up)!
   const target = lease.target
-  up.dispatcher.run({ method: 'POST', path: '/', headers: {} }, noop, lease, false)
-  const c = made.find((x) => x.inflight.length > 0)!
-  const h = c.inflight.shift()!
-  h.onHeaders!(status, [], () => {}, '')
-  h.onComplete!(null)
+  send(lease, undefined, { method: 'POST' })
+  made.find((x) => x.inflight.length > 0)!.complete(status)
   lease.release()
   return target
+}
+
+/** What a target's own attempt came to, put into it directly. */
+function result (x: Target, latency: number, status = 200): void {
+  x.putResult(x.begin(), { category: null, status, latency })
 }
 
 t.test('the breaker, as a cause of the target\'s state: opens, skips for retryInterval, half-opens for its trials, closes', async (t) => {
@@ -97,7 +97,7 @@ t.test('the breaker, as a cause of the target\'s state: opens, skips for retryIn
   const flaky = up.targets[0]
   // Round-robin: every third request lands on the first target; it answers 503, the others 200.
   for (let i = 0; i < 9; i++) serve(up, made, i % 3 === 0 ? 503 : 200)
-  t.equal(flaky.available, false, 'open after 3 failures in a row')
+  t.equal(flaky.available(clock.now), false, 'open after 3 failures in a row')
   t.match(up.stats().targets[0].breaker, { state: 'open' })
   t.match(up.stats().targets[0].health, [{ cause: 'circuit_open', since: 0, until: 1000 }])
   t.equal(lines.filter((l) => l.obj.cause === 'circuit_open').length, 1, 'logged once')
@@ -109,35 +109,41 @@ t.test('the breaker, as a cause of the target\'s state: opens, skips for retryIn
   const picked: Target[] = []
   for (let i = 0; i < 6; i++) picked.push(serve(up, made, 404))
   t.equal(picked.filter((x) => x === flaky).length, 2, 'exactly halfOpenRequests trials')
-  t.equal(flaky.available, true, 'closed after its trials succeeded')
+  t.equal(flaky.available(clock.now), true, 'closed after its trials succeeded')
   t.equal(lines.filter((l) => l.level === 'info' && l.obj.cause === 'circuit_open').length, 1, 'its return logged once')
   // A failed trial reopens it for twice as long.
   for (let i = 0; i < 9; i++) serve(up, made, i % 3 === 0 ? 500 : 200)
-  t.equal(flaky.available, false)
+  t.equal(flaky.available(clock.now), false)
   clock.now = 3000
   while (serve(up, made, 200) !== flaky) { /* until its trial */ }
-  t.equal(flaky.available, true, 'one trial in, one left')
+  t.equal(flaky.available(clock.now), true, 'one trial in, one left')
   while (serve(up, made, 502) !== flaky) { /* its second trial fails */ }
-  t.equal(flaky.downUntil - clock.now, 2000, 'reopened for twice retryInterval')
+  t.equal(up.stats().targets[0].down!.until - clock.now, 2000, 'reopened for twice retryInterval')
   await up.close()
 })
 
-t.test('panic: below panicThreshold healthy, the judgement flags are set aside; 0 keeps the fast 503', async (t) => {
+t.test('panic: below panicThreshold healthy, the judgement flags are set aside, a skip is not; 0 keeps the fast 503', async (t) => {
   const { up } = upstream({ panicThreshold: 50 })
   up.targets[0].setActiveHealth(true, 'test')
   t.equal(up.panic, false, '2 of 3 healthy')
   up.targets[1].setActiveHealth(true, 'test')
   t.equal(up.panic, true, '1 of 3 healthy: panic')
-  t.ok(up.targets.every((x) => x.available), 'every target in rotation again')
-  up.targets[0].outcome('connect_refused', 0, false)
-  t.equal(up.targets[0].available, false, 'a refused connect is a fact, not set aside')
+  t.ok(up.targets.every((x) => x.available(0)), 'every target in rotation again')
+  const x = up.targets[0]
+  x.putResult(x.begin(), { category: 'connect_refused', status: 0, latency: 1 })
+  t.equal(x.available(0), false, 'a refused connect is a fact, not set aside')
+  const y = up.targets[1]
+  y.breaker!.failure(); y.breaker!.failure(); y.breaker!.failure(); y.breaker!.failure()
+  y.putResult(y.begin(), { category: null, status: 503, latency: 1 })
+  t.match(up.stats().targets[1].breaker, { state: 'open' }, 'its breaker opened on real traffic')
+  t.equal(y.available(0), false, 'an open breaker is not set aside either: its trials bring it back')
   t.equal(up.stats().panic, true)
   await up.close()
 
   const strict = upstream({ panicThreshold: 0 }).up
   for (const x of strict.targets) x.setActiveHealth(true, 'test')
   t.equal(strict.panic, false)
-  t.throws(() => strict.tryAdmit(), { code: 'FST_SSSONECTOR_NO_TARGET' })
+  t.throws(() => admit(strict), { code: 'FST_SSSONECTOR_NO_TARGET' })
   await strict.close()
 })
 
@@ -169,7 +175,7 @@ t.test('probation: back from an ejection, a target makes its attempts one at a t
   const clock = { now: 0 }
   const { up, lines } = upstream({ outlierDetection: { baseEjectionTime: '1s', maxEjectionTime: '10s' } }, 3, clock)
   const [a, b, c] = up.targets
-  for (let i = 0; i < 5; i++) { b.observe(false, 5); c.observe(false, 5) }
+  for (let i = 0; i < 5; i++) { result(b, 5); result(c, 5) }
   a.eject(1000, 'test')
   t.equal(a.canTake(), false, 'ejected')
   clock.now = 1000
@@ -178,9 +184,9 @@ t.test('probation: back from an ejection, a target makes its attempts one at a t
   a.leased = 1
   t.equal(a.canTake(), false, 'one probation attempt at a time')
   a.leased = 0
-  for (let i = 0; i < PROBATION_ATTEMPTS - 1; i++) a.observe(false, 200)
+  for (let i = 0; i < PROBATION_ATTEMPTS - 1; i++) result(a, 200)
   t.equal(a.ejectedUntil, 0, 'judged only once its attempts are in')
-  a.observe(false, 200)
+  result(a, 200)
   t.equal(a.ejections, 2, 'still slow: ejected again')
   t.ok(a.ejectedUntil >= 3000 && a.ejectedUntil <= 3200, `for twice the base time: until ${a.ejectedUntil}`)
   t.equal(a.probation, 0)
@@ -189,7 +195,7 @@ t.test('probation: back from an ejection, a target makes its attempts one at a t
 
   clock.now = a.ejectedUntil
   t.equal(a.canTake(), true)
-  for (let i = 0; i < PROBATION_ATTEMPTS; i++) a.observe(false, 7)
+  for (let i = 0; i < PROBATION_ATTEMPTS; i++) result(a, 7)
   t.equal(a.ejectedUntil, 0, 'fast again: it stays')
   t.equal(a.probation, 0, 'probation over')
   t.ok(lines.some((l) => l.msg === 'target passed its probation after an ejection'))
@@ -198,7 +204,7 @@ t.test('probation: back from an ejection, a target makes its attempts one at a t
   a.eject(clock.now + 1000, 'test')
   clock.now += 1100
   t.equal(a.canTake(), true)
-  a.observe(true, 5); a.observe(true, 5); a.observe(false, 5)
+  result(a, 5, 500); result(a, 5, 500); result(a, 5)
   t.equal(a.ejections, 4, 'failing on probation: ejected again')
   await up.close()
 })

@@ -271,6 +271,9 @@ export type ErrorCategory =
   | 'no_target'
   | 'body_too_large'
   | 'client_abort'
+  | 'client_body'
+  | 'client_timeout'
+  | 'bad_request'
   | 'unknown'
 
 /** Why a target is out of rotation: each cause is flagged apart. */
@@ -302,6 +305,8 @@ export interface TargetStats {
   down: { since: number, until: number, failures: number, trial: boolean } | null
   /** Requests on this target now (sent, response not finished). */
   active: number
+  /** Connections in use now (handed to a request, busy or about to be). */
+  busy: number
   /** Idle keep-alive connections. */
   idle: number
   /** Connections open (connecting, busy or idle). */
@@ -314,8 +319,10 @@ export interface TargetStats {
   connectionAges: number[]
   /** Attempts sent to this target since start. */
   requests: number
-  /** Attempts that failed, by category. */
+  /** Its own failed attempts, by category (a client's faults and 5xx answers aside). */
   errors: Partial<Record<ErrorCategory, number>>
+  /** Active probes that failed since start. */
+  healthCheckFailures: number
   /** Milliseconds since the target was added. */
   age: number
 }
@@ -336,6 +343,10 @@ export interface UpstreamStats {
   admitted: number
   /** Requests refused at admission, by category. */
   rejected: Partial<Record<ErrorCategory, number>>
+  /** Requests that failed by the client's own fault (a bad, abandoned or slow body, a hang-up), by category: never counted against a target. */
+  clientErrors: Partial<Record<ErrorCategory, number>>
+  /** Counted retries in flight, against the retry budget. */
+  retriesActive: number
   targets: TargetStats[]
 }
 

@@ -1,0 +1,612 @@
+import type { Dispatcher } from 'undici'
+import type { IncomingHttpHeaders } from 'node:http'
+import type { ErrorCategory } from '../types/index.js'
+import type { ResolvedUpstream } from './options/index.js'
+import type { Target } from './target.js'
+import type { Connection } from './connection-pool.js'
+import type { Ticket } from './down-state.js'
+import type { PickContext } from './balancer.js'
+import { retryAfterError, retryAfterStatus } from './retry-policy.js'
+import type { RetryBudget, RetryVerdict } from './retry-policy.js'
+import { fullJitter } from './backoff.js'
+import {
+  ClientBodyError, NoTargetError, RequestTimeoutError, UpstreamStatusError, faultOf, toUpstreamError
+} from './errors.js'
+import type { SssonectorError } from './errors.js'
+
+type Handler = Dispatcher.DispatchHandler
+type Controller = Dispatcher.DispatchController
+type Options = Dispatcher.DispatchOptions & { origin: string | URL }
+
+/** A target chosen for an attempt: the connection taken on it and the ticket its result takes back. */
+export interface Slot {
+  target: Target
+  conn: Connection
+  ticket: Ticket
+}
+
+/** What an exchange needs from its upstream (the upstream implements it; nothing here knows the upstream). */
+export interface ExchangeHost {
+  readonly name: string
+  readonly config: ResolvedUpstream
+  readonly budget: RetryBudget
+  /** Requests active now, against which the retry budget is measured. */
+  readonly active: number
+  now: () => number
+  random: () => number
+  /**
+   * A target for the next attempt, chosen by the balancer with this request's
+   * context, and a connection on it (`fresh`: a new one, when that target is the
+   * one whose connection just broke); null when none can take it now.
+   */
+  take: (context: PickContext<Target>, broken: Target | null) => Slot | null
+  /** Whether any target is in rotation. */
+  anyInRotation: () => boolean
+  /** Whether any target is not leaving (a retry after a backoff might find it back, or take its trial). */
+  anyTarget: () => boolean
+  /** Whether some target fits this context now, asked of each target (no balancer state moves). */
+  fits: (context: PickContext<Target>) => boolean
+  /** Logs a failed attempt (debug for a client's fault, info when retried, warn when it was the last). */
+  attemptFailed: (target: Target, category: ErrorCategory, attempt: number, retried: boolean) => void
+  /** Logs a retry that could not happen. */
+  retryGivenUp: (target: Target, category: ErrorCategory, attempt: number, why: string) => void
+  /** Counts a retry, by the category of the attempt retried. */
+  retried: (category: ErrorCategory) => void
+}
+
+/** What one attempt came to, kept on the lease once a request takes more than one. */
+export interface AttemptOutcome {
+  target: string
+  /** The status of the answer, 0 when there was none. */
+  status: number
+  category: ErrorCategory | null
+  /** Milliseconds. */
+  latency: number
+  retried: boolean
+}
+
+/** Where an exchange keeps its record and tells its end: the lease. */
+export interface ExchangeRecord {
+  /** Status or failure and latency (ms) of the last attempt, for metrics and logs. */
+  status: number
+  category: ErrorCategory | null
+  latency: number
+  attempts: number
+  history: AttemptOutcome[] | null
+  /** The exchange ended (answer complete, or failed). */
+  ended: () => void
+}
+
+/** A retriable answer's body up to this size is kept while a retry is tried, and passed on if none can be; a larger one is cut. */
+const KEEP_LIMIT = 64 * 1024
+
+/** A retriable answer kept while its retry is tried: passed on as it was if the retry cannot happen. */
+interface KeptAnswer {
+  status: number
+  statusText: string
+  rawHeaders: Buffer[]
+  headers: IncomingHttpHeaders
+  chunks: Buffer[]
+  rawTrailers: Buffer[] | null
+  trailers: IncomingHttpHeaders
+}
+
+type Body = Dispatcher.DispatchOptions['body']
+type BodyStream = { readableDidRead?: boolean, destroyed?: boolean, errored?: unknown, readableEnded?: boolean, pipe?: unknown }
+
+/** Whether a request body can be sent again: none, a buffer, or a stream nothing has read yet. */
+function replayable (body: Body): boolean {
+  if (body == null || typeof body === 'string' || body instanceof Uint8Array) return true
+  const r = body as BodyStream
+  return r.readableDidRead === false && r.destroyed !== true
+}
+
+/** Whether the request body, a stream, has not come in whole. */
+function unfinished (body: Body): boolean {
+  if (body == null || typeof body === 'string' || body instanceof Uint8Array) return false
+  const r = body as BodyStream
+  return typeof r.pipe === 'function' && r.readableEnded !== true
+}
+
+/** The failure of the request body's own stream (the client's), or null. */
+function bodyFailure (body: Body): unknown {
+  if (body == null || typeof body === 'string' || body instanceof Uint8Array) return null
+  return (body as BodyStream).errored ?? null
+}
+
+/** Sets the Host of an attempt's target in the request headers (a flat list from the route has it first). */
+function setHost (opts: Options, host: string): void {
+  const headers = opts.headers as unknown
+  if (Array.isArray(headers)) {
+    if (headers[0] === 'host') headers[1] = host
+    else opts.headers = ['host', host, ...withoutHost(headers)] as unknown as string[]
+  } else if (headers != null) {
+    (headers as Record<string, unknown>).host = host
+  } else {
+    opts.headers = { host }
+  }
+}
+
+function withoutHost (list: unknown[]): unknown[] {
+  const out: unknown[] = []
+  for (let i = 0; i < list.length; i += 2) {
+    if (String(list[i]).toLowerCase() !== 'host') out.push(list[i], list[i + 1])
+  }
+  return out
+}
+
+/** One attempt on one target: undici's current handler API, forwarding to its exchange. */
+class Attempt implements Handler {
+  readonly exchange: Exchange
+  readonly target: Target
+  readonly conn: Connection
+  readonly ticket: Ticket
+  readonly startedAt: number
+  controller: Controller | null = null
+  status = 0
+  /** Body bytes of the answer passed on. */
+  bytes = 0
+  /** A retriable answer being read and dropped (kept when it fits), or cut. */
+  discarding = false
+  kept: KeptAnswer | null = null
+  /** The error this attempt was cut with, to tell it from any other. */
+  cut: Error | null = null
+  #resume: (() => void) | null = null
+
+  constructor (exchange: Exchange, slot: Slot, now: number) {
+    this.exchange = exchange
+    this.target = slot.target
+    this.conn = slot.conn
+    this.ticket = slot.ticket
+    this.startedAt = now
+  }
+
+  /** The resume callback the deprecated API hands on: made once per attempt. */
+  get resume (): () => void {
+    return (this.#resume ??= () => { this.controller?.resume() })
+  }
+
+  onRequestStart (controller: Controller): void {
+    this.controller = controller
+    this.exchange.onAttemptStart(this, controller)
+  }
+
+  onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
+    this.controller = controller
+    this.exchange.onAttemptHeaders(this, controller, statusCode, headers, statusMessage ?? '')
+  }
+
+  onResponseData (controller: Controller, chunk: Buffer): void {
+    this.exchange.onAttemptData(this, controller, chunk)
+  }
+
+  onResponseEnd (controller: Controller, trailers: IncomingHttpHeaders): void {
+    this.exchange.onAttemptEnd(this, controller, trailers)
+  }
+
+  onResponseError (_controller: Controller | undefined, err: Error): void {
+    this.exchange.onAttemptError(this, err)
+  }
+}
+
+/** The controller a caller on undici's current handler API holds for the whole exchange: it follows the attempt passed on. */
+class ExchangeController implements Controller {
+  readonly #exchange: Exchange
+  #paused = false
+  target: Controller | null = null
+
+  constructor (exchange: Exchange) {
+    this.#exchange = exchange
+  }
+
+  get aborted (): boolean { return this.#exchange.abortReason !== null }
+  get paused (): boolean { return this.#paused }
+  get reason (): Error | null { return this.#exchange.abortReason }
+  get rawHeaders (): Buffer[] | null { return (this.target?.rawHeaders as Buffer[] | undefined) ?? null }
+  get rawTrailers (): Buffer[] | null { return (this.target?.rawTrailers as Buffer[] | undefined) ?? null }
+  abort (reason: Error): void { this.#exchange.abort(reason) }
+  pause (): void {
+    this.#paused = true
+    this.target?.pause()
+  }
+
+  resume (): void {
+    this.#paused = false
+    this.target?.resume()
+  }
+}
+
+/**
+ * One request through the upstream, over one or more attempts: each attempt
+ * runs on a connection of its target; while nothing of the answer has gone to
+ * the caller, a failed attempt moves to another target (failover), as the
+ * pure retry decision (retry-policy.ts), the retry budget and the targets in
+ * rotation allow. Each attempt's result goes once into its target. The caller's
+ * handler may speak undici's current or deprecated handler API.
+ */
+export class Exchange implements PickContext<Target> {
+  readonly #host: ExchangeHost
+  readonly #record: ExchangeRecord
+  readonly #opts: Options
+  readonly #inner: Handler
+  readonly #current: boolean
+  #controller: ExchangeController | null = null
+  #attempt: Attempt | null = null
+  #tried: Target[] | null = null
+  /** After a backoff, a target already tried may be taken again. */
+  #allowTried = false
+  #last: SssonectorError | null = null
+  #kept: KeptAnswer | null = null
+  /** The answer's headers went to the caller: no retry from here on. */
+  #started = false
+  #aborted: Error | null = null
+  #wait: NodeJS.Timeout | null = null
+  #deadline: NodeJS.Timeout | null = null
+  #budgetWaited = false
+  /** The target of the attempt in flight, or of the last one. */
+  #lastTried: Target | null = null
+  /** The attempt in flight is a counted retry (it holds room in the budget). */
+  #counted = false
+  #done = false
+  readonly key: string | undefined
+
+  constructor (host: ExchangeHost, record: ExchangeRecord, opts: Dispatcher.DispatchOptions, inner: Handler, key: string | undefined) {
+    this.#host = host
+    this.#record = record
+    this.#opts = opts as Options
+    this.#inner = inner
+    this.#current = typeof inner.onRequestStart === 'function'
+    this.key = key
+  }
+
+  /** The balancer's context for a retry: targets this request tried are avoided until a backoff allows them again. */
+  shouldSelectAnotherHost (target: Target): boolean {
+    return !this.#allowTried && this.#tried !== null && this.#tried.includes(target)
+  }
+
+  get done (): boolean {
+    return this.#done
+  }
+
+  get abortReason (): Error | null {
+    return this.#aborted
+  }
+
+  /** Starts the first attempt, on the slot taken at admission; arms `timeouts.request`. */
+  start (slot: Slot): void {
+    const ms = this.#host.config.timeouts.request
+    if (ms !== 0) {
+      this.#deadline = setTimeout(() => {
+        this.#deadline = null
+        this.abort(new RequestTimeoutError(`${ms} ms`))
+      }, ms)
+      this.#deadline.unref()
+    }
+    const abort = (reason?: Error): void => { this.abort(reason ?? new Error('aborted')) }
+    if (this.#current) {
+      this.#controller = new ExchangeController(this)
+      this.#inner.onRequestStart!(this.#controller, undefined)
+    } else {
+      (this.#inner.onConnect as ((abort: (err?: Error) => void, context?: unknown) => void) | undefined)?.(abort, undefined)
+    }
+    this.#lastTried = slot.target
+    if (this.#aborted !== null) {
+      this.failBefore(slot, this.#aborted)
+      return
+    }
+    this.#run(slot)
+  }
+
+  /** Fails the exchange before its first attempt (its request body could not be read). */
+  failBefore (slot: Slot, err: unknown): void {
+    slot.target.putConnection(slot.conn, true)
+    slot.target.abandon(slot.ticket)
+    this.#fail(toUpstreamError(err))
+  }
+
+  #run (slot: Slot): void {
+    const host = this.#host
+    const o = this.#opts
+    // The target decides the origin, the Host and the timeouts, whatever the caller said.
+    o.origin = slot.target.origin
+    setHost(o, slot.target.host)
+    o.headersTimeout = host.config.timeouts.headers
+    o.bodyTimeout = host.config.timeouts.body
+    const attempt = new Attempt(this, slot, host.now())
+    this.#attempt = attempt
+    this.#record.attempts++
+    slot.target.attemptStarted()
+    slot.conn.client.dispatch(o, attempt)
+  }
+
+  onAttemptStart (attempt: Attempt, controller: Controller): void {
+    if (attempt !== this.#attempt) return
+    if (this.#controller !== null) this.#controller.target = controller
+    if (this.#aborted !== null) controller.abort(this.#aborted)
+  }
+
+  onAttemptHeaders (attempt: Attempt, controller: Controller, status: number, headers: IncomingHttpHeaders, statusText: string): void {
+    if (attempt !== this.#attempt || this.#done) return
+    // 1xx (103 Early Hints): not passed on; the final answer follows.
+    if (status < 200) return
+    attempt.status = status
+    if (status >= 500 && this.#retriesStatus(status)) {
+      const length = Number(headers['content-length'] ?? -1)
+      if (length >= 0 && length <= KEEP_LIMIT) {
+        attempt.discarding = true
+        attempt.kept = { status, statusText, rawHeaders: (controller.rawHeaders ?? []) as Buffer[], headers, chunks: [], rawTrailers: null, trailers: {} }
+        return
+      }
+      // Too large (or of unknown length) to keep: cut it, only when an untried target can take the retry at once.
+      if (this.#untriedAvailable(attempt.target)) {
+        attempt.discarding = true
+        attempt.cut = new UpstreamStatusError(status)
+        controller.abort(attempt.cut)
+        return
+      }
+    }
+    this.#started = true
+    this.#record.status = status
+    if (this.#controller !== null) {
+      this.#controller.target = controller
+      this.#inner.onResponseStart?.(this.#controller, status, headers, statusText)
+      return
+    }
+    if (this.#inner.onHeaders?.(status, (controller.rawHeaders ?? []) as Buffer[], attempt.resume, statusText) === false) controller.pause()
+  }
+
+  onAttemptData (attempt: Attempt, controller: Controller, chunk: Buffer): void {
+    if (attempt !== this.#attempt || this.#done) return
+    if (attempt.discarding) {
+      attempt.kept?.chunks.push(chunk)
+      return
+    }
+    attempt.bytes += chunk.length
+    if (this.#controller !== null) {
+      this.#inner.onResponseData?.(this.#controller, chunk)
+      return
+    }
+    if (this.#inner.onData?.(chunk) === false) controller.pause()
+  }
+
+  onAttemptEnd (attempt: Attempt, controller: Controller, trailers: IncomingHttpHeaders): void {
+    if (attempt !== this.#attempt || this.#done) return
+    if (attempt.discarding) {
+      const kept = attempt.kept!
+      kept.rawTrailers = (controller.rawTrailers ?? null) as Buffer[] | null
+      kept.trailers = trailers
+      this.#kept = kept
+      this.#last = new UpstreamStatusError(attempt.status) as unknown as SssonectorError
+      this.#endAttempt(attempt, true, 'http_5xx', true)
+      this.#retry('http_5xx', 'counted')
+      return
+    }
+    this.#endAttempt(attempt, true, null, false)
+    this.#complete((controller.rawTrailers ?? null) as Buffer[] | null, trailers)
+  }
+
+  onAttemptError (attempt: Attempt, err: Error): void {
+    if (attempt !== this.#attempt || this.#done) return
+    // A 204, a 304 or an answer to HEAD is complete with its headers, whatever
+    // Content-Length says (RFC 9110 8.6); undici reads a mismatch there.
+    if ((err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#started && attempt.bytes === 0 &&
+      (attempt.status === 204 || attempt.status === 304 || this.#opts.method === 'HEAD')) {
+      this.#endAttempt(attempt, false, null, false)
+      this.#complete(null, {})
+      return
+    }
+    if (attempt.cut !== null && err === attempt.cut) {
+      this.#last = err as unknown as SssonectorError
+      this.#endAttempt(attempt, false, 'http_5xx', true)
+      this.#retry('http_5xx', 'counted')
+      return
+    }
+    const e = this.#failure(err)
+    const category = e.category
+    const verdict = this.#started || this.#aborted !== null || faultOf(category) !== 'target' ? 'no' : retryAfterError(this.#host.config.retry, category, this.#facts())
+    this.#endAttempt(attempt, false, category, verdict !== 'no')
+    this.#last = e
+    if (verdict !== 'no') {
+      this.#retry(category, verdict)
+      return
+    }
+    this.#fail(e)
+  }
+
+  /**
+   * Whose fault an attempt's error was: the client's when its request body
+   * broke (malformed, abandoned, too slow) or when it left; the target's
+   * otherwise, as undici tells.
+   */
+  #failure (err: Error): SssonectorError {
+    const body = this.#opts.body
+    const broken = bodyFailure(body)
+    if (broken !== null) {
+      const b = toUpstreamError(broken)
+      return faultOf(b.category) === 'client' ? b : new ClientBodyError(String((broken as Error).message ?? broken), { cause: broken }) as unknown as SssonectorError
+    }
+    const e = toUpstreamError(this.#aborted ?? err)
+    // The whole exchange ran out of time while the client was still sending: not the target's.
+    if (e.category === 'request_timeout' && unfinished(body)) {
+      const c = new ClientBodyError(`request body still arriving after ${e.message}`, { cause: e }) as unknown as SssonectorError
+      c.category = 'client_timeout'
+      c.statusCode = 408
+      return c
+    }
+    return e
+  }
+
+  #facts (): { method: string, replayable: boolean, attempts: number, maxRetries: number } {
+    return { method: this.#opts.method, replayable: replayable(this.#opts.body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
+  }
+
+  /** Whether an answer with this status is dropped for a retry: by policy, with room in the budget and a target to go to. */
+  #retriesStatus (status: number): boolean {
+    if (this.#started || this.#aborted !== null) return false
+    const host = this.#host
+    if (retryAfterStatus(host.config.retry, status, this.#facts()) === 'no') return false
+    return host.budget.allows(host.active) && host.anyInRotation()
+  }
+
+  /** Whether a target not tried yet (other than this one) can take a retry now. */
+  #untriedAvailable (current: Target): boolean {
+    const tried = this.#tried
+    return this.#host.fits({
+      key: this.key,
+      shouldSelectAnotherHost: (t) => t === current || (tried !== null && tried.includes(t))
+    })
+  }
+
+  #endAttempt (attempt: Attempt, reusable: boolean, category: ErrorCategory | null, retried: boolean): void {
+    const host = this.#host
+    const target = attempt.target
+    this.#attempt = null
+    if (this.#controller !== null) this.#controller.target = null
+    if (this.#counted) {
+      this.#counted = false
+      host.budget.active--
+    }
+    target.putConnection(attempt.conn, reusable)
+    const latency = host.now() - attempt.startedAt
+    target.attemptEnded()
+    target.putResult(attempt.ticket, { category, status: attempt.status, latency })
+    const record = this.#record
+    record.category = category
+    record.latency = latency
+    if (retried || record.history !== null) {
+      record.history ??= []
+      record.history.push({ target: target.url, status: attempt.status, category, latency, retried })
+    }
+    if (category !== null && category !== 'http_5xx') host.attemptFailed(target, category, record.attempts, retried)
+  }
+
+  /**
+   * The next attempt: an untried target at once; when none is left, any after
+   * a backoff. A counted retry over the budget: a kept answer goes to the
+   * caller as it was; otherwise the retry waits once for room, then goes or
+   * gives up (a burst is spread out, a storm is still refused).
+   */
+  #retry (category: ErrorCategory, verdict: RetryVerdict): void {
+    const host = this.#host
+    const tried = this.#tried ??= []
+    if (this.#lastTried !== null) tried.push(this.#lastTried)
+    if (verdict === 'counted' && !host.budget.allows(host.active)) {
+      if (this.#kept !== null || this.#budgetWaited) {
+        this.#giveUp(category, 'retry budget spent')
+        return
+      }
+      this.#budgetWaited = true
+      const policy = host.config.retry!
+      this.#sleep(policy.baseDelay + Math.floor(host.random() * policy.maxDelay), () => {
+        if (host.budget.allows(host.active)) this.#retryNow(category, true)
+        else this.#giveUp(category, 'retry budget spent')
+      })
+      return
+    }
+    this.#retryNow(category, verdict === 'counted')
+  }
+
+  #retryNow (category: ErrorCategory, counted: boolean): void {
+    const host = this.#host
+    host.retried(category)
+    // After a reset or a malformed answer, not on a socket of the same target as old as the one that broke.
+    const broken = category === 'reset' || category === 'protocol' ? this.#lastTried : null
+    const slot = host.take(this, broken)
+    if (slot !== null) {
+      this.#go(slot, counted)
+      return
+    }
+    if (!host.anyTarget()) {
+      this.#giveUp(category, 'no target left')
+      return
+    }
+    const policy = host.config.retry!
+    this.#sleep(fullJitter((this.#tried?.length ?? 1) - 1, policy.baseDelay, policy.maxDelay, host.random), () => {
+      this.#allowTried = true
+      const again = host.take(this, broken)
+      this.#allowTried = false
+      if (again === null) this.#giveUp(category, 'no target can take the retry')
+      else this.#go(again, counted)
+    })
+  }
+
+  #go (slot: Slot, counted: boolean): void {
+    if (counted) {
+      this.#counted = true
+      this.#host.budget.active++
+    }
+    this.#lastTried = slot.target
+    this.#run(slot)
+  }
+
+  /** A retry that could not happen: a kept answer goes to the caller as it came; otherwise the last failure does. */
+  #giveUp (category: ErrorCategory, why: string): void {
+    this.#host.retryGivenUp(this.#lastTried!, category, this.#record.attempts, why)
+    const kept = this.#kept
+    if (kept !== null) {
+      this.#replay(kept)
+      return
+    }
+    this.#fail(this.#last ?? (new NoTargetError(this.#host.name) as unknown as SssonectorError))
+  }
+
+  /** Passes a kept answer on, as it came from its target. */
+  #replay (kept: KeptAnswer): void {
+    this.#started = true
+    this.#record.status = kept.status
+    const inner = this.#inner
+    if (this.#controller !== null) {
+      inner.onResponseStart?.(this.#controller, kept.status, kept.headers, kept.statusText)
+      for (const chunk of kept.chunks) inner.onResponseData?.(this.#controller, chunk)
+    } else {
+      inner.onHeaders?.(kept.status, kept.rawHeaders, () => {}, kept.statusText)
+      for (const chunk of kept.chunks) inner.onData?.(chunk)
+    }
+    this.#complete(kept.rawTrailers, kept.trailers)
+  }
+
+  /** Waits before `then` (a backoff, or room in the budget); an abort ends the wait. */
+  #sleep (ms: number, then: () => void): void {
+    this.#wait = setTimeout(() => {
+      this.#wait = null
+      then()
+    }, ms)
+    this.#wait.unref()
+  }
+
+  /** Ends the exchange from outside: the caller's abort, the request timeout, the lease released under it. */
+  abort (reason: Error): void {
+    if (this.#done || this.#aborted !== null) return
+    this.#aborted = reason
+    if (this.#wait !== null) {
+      clearTimeout(this.#wait)
+      this.#wait = null
+      this.#fail(toUpstreamError(reason))
+      return
+    }
+    this.#attempt?.controller?.abort(reason)
+  }
+
+  #complete (rawTrailers: Buffer[] | null, trailers: IncomingHttpHeaders): void {
+    if (!this.#end()) return
+    if (this.#controller !== null) this.#inner.onResponseEnd?.(this.#controller, trailers)
+    else this.#inner.onComplete?.(rawTrailers as unknown as string[] | null)
+  }
+
+  #fail (e: SssonectorError): void {
+    if (!this.#end()) return
+    if (this.#controller !== null) this.#inner.onResponseError?.(this.#controller, e)
+    else this.#inner.onError?.(e)
+  }
+
+  #end (): boolean {
+    if (this.#done) return false
+    this.#done = true
+    if (this.#wait !== null) clearTimeout(this.#wait)
+    if (this.#deadline !== null) clearTimeout(this.#deadline)
+    this.#wait = null
+    this.#deadline = null
+    this.#record.ended()
+    return true
+  }
+}

@@ -1,0 +1,66 @@
+import type { ErrorCategory } from '../types/index.js'
+import type { ResolvedRetry } from './options/index.js'
+import { CONNECT_FAILURES } from './errors.js'
+
+/** What the retry decision needs to know of a request and its attempts so far. */
+export interface RetryFacts {
+  method: string
+  /** Its body can be sent again: none, a buffer, or a stream nothing has read. */
+  replayable: boolean
+  /** Attempts made so far (the one that just failed included). */
+  attempts: number
+  /** `pool.maxRetries`: at most this many attempts after the first. */
+  maxRetries: number
+}
+
+/**
+ * Whether to retry on another target: `'no'`; `'free'` when no byte reached an
+ * upstream (a failed connect), which the retry budget does not limit; or
+ * `'counted'`, a retry the budget limits (it adds load on the upstreams).
+ */
+export type RetryVerdict = 'no' | 'free' | 'counted'
+
+/**
+ * The retry decision after a failed attempt, as a pure function of the
+ * policy, what failed and the request (undici's RetryHandler keeps its default
+ * decision apart the same way). A failed connect may go elsewhere whatever the
+ * method: the upstream saw nothing. A reset before the answer may be retried
+ * only for the idempotent methods (RFC 9110): the upstream may have acted.
+ * Anything else (a timeout, a malformed answer, a client's fault) is never
+ * retried: the upstream may still be working on it, or the fault is not its.
+ */
+export function retryAfterError (policy: ResolvedRetry | null, category: ErrorCategory, facts: RetryFacts): RetryVerdict {
+  if (policy === null || !facts.replayable || facts.attempts > facts.maxRetries) return 'no'
+  if (CONNECT_FAILURES.has(category)) return 'free'
+  if (category === 'reset' && policy.methods.has(facts.method)) return 'counted'
+  return 'no'
+}
+
+/** The retry decision for an answer: a status of `retry.statusCodes`, for an idempotent request that can be sent again. */
+export function retryAfterStatus (policy: ResolvedRetry | null, status: number, facts: RetryFacts): RetryVerdict {
+  if (policy === null || status < 500 || !policy.statusCodes.has(status)) return 'no'
+  if (!facts.replayable || facts.attempts > facts.maxRetries || !policy.methods.has(facts.method)) return 'no'
+  return 'counted'
+}
+
+/**
+ * Envoy's retry budget: counted retries in flight at most `percent` of the
+ * requests active, `minConcurrent` always allowed. It keeps a failing upstream
+ * from turning into a retry storm.
+ */
+export class RetryBudget {
+  /** Counted retries in flight. */
+  active = 0
+  readonly #percent: number
+  readonly #min: number
+
+  constructor (budget: { percent: number, minConcurrent: number } | undefined) {
+    this.#percent = budget?.percent ?? 0
+    this.#min = budget === undefined ? 0 : budget.minConcurrent
+  }
+
+  /** Whether one more retry fits, with `requests` requests active now. */
+  allows (requests: number): boolean {
+    return this.active < Math.max(this.#min, Math.floor(requests * this.#percent / 100))
+  }
+}
