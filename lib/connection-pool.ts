@@ -2,7 +2,7 @@ import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import type { TlsOptions } from '../types/index.js'
 import type { ResolvedPool, ResolvedTimeouts } from './options/index.js'
-import { categorize } from './errors.js'
+import { isFramingAnomaly } from './errors.js'
 
 /** What a target's connections are made with. */
 export interface ConnectionSettings {
@@ -102,7 +102,7 @@ function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: u
   conn.broken = true
   // A socket that closed on a framing anomaly (bytes on an idle socket, a second
   // answer, bytes after a complete response): undici destroyed it; the target hears.
-  if (err != null && conn.idleIndex !== -1 && categorize(err) === 'protocol') conn.pool.observer?.anomaly(err as Error)
+  if (err != null && conn.idleIndex !== -1 && isFramingAnomaly(err)) conn.pool.observer?.anomaly(err as Error)
   // An idle socket the peer closed leaves the idle set on the event, not on reuse.
   if (conn.idleIndex !== -1) conn.pool.discard(conn)
 }

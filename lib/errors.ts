@@ -156,6 +156,20 @@ export function categorize (err: unknown): ErrorCategory {
   return 'unknown'
 }
 
+/**
+ * Whether undici closed a connection on bytes that fit no answer: a parse
+ * error, an answer with no request (a second answer, bytes on an idle
+ * socket), an unsolicited 100 or 101. Its ordinary closes (the peer's FIN,
+ * an answer that said close) are not.
+ */
+export function isFramingAnomaly (err: unknown): boolean {
+  const e = err as { code?: unknown, name?: unknown, message?: unknown } | null
+  if (e == null) return false
+  const code = typeof e.code === 'string' ? e.code : ''
+  if (code.startsWith('HPE_') || e.name === 'HTTPParserError') return true
+  return code === 'UND_ERR_SOCKET' && /^bad (response|upgrade)$/.test(String(e.message))
+}
+
 const BY_CATEGORY: Partial<Record<ErrorCategory, Ctor>> = {
   connect_refused: ConnectError,
   connect_timeout: ConnectTimeoutError,

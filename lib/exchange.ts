@@ -151,6 +151,8 @@ class Attempt implements Handler {
   kept: KeptAnswer | null = null
   /** The error this attempt was cut with, to tell it from any other. */
   cut: Error | null = null
+  /** Its answer has no body (204, 304, an answer to HEAD): complete with its headers. */
+  bodyless = false
   #resume: (() => void) | null = null
 
   constructor (exchange: Exchange, slot: Slot, now: number) {
@@ -350,9 +352,16 @@ export class Exchange implements PickContext<Target> {
     if (this.#controller !== null) {
       this.#controller.target = controller
       this.#inner.onResponseStart?.(this.#controller, status, headers, statusText)
-      return
+    } else if (this.#inner.onHeaders?.(status, (controller.rawHeaders ?? []) as Buffer[], attempt.resume, statusText) === false) {
+      controller.pause()
     }
-    if (this.#inner.onHeaders?.(status, (controller.rawHeaders ?? []) as Buffer[], attempt.resume, statusText) === false) controller.pause()
+    // A 204, a 304 or an answer to HEAD is complete with its headers, whatever
+    // Content-Length says (RFC 9110 8.6): the caller hears so now; the attempt
+    // settles when undici is done with its connection (it reads a mismatch there).
+    if (status === 204 || status === 304 || this.#opts.method === 'HEAD') {
+      attempt.bodyless = true
+      this.#complete(null, {})
+    }
   }
 
   onAttemptData (attempt: Attempt, controller: Controller, chunk: Buffer): void {
@@ -370,6 +379,10 @@ export class Exchange implements PickContext<Target> {
   }
 
   onAttemptEnd (attempt: Attempt, controller: Controller, trailers: IncomingHttpHeaders): void {
+    if (attempt.bodyless && attempt === this.#attempt) {
+      this.#endAttempt(attempt, true, null, false)
+      return
+    }
     if (attempt !== this.#attempt || this.#done) return
     if (attempt.discarding) {
       const kept = attempt.kept!
@@ -386,15 +399,12 @@ export class Exchange implements PickContext<Target> {
   }
 
   onAttemptError (attempt: Attempt, err: Error): void {
-    if (attempt !== this.#attempt || this.#done) return
-    // A 204, a 304 or an answer to HEAD is complete with its headers, whatever
-    // Content-Length says (RFC 9110 8.6); undici reads a mismatch there.
-    if ((err as { code?: string }).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && this.#started && attempt.bytes === 0 &&
-      (attempt.status === 204 || attempt.status === 304 || this.#opts.method === 'HEAD')) {
+    if (attempt.bodyless && attempt === this.#attempt) {
+      // Its answer was complete; undici closed the connection after it (a Content-Length it could not match, say).
       this.#endAttempt(attempt, false, null, false)
-      this.#complete(null, {})
       return
     }
+    if (attempt !== this.#attempt || this.#done) return
     if (attempt.cut !== null && err === attempt.cut) {
       this.#last = err as unknown as SssonectorError
       this.#endAttempt(attempt, false, 'http_5xx', true)
@@ -590,7 +600,8 @@ export class Exchange implements PickContext<Target> {
   #complete (rawTrailers: Buffer[] | null, trailers: IncomingHttpHeaders): void {
     if (!this.#end()) return
     if (this.#controller !== null) this.#inner.onResponseEnd?.(this.#controller, trailers)
-    else this.#inner.onComplete?.(rawTrailers as unknown as string[] | null)
+    // undici's own handlers parse what they are given: an empty list, never null.
+    else this.#inner.onComplete?.((rawTrailers ?? []) as unknown as string[])
   }
 
   #fail (e: SssonectorError): void {
