@@ -120,10 +120,13 @@ export interface ClientFaultResult {
   outcome: string
   /** a hang: nothing came back before the client-side timeout */
   hang: boolean
-  /** an answer that should not be: a 2xx to a malformed body, or an echo that is not this request's */
+  /** an answer that should not be: a 2xx to a malformed body, or a wrong body echo */
   improper: boolean
-  /** the echoed id, when it differs from the one sent */
+  /** the echoed id, when the answer is another request's (oracle 2, not counted as improper) */
   shiftedTo: string | null
+  /** the echo header and body id of such an answer */
+  header?: string
+  bodyId?: string
 }
 
 export interface ClientFaultPlan {
@@ -138,6 +141,23 @@ function sha1 (b: Buffer): string {
   return createHash('sha1').update(b).digest('hex')
 }
 
+/** The id an answer echoes (header first, else its JSON body's), if any. */
+function echoes (o: RawOutcome): { header?: string, bodyId?: string } {
+  if (o.kind !== 'answer') return {}
+  let bodyId: string | undefined
+  try { bodyId = (JSON.parse(o.body.toString('utf8')) as { id?: string }).id } catch {}
+  return { header: o.headers['x-chaos-echo'], bodyId }
+}
+
+/** Another request's answer: its echo, header or body, names another id. */
+function shifted (base: Omit<ClientFaultResult, 'outcome'>, o: RawOutcome, id: string): ClientFaultResult | null {
+  if (o.kind !== 'answer') return null
+  const { header, bodyId } = echoes(o)
+  const other = header !== undefined && header !== id ? header : bodyId !== undefined && bodyId !== id ? bodyId : undefined
+  if (other === undefined) return null
+  return { ...base, outcome: `answer ${o.status} with another request's echo`, shiftedTo: other, header, bodyId }
+}
+
 function head (method: string, path: string, id: string, extra: string[]): string {
   return [`${method} ${path} HTTP/1.1`, 'host: 127.0.0.1', `x-chaos-id: ${id}`, ...extra, '', ''].join('\r\n')
 }
@@ -145,15 +165,13 @@ function head (method: string, path: string, id: string, extra: string[]): strin
 /** Judges an answer to a well-formed upload: its own echo (id, length, hash), or an error status. */
 function judgeUpload (kind: ClientFaultKind, route: string, o: RawOutcome, id: string, sent: Buffer): ClientFaultResult {
   const base = { kind, route, hang: o.kind === 'timeout', improper: false, shiftedTo: null as string | null }
+  const other = shifted(base, o, id)
+  if (other !== null) return other
   if (o.kind !== 'answer') return { ...base, outcome: o.kind === 'timeout' ? `timeout${o.status === null ? '' : ` after head ${o.status}`}` : `closed${o.status === null ? '' : ` after head ${o.status}`}` }
   if (o.status >= 400) return { ...base, outcome: `answer ${o.status}` }
   let echo: { id?: string, len?: number, hash?: string } = {}
   try { echo = JSON.parse(o.body.toString('utf8')) } catch {}
-  const headerId = o.headers['x-chaos-echo']
-  if (headerId !== id || echo.id !== id) {
-    const other = headerId !== id ? headerId : echo.id
-    return { ...base, outcome: `answer ${o.status} with another echo`, improper: true, shiftedTo: other ?? '(none)' }
-  }
+  if (o.headers['x-chaos-echo'] !== id || echo.id !== id) return { ...base, outcome: `answer ${o.status} without this request's echo`, improper: true }
   if (o.status !== 200 || echo.len !== sent.length || echo.hash !== sha1(sent)) return { ...base, outcome: `answer ${o.status} with a wrong body echo`, improper: true }
   return { ...base, outcome: `answer ${o.status} ok` }
 }
@@ -166,12 +184,17 @@ export async function clientFault (port: number, prefix: string, route: string, 
   const { kind, id } = plan
   const x = new RawExchange(port, timeoutMs)
   const base = { kind, route, hang: false, improper: false, shiftedTo: null }
+  const done = async (): Promise<{ o: RawOutcome, other: ClientFaultResult | null }> => {
+    const o = await x.done
+    return { o, other: shifted(base, o, id) }
+  }
   switch (kind) {
     case 'chunked-bad': {
       // a valid first chunk, then a chunk size that is not hex
       x.write(head('POST', `${prefix}/echo`, id, ['content-type: application/octet-stream', 'transfer-encoding: chunked']) + '5\r\nhello\r\n')
       setTimeout(() => { x.write('zz\r\nnot a chunk\r\n0\r\n\r\n') }, plan.delays[0] ?? 0)
-      const o = await x.done
+      const { o, other } = await done()
+      if (other !== null) return other
       if (o.kind === 'timeout') return { ...base, outcome: 'timeout', hang: true }
       if (o.kind === 'answer') return { ...base, outcome: `answer ${o.status}`, improper: o.status < 400 }
       return { ...base, outcome: 'closed' }
@@ -181,8 +204,9 @@ export async function clientFault (port: number, prefix: string, route: string, 
       x.write(head('POST', `${prefix}/echo`, id, ['content-type: application/octet-stream', `content-length: ${body.length}`]))
       x.write(body.subarray(0, body.length >> 2))
       const timer = setTimeout(() => { x.hangUp() }, plan.delays[0] ?? 0)
-      const o = await x.done
+      const { o, other } = await done()
       clearTimeout(timer)
+      if (other !== null) return other
       if (o.kind === 'answer') return { ...base, outcome: `answer ${o.status} before the client left` }
       if (o.kind === 'timeout') return { ...base, outcome: 'timeout', hang: true }
       return { ...base, outcome: o.kind === 'client-closed' ? 'client hung up' : 'closed' }
@@ -216,7 +240,8 @@ export async function clientFault (port: number, prefix: string, route: string, 
     case 'hang-up': {
       x.onBody = () => { x.hangUp() }
       x.write(head('GET', `${prefix}/big?size=${plan.size}`, id, []))
-      const o = await x.done
+      const { o, other } = await done()
+      if (other !== null) return other
       if (o.kind === 'client-closed') return { ...base, outcome: `client hung up after head ${o.status ?? '?'}` }
       if (o.kind === 'timeout') return { ...base, outcome: 'timeout', hang: true }
       if (o.kind === 'answer') return { ...base, outcome: `answer ${o.status}` }

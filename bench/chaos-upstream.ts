@@ -70,12 +70,11 @@ function endWithStray (res: http.ServerResponse, id: string, body: Buffer | null
     return
   }
   if (body === null) res.end(); else res.end(body)
-  const timer = setTimeout(() => {
+  setTimeout(() => {
     if (socket.destroyed || !socket.writable) return
     log(`S ${id} ${label}-late`)
     socket.write(stray)
   }, 2 + Math.floor(random() * 38))
-  socket.once('close', () => { clearTimeout(timer) })
 }
 
 function answer (res: http.ServerResponse, path: string, query: URLSearchParams, id: string, len: number, digest: string): void {
