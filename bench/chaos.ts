@@ -988,8 +988,18 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
   const run = new Run(options)
   const { seed, scenario, durationMs, concurrency, warmupMs } = run.opts
   run.log(`chaos seed: ${seed} (replay with CHAOS_SEED=${seed})`)
+  // no orphans, however this process ends: its children are killed on exit,
+  // and on SIGINT or SIGTERM before the signal takes its usual course
   const onExit = (): void => { run.children.killAll() }
+  const onSignal = (signal: NodeJS.Signals): void => {
+    run.children.killAll()
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+    process.kill(process.pid, signal)
+  }
   process.once('exit', onExit)
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
   const hardDeadline = now() + warmupMs + durationMs + 2 * run.opts.quietMs + 120_000
   let watchdog: NodeJS.Timeout | undefined
   try {
@@ -1057,6 +1067,8 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
     run.children.killAll()
     await run.statusAgent.close().catch(() => {})
     process.off('exit', onExit)
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
   }
 }
 
