@@ -10,7 +10,7 @@
 // One line per request event goes to stdout, written synchronously (stdout is a
 // pipe: synchronous on Linux), so the parent knows what reached this process
 // even when it dies by SIGKILL the next instant:
-//   R <id>         request received
+//   R <id> [POST]  request received (its method, when a POST)
 //   A <id>         answer written in full
 //   C <id>         closed before its answer was written (the gateway hung up)
 //   X <id>         socket destroyed by the reset fault
@@ -142,7 +142,7 @@ function onRequest (req: http.IncomingMessage, res: http.ServerResponse): void {
   const query = new URLSearchParams(q === -1 ? '' : url.slice(q + 1))
   const id = header(req, 'x-chaos-id')
   const logged = path !== '/health' && id !== ''
-  if (logged) log(`R ${id}`)
+  if (logged) log(req.method === 'POST' ? `R ${id} POST` : `R ${id}`)
   inFlight.add(res)
   if (closing) res.setHeader('connection', 'close')
   res.once('finish', () => { if (logged) log(`A ${id}`) })
