@@ -1,0 +1,47 @@
+// The gateway of the chaos run, in its own process (forked by chaos.ts): Fastify
+// on 127.0.0.1:0 with the plugin, registered with the options the runner sends
+// (upstreams, routes, the status route and the scenario's settings). It tells
+// its port over IPC, and answers `{ type: 'sample' }` with its RSS, heap and
+// active resources (after global.gc when asked and started with --expose-gc).
+import Fastify from 'fastify'
+import type { AddressInfo } from 'node:net'
+import { setImmediate as tick } from 'node:timers/promises'
+import sssonectorPool from '../lib/index.js'
+import { failed, send } from './chaos-protocol.js'
+import type { GatewayConfig, ToGateway } from './chaos-protocol.js'
+
+const config = JSON.parse(process.argv[2] ?? '{}') as GatewayConfig
+
+async function sample (seq: number, gc: boolean): Promise<void> {
+  const collect = (globalThis as { gc?: () => void }).gc
+  const ran = gc && collect !== undefined
+  if (ran) {
+    collect()
+    await tick()
+    collect()
+  }
+  const resources: Record<string, number> = {}
+  for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
+  const mem = process.memoryUsage()
+  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, resources, gc: ran })
+}
+
+async function main (): Promise<void> {
+  const app = Fastify({ logger: config.log === null ? false : { level: config.log } })
+  await app.register(sssonectorPool, config.options as unknown as Parameters<typeof sssonectorPool>[1])
+  await app.listen({ host: '127.0.0.1', port: 0 })
+  let stopping = false
+  const stop = (): void => {
+    if (stopping) return
+    stopping = true
+    setTimeout(() => { process.exit(0) }, 3000).unref()
+    app.close().then(() => process.exit(0), () => process.exit(1))
+  }
+  process.on('disconnect', stop)
+  process.on('message', (message: ToGateway) => {
+    if (message.type === 'sample') sample(message.seq, message.gc).catch(failed)
+  })
+  send({ type: 'ready', port: (app.server.address() as AddressInfo).port })
+}
+
+main().catch(failed)
