@@ -25,9 +25,13 @@ export function faultLabel (f: ScheduledFault): string {
   return f.kind
 }
 
-/** Whether a fault takes its target out of "answering normally" (oracle 1): slowness and stray bytes do not. */
+/**
+ * Whether a fault takes its target out of "answering normally" (oracle 1):
+ * slowness does not; stray bytes do (a target that writes answers no request
+ * asked for may hand one client another's answer: the gateway takes it out).
+ */
 export function unhealthy (f: ScheduledFault): boolean {
-  return f.op !== 'mode' || f.kind === 'refuse' || f.kind === 'reset' || f.kind === 'burst503'
+  return f.op !== 'mode' || f.kind === 'refuse' || f.kind === 'reset' || f.kind === 'burst503' || f.kind === 'stray'
 }
 
 type Pick = 'kill' | 'term' | ModeKind

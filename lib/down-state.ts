@@ -193,14 +193,21 @@ export class TargetDownState {
   }
 
   /**
-   * An active check that started in `epoch` connected: a skip for failed
-   * connects is over. One that started before the skip says nothing of now.
+   * An active check that started in `epoch` connected (`passed`: and got an
+   * expected answer). A skip for failed connects is over at once. A skip of
+   * the breaker ends early on a check that passed: its trials (real
+   * requests) may run now and decide. One that started before the skip says
+   * nothing of now.
    */
-  connected (epoch: number): void {
+  probed (epoch: number, passed: boolean, now: number): void {
     const s = this.#state
-    if (s.kind === 'up' || s.cause !== 'connect' || epoch !== s.epoch) return
-    this.#state = { kind: 'up', epoch: s.epoch + 1 }
-    this.#opts.onChange('up', s.cause, 'an active check connected')
+    if (s.kind === 'up' || epoch !== s.epoch) return
+    if (s.cause === 'connect') {
+      this.#state = { kind: 'up', epoch: s.epoch + 1 }
+      this.#opts.onChange('up', s.cause, 'an active check connected')
+      return
+    }
+    if (passed && s.kind === 'skipped' && now < s.until) this.#state = { ...s, until: now }
   }
 
   /** Milliseconds until a trial may begin; 0 when one may now, or when up. */

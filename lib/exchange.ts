@@ -79,6 +79,13 @@ export interface ExchangeRecord {
 
 /** A retriable answer's body up to this size is kept while a retry is tried, and passed on if none can be; a larger one is cut. */
 const KEEP_LIMIT = 64 * 1024
+/**
+ * A counted retry that finds the budget spent waits for room this many times
+ * at most, backing off from `retry.baseDelay`, doubling, to `retry.maxDelay`
+ * (about a second in all with the defaults): a burst, such as a target dying
+ * under many requests at once, is spread out; a storm is still refused.
+ */
+const BUDGET_WAITS = 4
 
 /** A retriable answer kept while its retry is tried: passed on as it was if the retry cannot happen. */
 interface KeptAnswer {
@@ -237,6 +244,8 @@ export class Exchange implements PickContext<Target> {
   #tried: Target[] | null = null
   /** After a backoff, a target already tried may be taken again. */
   #allowTried = false
+  /** The retry may only go to a target not tried yet (after a malformed answer). */
+  #elsewhere = false
   #last: SssonectorError | null = null
   #kept: KeptAnswer | null = null
   /** The answer's headers went to the caller: no retry from here on. */
@@ -244,7 +253,8 @@ export class Exchange implements PickContext<Target> {
   #aborted: Error | null = null
   #wait: NodeJS.Timeout | null = null
   #deadline: NodeJS.Timeout | null = null
-  #budgetWaited = false
+  /** Waits for room in the retry budget so far (see BUDGET_WAITS). */
+  #budgetWaits = 0
   /** The target of the attempt in flight, or of the last one. */
   #lastTried: Target | null = null
   /** The attempt in flight is a counted retry (it holds room in the budget). */
@@ -339,8 +349,8 @@ export class Exchange implements PickContext<Target> {
         attempt.kept = { status, statusText, rawHeaders: (controller.rawHeaders ?? []) as Buffer[], headers, chunks: [], rawTrailers: null, trailers: {} }
         return
       }
-      // Too large (or of unknown length) to keep: cut it, only when an untried target can take the retry at once.
-      if (this.#untriedAvailable(attempt.target)) {
+      // Too large (or of unknown length) to keep: cut it, only when an untried target can take the retry at once, within the budget.
+      if (this.#host.budget.allows(this.#host.active) && this.#untriedAvailable(attempt.target)) {
         attempt.discarding = true
         attempt.cut = new UpstreamStatusError(status)
         controller.abort(attempt.cut)
@@ -450,12 +460,12 @@ export class Exchange implements PickContext<Target> {
     return { method: this.#opts.method, replayable: replayable(this.#opts.body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
   }
 
-  /** Whether an answer with this status is dropped for a retry: by policy, with room in the budget and a target to go to. */
+  /** Whether an answer with this status is set aside for a retry: by policy, with a target to go to (the budget is asked when the retry starts; a kept answer waits for it). */
   #retriesStatus (status: number): boolean {
     if (this.#started || this.#aborted !== null) return false
     const host = this.#host
     if (retryAfterStatus(host.config.retry, status, this.#facts()) === 'no') return false
-    return host.budget.allows(host.active) && host.anyInRotation()
+    return host.anyInRotation()
   }
 
   /** Whether a target not tried yet (other than this one) can take a retry now. */
@@ -476,7 +486,16 @@ export class Exchange implements PickContext<Target> {
       this.#counted = false
       host.budget.active--
     }
-    target.putConnection(attempt.conn, reusable)
+    if (reusable) {
+      // Back to the pool once undici is done with the answer it is parsing: a
+      // request dispatched on the connection from inside that parse would skip
+      // undici's check of an idle socket, and could take bytes already on their
+      // way (a stray second answer) for its own answer.
+      const conn = attempt.conn
+      queueMicrotask(() => { target.putConnection(conn, true) })
+    } else {
+      target.putConnection(attempt.conn, false)
+    }
     const latency = host.now() - attempt.startedAt
     target.attemptEnded()
     target.putResult(attempt.ticket, { category, status: attempt.status, latency })
@@ -492,28 +511,31 @@ export class Exchange implements PickContext<Target> {
 
   /**
    * The next attempt: an untried target at once; when none is left, any after
-   * a backoff. A counted retry over the budget: a kept answer goes to the
-   * caller as it was; otherwise the retry waits once for room, then goes or
-   * gives up (a burst is spread out, a storm is still refused).
+   * a backoff. A counted retry over the budget waits for room (BUDGET_WAITS),
+   * then goes, or gives up: with the answer it kept, as it came, or with the
+   * last failure.
    */
   #retry (category: ErrorCategory, verdict: RetryVerdict): void {
-    const host = this.#host
     const tried = this.#tried ??= []
     if (this.#lastTried !== null) tried.push(this.#lastTried)
-    if (verdict === 'counted' && !host.budget.allows(host.active)) {
-      if (this.#kept !== null || this.#budgetWaited) {
-        this.#giveUp(category, 'retry budget spent')
-        return
-      }
-      this.#budgetWaited = true
-      const policy = host.config.retry!
-      this.#sleep(policy.baseDelay + Math.floor(host.random() * policy.maxDelay), () => {
-        if (host.budget.allows(host.active)) this.#retryNow(category, true)
-        else this.#giveUp(category, 'retry budget spent')
-      })
+    this.#elsewhere = verdict === 'elsewhere'
+    if (verdict === 'free') this.#retryNow(category, false)
+    else this.#withBudget(category)
+  }
+
+  #withBudget (category: ErrorCategory): void {
+    const host = this.#host
+    if (host.budget.allows(host.active)) {
+      this.#retryNow(category, true)
       return
     }
-    this.#retryNow(category, verdict === 'counted')
+    if (this.#budgetWaits >= BUDGET_WAITS) {
+      this.#giveUp(category, 'retry budget spent')
+      return
+    }
+    const policy = host.config.retry!
+    const cap = Math.min(policy.maxDelay, policy.baseDelay * 2 ** this.#budgetWaits++)
+    this.#sleep(policy.baseDelay + Math.floor(host.random() * cap), () => { this.#withBudget(category) })
   }
 
   #retryNow (category: ErrorCategory, counted: boolean): void {
@@ -526,8 +548,8 @@ export class Exchange implements PickContext<Target> {
       this.#go(slot, counted)
       return
     }
-    if (!host.anyTarget()) {
-      this.#giveUp(category, 'no target left')
+    if (!host.anyTarget() || this.#elsewhere) {
+      this.#giveUp(category, this.#elsewhere ? 'no other target can take it' : 'no target left')
       return
     }
     const policy = host.config.retry!

@@ -15,24 +15,29 @@ export interface RetryFacts {
 
 /**
  * Whether to retry on another target: `'no'`; `'free'` when no byte reached an
- * upstream (a failed connect), which the retry budget does not limit; or
- * `'counted'`, a retry the budget limits (it adds load on the upstreams).
+ * upstream (a failed connect), which the retry budget does not limit;
+ * `'counted'`, a retry the budget limits (it adds load on the upstreams); or
+ * `'elsewhere'`, counted too, and only on a target not tried yet (a malformed
+ * answer: the same target would likely send it again).
  */
-export type RetryVerdict = 'no' | 'free' | 'counted'
+export type RetryVerdict = 'no' | 'free' | 'counted' | 'elsewhere'
 
 /**
  * The retry decision after a failed attempt, as a pure function of the
  * policy, what failed and the request (undici's RetryHandler keeps its default
  * decision apart the same way). A failed connect may go elsewhere whatever the
  * method: the upstream saw nothing. A reset before the answer may be retried
- * only for the idempotent methods (RFC 9110): the upstream may have acted.
- * Anything else (a timeout, a malformed answer, a client's fault) is never
+ * only for the idempotent methods (RFC 9110): the upstream may have acted;
+ * so may a malformed answer (a stray answer on its connection, say), on a
+ * target not tried yet. Anything else (a timeout, a client's fault) is never
  * retried: the upstream may still be working on it, or the fault is not its.
  */
 export function retryAfterError (policy: ResolvedRetry | null, category: ErrorCategory, facts: RetryFacts): RetryVerdict {
   if (policy === null || !facts.replayable || facts.attempts > facts.maxRetries) return 'no'
   if (CONNECT_FAILURES.has(category)) return 'free'
-  if (category === 'reset' && policy.methods.has(facts.method)) return 'counted'
+  if (!policy.methods.has(facts.method)) return 'no'
+  if (category === 'reset') return 'counted'
+  if (category === 'protocol') return 'elsewhere'
   return 'no'
 }
 

@@ -340,9 +340,9 @@ export class Target implements Pickable {
     return this.#down.epoch
   }
 
-  /** An active probe that started in that epoch connected: a skip for failed connects is over. */
-  probeConnected (epoch: number): void {
-    this.#down.connected(epoch)
+  /** An active probe that started in that epoch connected (`passed`: with an expected answer): see TargetDownState#probed. */
+  probed (epoch: number, passed: boolean): void {
+    this.#down.probed(epoch, passed, this.#owner.now())
   }
 
   /** Active health checks marked it down or up. */

@@ -389,7 +389,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   }
 
   #probed (target: Target, result: ProbeResult, epoch: number): void {
-    if (result.connected) target.probeConnected(epoch)
+    if (result.connected) target.probed(epoch, result.ok)
     if (!result.ok) {
       target.hcFailures++
       this.#log.debug({ upstream: this.name, target: target.url, reason: result.reason }, 'active check failed')

@@ -5,7 +5,7 @@ import type { Lease } from '../lib/lease.js'
 import { resolveOptions } from '../lib/options/index.js'
 import type { ResolvedUpstream } from '../lib/options/index.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
-import { admit, send } from './helpers/leases.js'
+import { admit, send, settled } from './helpers/leases.js'
 
 function config (pool: Record<string, unknown>, targets = ['http://127.0.0.1:1', 'http://127.0.0.1:2']): ResolvedUpstream {
   return resolveOptions({ upstreams: { u: { targets, balance: 'round-robin', pool } } }).upstreams[0]
@@ -18,8 +18,10 @@ t.test('idleTimeout with an injected clock: the sweep closes connections idle th
   const leases = [admit(up)!, admit(up)!]
   for (const l of leases) send(l)
   made[0].complete() // idle at 1000
+  await settled()
   now = 5000
   made[1].complete() // idle at 5000
+  await settled()
   for (const l of leases) l.release()
   t.equal(up.stats().idle, 2)
   now = 10_999
@@ -35,6 +37,7 @@ t.test('idleTimeout with an injected clock: the sweep closes connections idle th
   send(l)
   t.equal(made[1].dispatched, 2, 'the one idle since 5000 carries it')
   made[1].complete()
+  await settled()
   l.release()
   now = 15_000 + 10_000
   up.sweep()
@@ -50,6 +53,7 @@ t.test('get hands out the most recently used idle connection first (LIFO)', asyn
   made[2].complete()
   made[0].complete()
   made[1].complete()
+  await settled()
   for (const l of ls) l.release()
   const next = admit(up)!
   send(next)
@@ -65,6 +69,7 @@ t.test('a connection whose socket closed while idle leaves the idle set on the e
   const l = admit(up)!
   send(l)
   made[0].complete()
+  await settled()
   l.release()
   t.equal(up.stats().idle, 1)
   made[0].closeSocket()
@@ -185,11 +190,13 @@ t.test('property: any sequence of acquire, release, socket close, failure, targe
             up.sweep()
             break
         }
+        await settled()
         check()
       }
       // Close: what is in flight ends, leases are released, then nothing is left open.
       const closing = up.close()
       for (const c of made) while (c.inflight.length > 0) c.complete()
+      await settled()
       for (const l of leases) l.release()
       await closing
       await Promise.all(removals)

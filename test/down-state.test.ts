@@ -89,18 +89,21 @@ t.test('quick trials: with no target in rotation, spaced from a hundredth of ret
   t.equal(s.state.kind, 'up', 'a quick trial that passes brings it back')
 })
 
-t.test('an active check that connected ends a skip for failed connects, unless it began before the skip; never one of the breaker', async (t) => {
+t.test('an active check that connected ends a skip for failed connects, unless it began before the skip; one that passed lets a breaker\'s trials run at once', async (t) => {
   const { s } = machine()
   const early = s.epoch
   s.fail(s.begin(0, false), 'connect', 'refused', 0)
-  s.connected(early)
+  s.probed(early, true, 0)
   t.equal(s.state.kind, 'skipped', 'a probe from before the outage says nothing')
-  s.connected(s.epoch)
-  t.equal(s.state.kind, 'up')
+  s.probed(s.epoch, false, 0)
+  t.equal(s.state.kind, 'up', 'connecting is enough, whatever it answered')
   s.fail(s.begin(0, false), 'breaker', 'failures', 0)
-  s.connected(s.epoch)
-  t.equal(s.state.kind, 'skipped', 'connecting does not close a breaker')
+  s.probed(s.epoch, false, 100)
+  t.equal(s.state.kind, 'skipped', 'a check that connected but failed does nothing to a breaker')
   t.equal(s.retryIn(400), 600)
+  s.probed(s.epoch, true, 400)
+  t.equal(s.state.kind, 'skipped', 'a passing check does not close it either...')
+  t.equal(s.canBegin(400, false), true, '...but its trials may run at once')
 })
 
 /**
@@ -178,7 +181,7 @@ t.test(`property (seed ${seed}, replay with PROPERTY_SEED=${seed}): skip lengths
           const p = probes.splice(step.i % Math.max(1, probes.length), 1)[0]
           if (p === undefined) break
           const before = s.state
-          if (p.upAtStart && truth) s.connected(p.epoch)
+          if (p.upAtStart && truth) s.probed(p.epoch, true, now)
           if (p.epoch !== before.epoch && s.state !== before) throw new Error('a probe of an earlier epoch moved the state')
           break
         }
@@ -208,7 +211,7 @@ t.test(`property (seed ${seed}, replay with PROPERTY_SEED=${seed}): skip lengths
     const st = s.state
     if (st.kind === 'up') return true
     if (endWithProbe) {
-      s.connected(s.epoch)
+      s.probed(s.epoch, true, now)
       if (s.state.kind !== 'up') throw new Error('a probe begun after the recovery did not bring it back')
       return true
     }

@@ -9,7 +9,7 @@ import { PROBATION_ATTEMPTS } from '../lib/target.js'
 import type { Target } from '../lib/target.js'
 import { FakeClient, fakeFactory } from './helpers/fake-client.js'
 import { seeded } from './helpers/random.js'
-import { admit, send } from './helpers/leases.js'
+import { admit, send, settled } from './helpers/leases.js'
 
 t.test('active checks: down after exactly unhealthyThreshold failed probes, up after exactly healthyThreshold good ones', async (t) => {
   const c = new ProbeCounter(2, 3)
@@ -72,11 +72,12 @@ function upstream (extra: Record<string, unknown>, n = 3, clock = { now: 0 }): {
 }
 
 /** One request (a POST: never retried) through the upstream, answered with this status by whichever fake client gets it. */
-function serve (up: Upstream, made: FakeClient[], status: number): Target {
+async function serve (up: Upstream, made: FakeClient[], status: number): Promise<Target> {
   const lease = admit(up)!
   const target = lease.target
   send(lease, undefined, { method: 'POST' })
   made.find((x) => x.inflight.length > 0)!.complete(status)
+  await settled()
   lease.release()
   return target
 }
@@ -96,28 +97,28 @@ t.test('the breaker, as a cause of the target\'s state: opens, skips for retryIn
   }, 3, clock)
   const flaky = up.targets[0]
   // Round-robin: every third request lands on the first target; it answers 503, the others 200.
-  for (let i = 0; i < 9; i++) serve(up, made, i % 3 === 0 ? 503 : 200)
+  for (let i = 0; i < 9; i++) await serve(up, made, i % 3 === 0 ? 503 : 200)
   t.equal(flaky.available(clock.now), false, 'open after 3 failures in a row')
   t.match(up.stats().targets[0].breaker, { state: 'open' })
   t.match(up.stats().targets[0].health, [{ cause: 'circuit_open', since: 0, until: 1000 }])
   t.equal(lines.filter((l) => l.obj.cause === 'circuit_open').length, 1, 'logged once')
   t.match(lines[0], { level: 'warn', obj: { upstream: 'u', target: flaky.url, cause: 'circuit_open' } })
-  for (let i = 0; i < 6; i++) t.not(serve(up, made, 200), flaky, 'skipped while open')
+  for (let i = 0; i < 6; i++) t.not(await serve(up, made, 200), flaky, 'skipped while open')
   clock.now = 1000
   t.match(up.stats().targets[0].breaker, { state: 'half-open' })
   // Two trials let through; 4xx is never a failure.
   const picked: Target[] = []
-  for (let i = 0; i < 6; i++) picked.push(serve(up, made, 404))
+  for (let i = 0; i < 6; i++) picked.push(await serve(up, made, 404))
   t.equal(picked.filter((x) => x === flaky).length, 2, 'exactly halfOpenRequests trials')
   t.equal(flaky.available(clock.now), true, 'closed after its trials succeeded')
   t.equal(lines.filter((l) => l.level === 'info' && l.obj.cause === 'circuit_open').length, 1, 'its return logged once')
   // A failed trial reopens it for twice as long.
-  for (let i = 0; i < 9; i++) serve(up, made, i % 3 === 0 ? 500 : 200)
+  for (let i = 0; i < 9; i++) await serve(up, made, i % 3 === 0 ? 500 : 200)
   t.equal(flaky.available(clock.now), false)
   clock.now = 3000
-  while (serve(up, made, 200) !== flaky) { /* until its trial */ }
+  while (await serve(up, made, 200) !== flaky) { /* until its trial */ }
   t.equal(flaky.available(clock.now), true, 'one trial in, one left')
-  while (serve(up, made, 502) !== flaky) { /* its second trial fails */ }
+  while (await serve(up, made, 502) !== flaky) { /* its second trial fails */ }
   t.equal(up.stats().targets[0].down!.until - clock.now, 2000, 'reopened for twice retryInterval')
   await up.close()
 })
@@ -154,16 +155,16 @@ t.test('slow start: a target that comes back ramps its share over slowStart', as
   clock.now = 50_000 // both ramped long ago
   back.setActiveHealth(true, 'test')
   back.setActiveHealth(false, 'test') // comes back at 50 s
-  const share = (): number => {
+  const share = async (): Promise<number> => {
     let n = 0
-    for (let i = 0; i < 400; i++) if (serve(up, made, 200) === back) n++
+    for (let i = 0; i < 400; i++) if (await serve(up, made, 200) === back) n++
     return n / 400
   }
-  const early = share()
+  const early = await share()
   clock.now = 55_000
-  const half = share()
+  const half = await share()
   clock.now = 60_000
-  const full = share()
+  const full = await share()
   t.ok(early < 0.15, `just back: ${early.toFixed(2)} of the traffic`)
   t.ok(half > 0.25 && half < 0.45, `half-way: ${half.toFixed(2)}`)
   t.ok(full > 0.45, `ramped: ${full.toFixed(2)}`)

@@ -31,3 +31,8 @@ export function admit (up: Upstream, key?: string): Lease | null {
 export function send (lease: Lease, handler: Dispatcher.DispatchHandler = noop, opts: Partial<Dispatcher.DispatchOptions> = {}): void {
   lease.dispatch({ path: '/', method: 'GET', headers: {}, ...opts } as Dispatcher.DispatchOptions, handler)
 }
+
+/** Lets what the pool does after an attempt's end (a microtask later) happen. */
+export async function settled (): Promise<void> {
+  await new Promise<void>((resolve) => { queueMicrotask(resolve) })
+}
