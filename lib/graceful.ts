@@ -1,11 +1,13 @@
 import closeWithGrace from 'close-with-grace'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 
 /** One app the process closes on a signal, with how long it may take. */
 interface Closable {
   app: FastifyInstance
   delay: number
-  /** Time after the signal before the app stops taking requests (a load balancer deregisters it meanwhile). */
+  /** Time after the signal before the app stops taking connections (a load balancer deregisters it meanwhile). */
   preStop: number
   /** Requests still in flight, for the log line when the delay runs out. */
   inFlight: () => number
@@ -15,9 +17,10 @@ interface Closable {
 /**
  * close-with-grace, once per process whatever the number of apps (50 apps in
  * one process add 50 listeners nowhere): on SIGTERM or SIGINT, every
- * registered app is closed; past the longest delay, the requests still in
- * flight are counted in a log line and the process exits 1; a second signal
- * exits at once; an uncaught error takes the same path and is logged.
+ * registered app drains its connections and is closed; past the longest
+ * delay, the requests still in flight are counted in a log line and the
+ * process exits 1; a second signal exits at once; an uncaught error takes the
+ * same path and is logged.
  */
 const apps = new Set<Closable>()
 let installed: { uninstall: () => void } | null = null
@@ -47,15 +50,130 @@ function install (): void {
     },
     onSecondSignal: (signal: string) => { first.app.log.error({ signal }, 'second signal: exiting at once') }
   }, async ({ signal, err }) => {
+    const start = Date.now()
     const closing = [...apps]
     for (const a of closing) {
       if (err !== undefined) a.app.log.error({ err }, 'closing after an uncaught error')
       else a.app.log.info({ signal }, 'closing on signal')
       a.onSignal()
+      beginClose(a.app)
     }
     await Promise.all(closing.map(async (a) => {
       if (a.preStop > 0) await new Promise((resolve) => setTimeout(resolve, a.preStop))
+      await drain(a.app, start + a.delay - closeMargin(a.delay) - Date.now())
       await a.app.close()
     }))
   })
+}
+
+type RequestListener = (this: Server, req: IncomingMessage, res: ServerResponse) => void
+
+/** Servers whose requests go through `admit` (the app is closing). */
+const gated = new WeakSet<Server>()
+/** Connections whose last answer is decided: one already says `Connection: close`. */
+const ending = new WeakSet<Socket>()
+
+/**
+ * The app begins to close (on the signal, or in `app.close()`): from now on
+ * every response carries `Connection: close`, so each keep-alive connection
+ * ends right after its next answer, the one moment when no request of its
+ * client can be on the way. Safe to call twice.
+ */
+export function beginClose (app: FastifyInstance): void {
+  gate(app.server)
+}
+
+/** Puts `admit` in front of the server's request listeners (Fastify's among them). */
+function gate (server: Server): void {
+  if (gated.has(server)) return
+  gated.add(server)
+  const listeners = server.listeners('request') as RequestListener[]
+  server.removeAllListeners('request')
+  server.on('request', function (this: Server, req: IncomingMessage, res: ServerResponse) {
+    if (!admit(req, res)) return
+    for (const l of listeners) l.call(this, req, res)
+  })
+}
+
+/**
+ * While closing, whether a request is handled. Its answer says
+ * `Connection: close`. A request pipelined behind an answer that will end
+ * the connection is not handled at all (RFC 9112 9.6: the client sends it
+ * again on another connection): handled, it would reach the upstream and
+ * its answer would have no connection left to go out on.
+ */
+function admit (req: IncomingMessage, res: ServerResponse): boolean {
+  const socket = req.socket
+  const current = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage
+  if (current === undefined || current === null || current === res) {
+    res.shouldKeepAlive = false
+    ending.add(socket)
+    return true
+  }
+  // Pipelined behind `current`, still on its way.
+  if (!ending.has(socket)) {
+    if (!current.headersSent) {
+      current.shouldKeepAlive = false
+    } else if (current.shouldKeepAlive && !/close/i.test(String(current.getHeader('connection') ?? ''))) {
+      // `current` went out keeping the connection: this one is its last answer.
+      res.shouldKeepAlive = false
+      ending.add(socket)
+      return true
+    }
+    ending.add(socket)
+  }
+  // Should the connection stay open after all (a handler's own `Connection: keep-alive`), it is answered.
+  res.once('socket', () => {
+    res.writeHead(503, { connection: 'close', 'content-length': '0' })
+    res.end()
+  })
+  return false
+}
+
+/** Time kept at the end of `gracefulClose.delay` for `app.close()` and the exit, after the drain: a quarter of it, at most 1 s. */
+function closeMargin (delay: number): number {
+  return Math.min(1000, Math.floor(delay / 4))
+}
+
+/** Stands in for `server.closeIdleConnections` during the drain. */
+function keepIdle (): void {}
+
+/**
+ * Stops accepting connections and waits, for at most `ms`, until the server
+ * has none left. Node's `server.close()` first closes every idle keep-alive
+ * connection at once (Node >= 19), racing a request its client may have sent
+ * on it already: for the drain, the server keeps them. Each one then ends
+ * after its next response (`Connection: close`) or when it has been idle for
+ * the server's `keepAliveTimeout`, as in ordinary operation. Connections still
+ * open when `ms` runs out are left to `app.close()`, which closes the idle
+ * ones and waits for the busy ones.
+ */
+async function drain (app: FastifyInstance, ms: number): Promise<void> {
+  const server: Server = app.server
+  // HTTP/2 has its own goodbye (GOAWAY, sent by Fastify's close); this is HTTP/1.1's.
+  if (ms <= 0 || !server.listening || typeof server.closeIdleConnections !== 'function') return
+  const start = Date.now()
+  const own = Object.getOwnPropertyDescriptor(server, 'closeIdleConnections')
+  server.closeIdleConnections = keepIdle
+  let drained = false
+  try {
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms)
+      timer.unref()
+      server.close(() => {
+        drained = true
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  } finally {
+    if (own === undefined) delete (server as Partial<Server>).closeIdleConnections
+    else Object.defineProperty(server, 'closeIdleConnections', own)
+  }
+  if (drained) {
+    app.log.info({ ms: Date.now() - start }, 'connections drained')
+    return
+  }
+  const open = await new Promise<number>((resolve) => { server.getConnections((_err, n) => { resolve(n) }) })
+  app.log.warn({ open, ms: Date.now() - start }, `${open} connections still open at the end of the drain: closing the idle ones`)
 }
