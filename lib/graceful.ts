@@ -1,4 +1,5 @@
 import closeWithGrace from 'close-with-grace'
+import fs from 'node:fs'
 import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
@@ -77,10 +78,12 @@ const ending = new WeakSet<Socket>()
  * The app begins to close (on the signal, or in `app.close()`): from now on
  * every response carries `Connection: close`, so each keep-alive connection
  * ends right after its next answer, the one moment when no request of its
- * client can be on the way. Safe to call twice.
+ * client can be on the way; and the logger's exit flush is bounded, so a
+ * broken log destination cannot hold the process. Safe to call twice.
  */
 export function beginClose (app: FastifyInstance): void {
   gate(app.server)
+  boundExitFlush(app.log)
 }
 
 /** Puts `admit` in front of the server's request listeners (Fastify's among them). */
@@ -176,4 +179,82 @@ async function drain (app: FastifyInstance, ms: number): Promise<void> {
   }
   const open = await new Promise<number>((resolve) => { server.getConnections((_err, n) => { resolve(n) }) })
   app.log.warn({ open, ms: Date.now() - start }, `${open} connections still open at the end of the drain: closing the idle ones`)
+}
+
+/** How long the exit flush of the log may retry a write the destination is not ready for. */
+const EXIT_FLUSH_BOUND = 100
+const bounded = Symbol('sssonector.boundedExitFlush')
+
+interface ExitFlushing {
+  flushSync: () => void
+  [bounded]?: true
+}
+
+/**
+ * pino's default destination (sonic-boom) is flushed at process exit by
+ * pino's 'exit' handler (on-exit-leak-free) with `flushSync()`, and
+ * sonic-boom 4's `flushSync()` retries a failed write forever, 100 ms apart,
+ * whatever the error: on a pipe whose reader is gone (EPIPE) the process never
+ * exits, not at the delay, not on a second signal. pino stops writing after
+ * an EPIPE the stream reports, but only if that write's callback ran before
+ * the exit; lines logged just before `process.exit()` are left to
+ * `flushSync()`. Here `flushSync()` keeps its work, but a write that fails
+ * ends it: the lines not written are dropped (EAGAIN/EBUSY are retried for
+ * at most EXIT_FLUSH_BOUND ms first). It is bounded by making `fs.writeSync`
+ * report the failure as written for the duration of that one synchronous
+ * call, so sonic-boom's own loop ends; nothing else runs meanwhile.
+ */
+function boundExitFlush (log: object): void {
+  const stream = destination(log)
+  if (stream === undefined || stream[bounded] === true) return
+  const flushSync = stream.flushSync
+  stream.flushSync = () => { boundedWrites(() => { flushSync.call(stream) }) }
+  stream[bounded] = true
+}
+
+/** pino keeps its destination under a symbol of its own (`pino.symbols.streamSym`), found by its description. */
+function destination (log: object): ExitFlushing | undefined {
+  for (let o: object | null = log; o !== null; o = Object.getPrototypeOf(o) as object | null) {
+    const sym = Object.getOwnPropertySymbols(o).find((s) => s.description === 'pino.stream')
+    if (sym === undefined) continue
+    const stream = (log as Record<symbol, unknown>)[sym] as Partial<ExitFlushing> | null | undefined
+    return typeof stream?.flushSync === 'function' ? stream as ExitFlushing : undefined
+  }
+  return undefined
+}
+
+type WriteSync = (fd: number, data: string | NodeJS.ArrayBufferView, ...rest: unknown[]) => number
+
+function boundedWrites (flush: () => void): void {
+  const target = fs as unknown as { writeSync: WriteSync }
+  const writeSync = target.writeSync
+  const until = Date.now() + EXIT_FLUSH_BOUND
+  let failed = false
+  target.writeSync = (fd, data, ...rest) => {
+    if (!failed) {
+      try {
+        return Reflect.apply(writeSync, fs, [fd, data, ...rest]) as number
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code
+        if ((code === 'EAGAIN' || code === 'EBUSY') && Date.now() < until) throw err
+        failed = true
+      }
+    }
+    return length(data, rest)
+  }
+  try {
+    flush()
+  } catch {
+    // An exit flush that throws (a destroyed or unopened destination) has nothing left to write.
+  } finally {
+    target.writeSync = writeSync
+  }
+}
+
+/** The bytes a `fs.writeSync` call was asked to write. */
+function length (data: string | NodeJS.ArrayBufferView, rest: unknown[]): number {
+  if (typeof data === 'string') return Buffer.byteLength(data)
+  const [offset, len] = rest
+  if (typeof len === 'number') return len
+  return data.byteLength - (typeof offset === 'number' ? offset : 0)
 }
