@@ -1,6 +1,5 @@
 import fp from 'fastify-plugin'
-import type { IncomingMessage, ServerResponse } from 'node:http'
-import { closeOnSignal } from './graceful.js'
+import { beginClose, closeOnSignal } from './graceful.js'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { SssonectorDecorator, SssonectorOptions } from '../types/index.js'
@@ -16,11 +15,6 @@ export * as errors from './errors.js'
 export { parseDuration } from './options/index.js'
 export { Upstream } from './upstream.js'
 export { UpstreamDispatcher } from './dispatcher.js'
-
-/** While closing, every response ends its connection. */
-function closeAfter (_req: IncomingMessage, res: ServerResponse): void {
-  res.shouldKeepAlive = false
-}
 
 /**
  * The plugin: validates the options into a new object, builds the upstreams,
@@ -94,12 +88,7 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   fastify.addHook('preClose', async () => {
     state.closing = true
     for (const u of list) u.stopHealth()
-    // Connections do not outlive the close: a request arriving now is answered
-    // with Connection: close (Fastify's 503), and a keep-alive socket that goes
-    // idle is closed at once rather than after keepAliveTimeout.
-    const server = fastify.server
-    server.prependListener('request', closeAfter)
-    server.keepAliveTimeout = 1
+    beginClose(fastify)
   })
 
   let forget: (() => void) | null = null
