@@ -1,6 +1,7 @@
 import { Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
 import type { IncomingMessage, ServerResponse, IncomingHttpHeaders } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
 import httpProxy from '@fastify/http-proxy'
 import type { ResolvedRoute } from './options/index.js'
@@ -17,7 +18,9 @@ import { BufferedBody, prefetch } from './request-body.js'
 const kLease = Symbol('sssonector.lease')
 const kWaiter = Symbol('sssonector.waiter')
 const kHeaders = Symbol('sssonector.headers')
+const kHeld = Symbol('sssonector.held')
 type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter }
+type HoldingSocket = Socket & { [kHeld]?: LeasedMessage[] }
 type Headers = IncomingHttpHeaders & Record<string, string | string[] | number | undefined>
 
 /** A placeholder for http-proxy's path checks and reply-from's URL: the lease decides the target, its Host and its origin. */
@@ -67,12 +70,8 @@ class RouteDispatcher extends Dispatcher {
   override async destroy (): Promise<void> {}
 }
 
-/**
- * Releases the request's lease once its response is closed ('close' fires on
- * every path, the hooks do not); a request still queued leaves the queue.
- */
-function onResponseClose (this: ServerResponse): void {
-  const req = this.req as LeasedMessage
+/** Lets go of what a request holds: its lease, or its place in the queue. */
+function letGo (req: LeasedMessage): void {
   const lease = req[kLease]
   if (lease !== undefined) {
     lease.release()
@@ -80,6 +79,43 @@ function onResponseClose (this: ServerResponse): void {
   }
   const w = req[kWaiter]
   if (w !== undefined) w.upstream.cancel(w)
+}
+
+/**
+ * Releases the request's lease once its response is closed ('close' fires on
+ * every path the hooks miss); a request still queued leaves the queue.
+ */
+function onResponseClose (this: ServerResponse): void {
+  const req = this.req as LeasedMessage
+  const held = (req.socket as HoldingSocket | null)?.[kHeld]
+  if (held !== undefined) {
+    const i = held.indexOf(req)
+    if (i !== -1) held.splice(i, 1)
+  }
+  letGo(req)
+}
+
+/**
+ * A pipelined response queued behind one that closes its connection never
+ * gets 'close': the requests its socket still holds let go when it closes.
+ */
+function onSocketClose (this: HoldingSocket): void {
+  const held = this[kHeld]
+  if (held === undefined) return
+  this[kHeld] = []
+  for (const req of held) letGo(req)
+}
+
+/** Tracks a request on its socket until its response closes. */
+function hold (req: LeasedMessage): void {
+  const socket = req.socket as HoldingSocket | null
+  if (socket === null) return
+  let held = socket[kHeld]
+  if (held === undefined) {
+    held = socket[kHeld] = []
+    socket.once('close', onSocketClose)
+  }
+  held.push(req)
 }
 
 /** A proxied request waiting for its lease: its own balancer context (its consistent-hash key). */
@@ -145,6 +181,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     const w = new RouteWaiter(upstream, request, reply, done, hashKey === undefined ? undefined : hashKey(request))
     const raw = request.raw as LeasedMessage
     raw[kWaiter] = w
+    hold(raw)
     upstream.acquire(w)
   }
 
