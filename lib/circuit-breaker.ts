@@ -48,9 +48,14 @@ export class CircuitBreaker {
     this.#ok[this.#slot()]++
   }
 
-  /** Records a failure; true when the breaker should open now. */
-  failure (): boolean {
-    this.#consecutive++
+  /**
+   * Records a failure; true when the breaker should open now. One that
+   * `overlaps` the last failure counted (its attempt began before that one
+   * was seen: the many attempts one crash cut at once) counts for the rate,
+   * not as one more in a row.
+   */
+  failure (overlaps = false): boolean {
+    if (!overlaps) this.#consecutive++
     this.#failed[this.#slot()]++
     if (this.#consecutive >= this.#opts.consecutiveFailures) return true
     const { ok, failed } = this.counts()

@@ -86,6 +86,8 @@ const KEEP_LIMIT = 64 * 1024
  * under many requests at once, is spread out; a storm is still refused.
  */
 const BUDGET_WAITS = 4
+/** A retry that finds no target looks again after a backoff this many times at most (see Exchange#seek). */
+const TARGET_WAITS = 4
 
 /** A retriable answer kept while its retry is tried: passed on as it was if the retry cannot happen. */
 interface KeptAnswer {
@@ -142,6 +144,16 @@ function withoutHost (list: unknown[]): unknown[] {
   return out
 }
 
+/**
+ * The resume callback the deprecated handler API hands on. Bound to the
+ * attempt's controller alone: a closure over the attempt would keep the whole
+ * request (exchange, lease, headers) reachable from the response stream that
+ * holds it, long enough for V8 to promote every request to the old generation.
+ */
+function resumeOf (controller: Controller): () => void {
+  return controller.resume.bind(controller)
+}
+
 /** One attempt on one target: undici's current handler API, forwarding to its exchange. */
 class Attempt implements Handler {
   readonly exchange: Exchange
@@ -160,7 +172,6 @@ class Attempt implements Handler {
   cut: Error | null = null
   /** Its answer has no body (204, 304, an answer to HEAD): complete with its headers. */
   bodyless = false
-  #resume: (() => void) | null = null
 
   constructor (exchange: Exchange, slot: Slot, now: number) {
     this.exchange = exchange
@@ -168,11 +179,6 @@ class Attempt implements Handler {
     this.conn = slot.conn
     this.ticket = slot.ticket
     this.startedAt = now
-  }
-
-  /** The resume callback the deprecated API hands on: made once per attempt. */
-  get resume (): () => void {
-    return (this.#resume ??= () => { this.controller?.resume() })
   }
 
   onRequestStart (controller: Controller): void {
@@ -362,7 +368,7 @@ export class Exchange implements PickContext<Target> {
     if (this.#controller !== null) {
       this.#controller.target = controller
       this.#inner.onResponseStart?.(this.#controller, status, headers, statusText)
-    } else if (this.#inner.onHeaders?.(status, (controller.rawHeaders ?? []) as Buffer[], attempt.resume, statusText) === false) {
+    } else if (this.#inner.onHeaders?.(status, (controller.rawHeaders ?? []) as Buffer[], resumeOf(controller), statusText) === false) {
       controller.pause()
     }
     // A 204, a 304 or an answer to HEAD is complete with its headers, whatever
@@ -539,27 +545,34 @@ export class Exchange implements PickContext<Target> {
   }
 
   #retryNow (category: ErrorCategory, counted: boolean): void {
-    const host = this.#host
-    host.retried(category)
+    this.#host.retried(category)
     // After a reset or a malformed answer, not on a socket of the same target as old as the one that broke.
     const broken = category === 'reset' || category === 'protocol' ? this.#lastTried : null
+    this.#seek(category, counted, broken, 0)
+  }
+
+  /**
+   * A target for the retry: one not tried yet, at once. When none can take
+   * it, it backs off (full jitter from `retry.baseDelay`, doubling) and looks
+   * again, a target it tried included (unless the retry must go elsewhere),
+   * up to TARGET_WAITS times: a target's trial under way, or one back from a
+   * restart, takes it.
+   */
+  #seek (category: ErrorCategory, counted: boolean, broken: Target | null, waits: number): void {
+    const host = this.#host
+    this.#allowTried = waits > 0 && !this.#elsewhere
     const slot = host.take(this, broken)
+    this.#allowTried = false
     if (slot !== null) {
       this.#go(slot, counted)
       return
     }
-    if (!host.anyTarget() || this.#elsewhere) {
-      this.#giveUp(category, this.#elsewhere ? 'no other target can take it' : 'no target left')
+    if (waits >= TARGET_WAITS || !host.anyTarget()) {
+      this.#giveUp(category, waits === 0 ? 'no target left' : 'no target can take the retry')
       return
     }
     const policy = host.config.retry!
-    this.#sleep(fullJitter((this.#tried?.length ?? 1) - 1, policy.baseDelay, policy.maxDelay, host.random), () => {
-      this.#allowTried = true
-      const again = host.take(this, broken)
-      this.#allowTried = false
-      if (again === null) this.#giveUp(category, 'no target can take the retry')
-      else this.#go(again, counted)
-    })
+    this.#sleep(fullJitter(waits, policy.baseDelay, policy.maxDelay, host.random), () => { this.#seek(category, counted, broken, waits + 1) })
   }
 
   #go (slot: Slot, counted: boolean): void {

@@ -107,6 +107,8 @@ export class Target implements Pickable {
   readonly #down: TargetDownState
   #draining = false
   #onIdle: (() => void) | null = null
+  /** When its breaker last counted a failure. */
+  #lastFailure = -Infinity
 
   constructor (resolved: ResolvedTarget, settings: ConnectionSettings, limits: SharedLimits, factory: ConnectionFactory,
     owner: TargetOwner, onFree: () => void, breaker: ResolvedCircuitBreaker | null) {
@@ -259,17 +261,22 @@ export class Target implements Pickable {
     this.#observe(failed, result.latency)
     this.#owner.observed(this, failed, result.latency)
     this.meter?.attempt(statusClass(result), result.latency / 1000)
-    this.#judge(ticket, category, result.status, failed)
+    this.#judge(ticket, category, result.status, failed, this.#owner.now() - result.latency)
   }
 
   /** An idle connection showed a framing anomaly (undici closed it): a protocol failure of the target's. */
   anomaly (): void {
     this.errors.protocol = (this.errors.protocol ?? 0) + 1
-    this.#judge(this.#down.epoch * 2, 'protocol', 0, true)
+    this.#judge(this.#down.epoch * 2, 'protocol', 0, true, this.#owner.now())
   }
 
-  /** Moves its down state and breaker on a result of its own. */
-  #judge (ticket: Ticket, category: ErrorCategory | null, status: number, failed: boolean): void {
+  /**
+   * Moves its down state and breaker on a result of its own, of an attempt
+   * that began at `began`. Failures that overlap one outage are one failure:
+   * to the down state (see down-state.ts), and to the breaker's count in a
+   * row (an attempt that began before the last failure was seen).
+   */
+  #judge (ticket: Ticket, category: ErrorCategory | null, status: number, failed: boolean, began: number): void {
     const down = this.#down
     const now = this.#owner.now()
     const connectFailed = category !== null && CONNECT_FAILURES.has(category)
@@ -291,8 +298,13 @@ export class Target implements Pickable {
     }
     const breaker = this.breaker
     if (breaker === null) return
-    if (!failed) breaker.success()
-    else if (breaker.failure()) down.fail(ticket, 'breaker', `failures: ${what}`, now)
+    if (!failed) {
+      breaker.success()
+      return
+    }
+    const overlaps = began < this.#lastFailure
+    this.#lastFailure = now
+    if (breaker.failure(overlaps)) down.fail(ticket, 'breaker', `failures: ${what}`, now)
   }
 
   /** A request given this target left before its attempt (the client went away): a trial it held may run again. */
