@@ -42,8 +42,8 @@ export interface ExchangeHost {
   take: (context: PickContext<Target>, broken: Target | null) => Slot | null
   /** Whether any target is in rotation. */
   anyInRotation: () => boolean
-  /** Whether any target is not leaving (a retry after a backoff might find it back, or take its trial). */
-  anyTarget: () => boolean
+  /** Whether any target is not leaving, other than those given (a retry after a backoff might find it back, or take its trial). */
+  anyTarget: (except: readonly Target[] | null) => boolean
   /** Whether some target fits this context now, asked of each target (no balancer state moves). */
   fits: (context: PickContext<Target>) => boolean
   /** Logs a failed attempt (debug for a client's fault, info when retried, warn when it was the last). */
@@ -567,7 +567,8 @@ export class Exchange implements PickContext<Target> {
       this.#go(slot, counted)
       return
     }
-    if (waits >= TARGET_WAITS || !host.anyTarget()) {
+    // (A retry that must go elsewhere waits only for a target it did not try.)
+    if (waits >= TARGET_WAITS || !host.anyTarget(this.#elsewhere ? this.#tried : null)) {
       this.#giveUp(category, waits === 0 ? 'no target left' : 'no target can take the retry')
       return
     }

@@ -280,9 +280,9 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     return false
   }
 
-  /** ExchangeHost: whether any target is not leaving. */
-  anyTarget (): boolean {
-    for (const t of this.targets) if (!t.draining) return true
+  /** ExchangeHost: whether any target is not leaving, but those given. */
+  anyTarget (except: readonly Target[] | null): boolean {
+    for (const t of this.targets) if (!t.draining && (except === null || !except.includes(t))) return true
     return false
   }
 

@@ -21,7 +21,8 @@ t.test('app.close() waits for the requests in flight, then closes every upstream
   await gate.waitingFor(3)
   let closed = false
   const closing = gw.app.close().then(() => { closed = true })
-  await new Promise((resolve) => setImmediate(resolve))
+  // Given 300 ms, a close that did not wait for them would be over (it takes a few ms).
+  await Promise.race([closing, new Promise((resolve) => setTimeout(resolve, 300))])
   t.equal(closed, false, 'close waits while requests are in flight')
   gate.open()
   for (const p of held) {

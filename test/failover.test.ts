@@ -4,12 +4,6 @@ import { request } from 'undici'
 import type { Dispatcher } from 'undici'
 import { refusedPort, startGateway, startUpstream } from './helpers/servers.js'
 import type { Gateway, Teardown } from './helpers/servers.js'
-import { Upstream } from '../lib/upstream.js'
-import { resolveOptions } from '../lib/options/index.js'
-import { fullJitter, skipInterval } from '../lib/backoff.js'
-import { FakeClient, fakeFactory } from './helpers/fake-client.js'
-import { admit, send as sendLease } from './helpers/leases.js'
-import { seeded } from './helpers/random.js'
 
 async function send (gw: Gateway, path: string, opts: { method?: string, body?: Buffer, headers?: Record<string, string> } = {}): Promise<{ status: number, body: string }> {
   const res = await request(`${gw.url}${path}`, { dispatcher: gw.agent, method: (opts.method ?? 'GET') as Dispatcher.HttpMethod, body: opts.body, headers: opts.headers })
@@ -28,36 +22,6 @@ async function inParallel<R> (total: number, width: number, fn: (i: number) => P
   }))
   return out
 }
-
-t.test('backoff: full jitter under a doubling cap; skip interval doubles up to its max', async (t) => {
-  const r = seeded(7)
-  for (let n = 0; n < 10; n++) {
-    const cap = Math.min(250, 25 * 2 ** n)
-    for (let i = 0; i < 50; i++) {
-      const d = fullJitter(n, 25, 250, r)
-      t.ok(d >= 0 && d < cap, `attempt ${n}: ${d} in [0, ${cap})`)
-    }
-  }
-  t.equal(fullJitter(3, 25, 250, () => 0.999999), 199)
-  t.same([1, 2, 3, 4, 5, 6, 7, 40].map((f) => skipInterval(f, 5000, 60000)), [5000, 10000, 20000, 40000, 60000, 60000, 60000, 60000])
-})
-
-t.test('each attempt\'s outcome reaches the lease\'s record', async (t) => {
-  const made: FakeClient[] = []
-  const config = resolveOptions({ upstreams: { u: { targets: ['http://127.0.0.1:1', 'http://127.0.0.1:2'], balance: 'round-robin' } } }).upstreams[0]
-  const up = new Upstream(config, { factory: fakeFactory(made) })
-  const lease = admit(up)!
-  sendLease(lease)
-  made[0].fail(Object.assign(new Error('refused'), { code: 'ECONNREFUSED' }))
-  made[1].complete()
-  t.match(lease.history, [
-    { target: 'http://127.0.0.1:1', category: 'connect_refused', retried: true },
-    { target: 'http://127.0.0.1:2', status: 200, category: null, retried: false }
-  ])
-  t.equal(lease.attempts, 2)
-  lease.release()
-  await up.close()
-})
 
 /** An upstream that notes every request's x-id and echoes its body length. */
 async function counted (t: Teardown, ids: Map<string, number>, handler?: (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void): Promise<string> {

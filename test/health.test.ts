@@ -65,9 +65,9 @@ t.test('a killed target leaves rotation on its failed checks and comes back; 100
   await eventually(() => done >= 100)
   await b.kill()
   await eventually(() => u.stats().targets[1].health.some((h) => h.cause === 'active_health'))
-  const hitsWhileDown = a.hits()
+  const triedWhenOut = u.stats().targets[1].requests
   await eventually(() => done >= 500)
-  t.ok(a.hits() > hitsWhileDown, 'the live target took the traffic')
+  t.equal(u.stats().targets[1].requests, triedWhenOut, 'out of rotation, the killed target was not even tried: the live one took every request')
   await b.start()
   await eventually(() => u.stats().targets[1].available)
   const bBack = b.hits()
@@ -144,11 +144,15 @@ t.test('outlier ejection: a target slowed beside two fast ones is ejected and ge
     routes: [{ prefix: '/', upstream: 'u' }]
   })
   const u = gw.app.sssonector.upstream('u')
-  while (!u.stats().targets[1].health.some((h) => h.cause === 'ejected')) {
+  // Load until it is ejected (bounded: the detector judges every 300 ms).
+  for (let round = 0; round < 500 && !u.stats().targets[1].health.some((h) => h.cause === 'ejected'); round++) {
     await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/x')))
   }
+  t.match(u.stats().targets[1].health, [{ cause: 'ejected' }], 'ejected as the slow one')
   const before = slow.seen.length
-  for (let i = 0; i < 60; i++) t.equal(await get(gw, '/y'), 200)
+  const codes: number[] = []
+  for (let i = 0; i < 60; i++) codes.push(await get(gw, '/y'))
+  t.equal(codes.filter((c) => c === 200).length, 60, 'every request served')
   t.equal(slow.seen.length, before, 'no request reached the ejected target')
   t.equal(u.stats().targets[1].ejections, 1)
 })
@@ -173,16 +177,19 @@ t.test('probation: a slow target back from its ejection gets a few requests, one
   })
   const u = gw.app.sssonector.upstream('u')
   const ejections = (): number => u.stats().targets[1].ejections
-  while (ejections() === 0) {
+  for (let round = 0; round < 500 && ejections() === 0; round++) {
     await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/x')))
   }
+  t.equal(ejections(), 1, 'ejected once')
   most = 0
   const before = slow.seen.length
-  // Six requests in flight at a time until the slow target is back, on probation, and ejected again.
-  while (ejections() < 2) {
-    const codes = await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/y')))
-    t.same(codes, [200, 200, 200, 200, 200, 200])
+  // Six requests in flight at a time until the slow target is back, on probation, and ejected again (bounded).
+  const codes: number[] = []
+  for (let round = 0; round < 500 && ejections() < 2; round++) {
+    codes.push(...await Promise.all(Array.from({ length: 6 }, async () => await get(gw, '/y'))))
   }
+  t.equal(ejections(), 2, 'ejected again after its probation')
+  t.equal(codes.filter((c) => c === 200).length, codes.length, `every one of the ${codes.length} requests meanwhile served`)
   const during = slow.seen.length - before
   t.ok(during >= 1 && during <= PROBATION_ATTEMPTS, `its probation took ${during} requests (at most ${PROBATION_ATTEMPTS})`)
   t.equal(most, 1, 'one at a time')

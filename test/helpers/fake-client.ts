@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events'
+import { EventEmitter, once } from 'node:events'
 import type { Dispatcher } from 'undici'
 import type { ConnectionClient, ConnectionFactory } from '../../lib/connection-pool.js'
 
@@ -47,6 +47,7 @@ export class FakeClient extends EventEmitter implements ConnectionClient {
 
   dispatch (opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
     if (this.inflight.length > 0) throw new Error('two attempts at once on one connection')
+    queueMicrotask(() => { dispatches.emit('dispatch', this) })
     if (this.destroyed) {
       fail(handler, null, Object.assign(new Error('The client is destroyed'), { code: 'UND_ERR_DESTROYED' }))
       return false
@@ -110,4 +111,13 @@ export function fakeFactory (made: FakeClient[]): ConnectionFactory {
     made.push(c)
     return c
   }
+}
+
+/** Tells of every attempt dispatched on a stand-in client. */
+const dispatches = new EventEmitter()
+
+/** Resolves with the next stand-in client an attempt is dispatched on. */
+export async function nextDispatch (): Promise<FakeClient> {
+  const [client] = await once(dispatches, 'dispatch') as [FakeClient]
+  return client
 }

@@ -1,0 +1,76 @@
+import t from 'tap'
+import net from 'node:net'
+import { once } from 'node:events'
+import { request } from 'undici'
+import { startGateway, startUpstream } from './helpers/servers.js'
+
+/** A client that sends its headers, then its body a byte every `every` ms, until stopped. */
+function trickler (port: number, length: number, every: number): { stop: () => void, answered: Promise<string> } {
+  const socket = net.connect(port, '127.0.0.1')
+  socket.on('error', () => {})
+  let out = ''
+  socket.on('data', (c: Buffer) => { out += c.toString('latin1') })
+  let timer: NodeJS.Timeout | null = null
+  socket.once('connect', () => {
+    socket.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${length}\r\n\r\n`)
+    timer = setInterval(() => { socket.write('u') }, every)
+  })
+  const answered = once(socket, 'close').then(() => out)
+  return {
+    stop: () => {
+      if (timer !== null) clearInterval(timer)
+      socket.destroy()
+    },
+    answered
+  }
+}
+
+t.test('slow uploaders hold no connection while they trickle: three times maxActive of them, and every GET is still served', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url], pool: { maxActive: 10 } } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const port = Number(new URL(gw.url).port)
+  // 30 uploads of 1,000 bytes at a byte every 50 ms: 50 s each if nothing stops them.
+  const slow = Array.from({ length: 30 }, () => trickler(port, 1000, 50))
+  t.teardown(() => { for (const s of slow) s.stop() })
+  const statuses = await Promise.all(Array.from({ length: 50 }, async (_, i) => {
+    const res = await request(`${gw.url}/get/${i}`, { dispatcher: gw.agent })
+    await res.body.dump()
+    return res.statusCode
+  }))
+  t.equal(statuses.filter((s) => s === 200).length, 50, 'every GET served while 30 uploads trickle')
+  const s = gw.app.sssonector.upstream('a').stats()
+  t.equal(s.active, 0, 'the uploads hold no slot')
+  t.equal(up.seen.filter((r) => r.url === '/upload').length, 0, 'nothing of them reached the upstream yet')
+  t.same(s.rejected, {}, 'nothing refused')
+})
+
+t.test('an upload that sent more than retry.bufferBody, then stalls: 408 after timeouts.clientBody, its slot back, not the target\'s fault', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url], pool: { maxActive: 1 }, timeouts: { clientBody: '200ms' } } },
+    routes: [{ prefix: '/', upstream: 'a', bodyLimit: 1024 * 1024 }]
+  })
+  const socket = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
+  socket.on('error', () => {})
+  await once(socket, 'connect')
+  let out = ''
+  socket.on('data', (c: Buffer) => { out += c.toString('latin1') })
+  const closed = once(socket, 'close')
+  // 100 KiB of 500: past the 64 KiB read before admission, so it holds the one connection, then nothing.
+  socket.write(`POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: ${500 * 1024}\r\n\r\n`)
+  socket.write(Buffer.alloc(100 * 1024, 'u'))
+  await closed
+  t.match(out, /^HTTP\/1\.1 408 /, '408: it sent nothing for 200 ms')
+  t.match(out, /FST_SSSONECTOR_CLIENT_BODY_TIMEOUT/)
+  await gw.closedCount(1)
+  const s = gw.app.sssonector.upstream('a').stats()
+  t.equal(s.active, 0, 'its slot is back')
+  t.same(s.targets[0].errors, {}, 'not the target\'s fault')
+  t.equal(s.targets[0].breaker?.failed, 0)
+  const res = await request(`${gw.url}/after`, { dispatcher: gw.agent })
+  t.equal(res.statusCode, 200, 'the one connection serves the next request')
+  await res.body.dump()
+})
