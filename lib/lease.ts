@@ -63,6 +63,9 @@ export class Lease implements ExchangeRecord {
   latency = 0
   attempts = 0
   history: AttemptOutcome[] | null = null
+  /** Admission's list of the leases granted and not yet released. */
+  prev: Lease | null = null
+  next: Lease | null = null
 
   constructor (owner: LeaseOwner, target: Target, conn: Connection, ticket: Ticket, key: string | undefined) {
     this.#owner = owner

@@ -573,7 +573,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   protected async onDestroy (err: Error | null): Promise<void> {
     this.stopHealth()
     this.#admission.failAll(() => err ?? this.#admission.closedError())
-    for (const lease of [...this.#admission.live]) lease.abort(err ?? new ClosedError(this.name))
+    for (const lease of this.#admission.live) lease.abort(err ?? new ClosedError(this.name))
     await this.#prober?.close()
     await Promise.all(this.targets.map(async (t) => { await t.drain() }))
     this.#stopSweep()
