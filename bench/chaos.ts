@@ -262,6 +262,8 @@ interface Instance {
   ended: 'kill' | 'term' | null
   /** when the signal was sent (performance.now()) */
   endedAt: number
+  /** when the runner saw it exit (performance.now()) */
+  goneAt: number
   exited: Promise<void>
   /** resolves once its stdout is read to the end */
   drained: Promise<void>
@@ -745,7 +747,8 @@ class Run {
       posts: new Set(),
       ended: null,
       endedAt: Infinity,
-      exited: new Promise((resolve) => { child.once('exit', () => { resolve() }) }),
+      goneAt: Infinity,
+      exited: new Promise((resolve) => { child.once('exit', () => { inst.goneAt = now(); resolve() }) }),
       drained: Promise.resolve()
     }
     this.instances.push(inst)
@@ -1000,7 +1003,7 @@ export function formatReport (r: ChaosReport): string {
     rows.push(['churn: kills, down ms max / mean', `${r.churn.kills}, ${fmt(r.churn.maxDownMs)} / ${fmt(r.churn.meanDownMs)}`, `from SIGKILL to the next process listening (as the runner saw it, max ${fmt(r.churn.maxWindowMs)} ms)`])
     rows.push(['churn: GET failure %', r.churn.getFailurePct.toFixed(3), `target <= 0.1%: ${r.churn.getFailurePct <= 0.1 ? 'met' : 'missed'}`])
     rows.push(['churn: POSTs failed: in flight on a killed process / reset unread / other', `${r.churn.postFailedInFlight} / ${r.churn.postFailedUnread} / ${r.churn.postFailedOther}`,
-      `in flight: logged as received by a process SIGKILLed while its client waited; reset unread: reset, logged by no process, a kill during it (sent to a process that died before reading it); target, no other: ${r.churn.postFailedOther === 0 ? 'met' : 'missed'}; other: ${counts(r.churn.postFailedOtherKeys, 6)}`])
+      `in flight: logged as received by a process SIGKILLed while its client waited; reset unread: reset, logged by no process, sent while a process was dying (SIGKILL sent, exit not yet seen: sent to it before it read it); target, no other: ${r.churn.postFailedOther === 0 ? 'met' : 'missed'}; other: ${counts(r.churn.postFailedOtherKeys, 6)}`])
   }
   if (r.rolling !== null) {
     rows.push(['rolling: restarts, down ms max / mean', `${r.rolling.restarts}, ${fmt(r.rolling.maxDownMs)} / ${fmt(r.rolling.meanDownMs)}`, `from the listener closed to the next one listening; each under 250 ms: ${r.rolling.maxDownMs < 250 ? 'met' : 'missed'} (as the runner saw it, signal to ready: max ${fmt(r.rolling.maxWindowMs)} ms)`])
@@ -1181,16 +1184,18 @@ function report (run: Run, baseline: ResourceSample, final: ResourceSample, elap
     const failedGets = (run.requests.GET?.failed ?? 0) + (run.requests['GET-204']?.failed ?? 0)
     // in flight on a killed process: a process logged the POST as received,
     // and was SIGKILLed while its client still waited for the answer. Apart:
-    // a reset POST that no process logged, while a process was killed: sent
-    // to one that died before reading it (which one, no log can tell).
+    // a reset POST that no process logged, sent while a process was dying
+    // (from its SIGKILL until the runner saw it exit): sent to one that died
+    // before reading it (which one, no log can tell).
     let inFlight = 0
     let unread = 0
     const otherKeys: Counts = {}
     const killed = run.instances.filter((i) => i.ended === 'kill')
     for (const p of run.postFailures) {
       const during = killed.filter((i) => i.endedAt >= p.start && i.endedAt <= p.end)
+      const dying = killed.filter((i) => i.endedAt <= p.end && i.goneAt >= p.start)
       if (during.some((i) => i.posts.has(p.id))) inFlight++
-      else if (during.length > 0 && run.targetsOf(p.id).length === 0 && /RESET|SOCKET/.test(p.key)) unread++
+      else if (dying.length > 0 && run.targetsOf(p.id).length === 0 && /RESET|SOCKET/.test(p.key)) unread++
       else bump(otherKeys, p.key)
     }
     churn = {
