@@ -15,9 +15,12 @@ const NOT_FORWARDED = new Set([
 /** Response headers never passed to the client. */
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'transfer-encoding']
 
+const NONE: readonly string[] = Object.freeze([])
+
 /** The header names a `Connection` header lists, lowercase. */
-export function connectionListed (value: unknown): string[] {
-  if (value === undefined || value === null) return []
+export function connectionListed (value: unknown): readonly string[] {
+  // What nearly every message carries, without splitting it.
+  if (value === undefined || value === null || value === 'keep-alive' || value === 'close') return NONE
   const text = Array.isArray(value) ? value.join(',') : String(value)
   const out: string[] = []
   for (const part of text.split(',')) {
