@@ -300,11 +300,11 @@ export class Exchange implements PickContext<Target> {
       }, ms)
       this.#deadline.unref()
     }
-    const abort = (reason?: Error): void => { this.abort(reason ?? new Error('aborted')) }
     if (this.#current) {
       this.#controller = new ExchangeController(this)
       this.#inner.onRequestStart!(this.#controller, undefined)
     } else {
+      const abort = (reason?: Error): void => { this.abort(reason ?? new Error('aborted')) };
       (this.#inner.onConnect as ((abort: (err?: Error) => void, context?: unknown) => void) | undefined)?.(abort, undefined)
     }
     this.#lastTried = slot.target

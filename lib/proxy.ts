@@ -181,7 +181,8 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     const w = new RouteWaiter(upstream, request, reply, done, hashKey === undefined ? undefined : hashKey(request))
     const raw = request.raw as LeasedMessage
     raw[kWaiter] = w
-    hold(raw)
+    // Pipelined behind an answer not yet written (Node gives it the socket later).
+    if (reply.raw.socket === null) hold(raw)
     upstream.acquire(w)
   }
 

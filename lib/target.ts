@@ -280,20 +280,19 @@ export class Target implements Pickable {
     const down = this.#down
     const now = this.#owner.now()
     const connectFailed = category !== null && CONNECT_FAILURES.has(category)
-    const what = category ?? `status ${status}`
     if (!down.isUp) {
       // Out of rotation: only its trials tell (an attempt that began before the outage says nothing).
       if (!isTrial(ticket)) return
       const cause = down.state.kind === 'up' ? 'connect' : down.state.cause
-      if (connectFailed) down.fail(ticket, 'connect', what, now)
+      if (connectFailed) down.fail(ticket, 'connect', category, now)
       // It connects again: a skip for failed connects is over, whatever it answered.
       else if (cause === 'connect' || !failed) down.succeed(ticket)
-      else down.fail(ticket, 'breaker', `trial failed: ${what}`, now)
+      else down.fail(ticket, 'breaker', `trial failed: ${category ?? `status ${status}`}`, now)
       return
     }
     if (!down.current(ticket)) return
     if (connectFailed) {
-      down.fail(ticket, 'connect', what, now)
+      down.fail(ticket, 'connect', category, now)
       return
     }
     const breaker = this.breaker
@@ -304,7 +303,7 @@ export class Target implements Pickable {
     }
     const overlaps = began < this.#lastFailure
     this.#lastFailure = now
-    if (breaker.failure(overlaps)) down.fail(ticket, 'breaker', `failures: ${what}`, now)
+    if (breaker.failure(overlaps)) down.fail(ticket, 'breaker', `failures: ${category ?? `status ${status}`}`, now)
   }
 
   /** A request given this target left before its attempt (the client went away): a trial it held may run again. */
