@@ -74,3 +74,38 @@ t.test('an upload that sent more than retry.bufferBody, then stalls: 408 after t
   t.equal(res.statusCode, 200, 'the one connection serves the next request')
   await res.body.dump()
 })
+
+t.test('a gap the upstream causes (it reads nothing for 5 times timeouts.clientBody) is not the client\'s: the whole body arrives', async (t) => {
+  const { createHash } = await import('node:crypto')
+  let release: () => void = () => {}
+  const reading = new Promise<void>((resolve) => { release = resolve })
+  let began: () => void = () => {}
+  const arrived = new Promise<void>((resolve) => { began = resolve })
+  const up = await startUpstream(t, async (req, res) => {
+    // It takes the request, then reads nothing until told to.
+    req.pause()
+    began()
+    await reading
+    const hash = createHash('sha1')
+    let length = 0
+    for await (const chunk of req) { hash.update(chunk as Buffer); length += (chunk as Buffer).length }
+    res.end(`${length} ${hash.digest('hex')}`)
+  }, { readBody: false })
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url], timeouts: { clientBody: '100ms' } } },
+    routes: [{ prefix: '/', upstream: 'a', bodyLimit: 64 * 1024 * 1024 }]
+  })
+  // 16 MiB, sent as fast as the gateway takes it: far more than the socket buffers between it and the upstream.
+  const body = Buffer.alloc(16 * 1024 * 1024, 'b')
+  const sent = request(`${gw.url}/upload`, { method: 'POST', body, headers: { 'content-type': 'application/octet-stream' }, dispatcher: gw.agent })
+  await arrived
+  // Five gap timeouts with the upstream reading nothing, the client ready to send.
+  await new Promise<void>((resolve) => { setTimeout(resolve, 500) })
+  release()
+  const res = await sent
+  t.equal(res.statusCode, 200, 'no 408: the client sent as fast as it was let')
+  t.equal(await res.body.text(), `${body.length} ${createHash('sha1').update(body).digest('hex')}`, 'the whole body, unchanged')
+  const s = gw.app.sssonector.upstream('a').stats()
+  t.same(s.clientErrors, {}, 'no client error counted')
+  t.same(s.targets[0].errors, {})
+})
