@@ -75,6 +75,8 @@ export class Connection {
   idleSince = 0
   /** Index in the pool's idle stack, -1 when not idle. */
   idleIndex = -1
+  /** Its answer ended: on its way back to the pool (after a turn of the event loop). */
+  returning = false
   /** Requests it carried (attempts it was handed out for). */
   requests = 0
   /** Its socket has connected at least once. */
@@ -102,7 +104,7 @@ function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: u
   conn.broken = true
   // A socket that closed on a framing anomaly (bytes on an idle socket, a second
   // answer, bytes after a complete response): undici destroyed it; the target hears.
-  if (err != null && conn.idleIndex !== -1 && isFramingAnomaly(err)) conn.pool.observer?.anomaly(err as Error)
+  if (err != null && (conn.idleIndex !== -1 || conn.returning) && isFramingAnomaly(err)) conn.pool.observer?.anomaly(err as Error)
   // An idle socket the peer closed leaves the idle set on the event, not on reuse.
   if (conn.idleIndex !== -1) conn.pool.discard(conn)
 }
@@ -208,6 +210,7 @@ export class TargetPool {
   /** Put: back to the idle set when it can serve again, else closed. */
   put (conn: Connection, reusable: boolean): void {
     this.busy--
+    conn.returning = false
     if (!reusable || conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle || this.#retired(conn, this.#now())) {
       this.#destroy(conn)
     } else {

@@ -82,10 +82,11 @@ const KEEP_LIMIT = 64 * 1024
 /**
  * A counted retry that finds the budget spent waits for room this many times
  * at most, backing off from `retry.baseDelay`, doubling, to `retry.maxDelay`
- * (about a second in all with the defaults): a burst, such as a target dying
- * under many requests at once, is spread out; a storm is still refused.
+ * (about 0.9 s in all with the defaults, 1.6 s at most): a burst, such as a
+ * target resetting a third of the requests while the rest is slow, is spread
+ * out over the time the retries in flight take; a storm is still refused.
  */
-const BUDGET_WAITS = 4
+const BUDGET_WAITS = 8
 /** A retry that finds no target looks again after a backoff this many times at most (see Exchange#seek). */
 const TARGET_WAITS = 4
 
@@ -104,6 +105,10 @@ type Body = Dispatcher.DispatchOptions['body']
 type BodyStream = { readableDidRead?: boolean, destroyed?: boolean, errored?: unknown, readableEnded?: boolean, pipe?: unknown }
 
 /** Whether a request body can be sent again: none, a buffer, or a stream nothing has read yet. */
+function putBack (target: Target, conn: Connection): void {
+  target.putConnection(conn, true)
+}
+
 function replayable (body: Body): boolean {
   if (body == null || typeof body === 'string' || body instanceof Uint8Array) return true
   const r = body as BodyStream
@@ -493,12 +498,13 @@ export class Exchange implements PickContext<Target> {
       host.budget.active--
     }
     if (reusable) {
-      // Back to the pool once undici is done with the answer it is parsing: a
-      // request dispatched on the connection from inside that parse would skip
-      // undici's check of an idle socket, and could take bytes already on their
-      // way (a stray second answer) for its own answer.
-      const conn = attempt.conn
-      queueMicrotask(() => { target.putConnection(conn, true) })
+      // Back to the pool after a full turn of the event loop, as undici waits
+      // itself before reusing a socket: bytes already on their way (a stray
+      // second answer written with this one, read in the same poll) reach an
+      // idle socket, and undici closes it, instead of being taken for the
+      // answer of a request dispatched on it meanwhile.
+      attempt.conn.returning = true
+      setImmediate(putBack, target, attempt.conn)
     } else {
       target.putConnection(attempt.conn, false)
     }
