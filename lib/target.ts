@@ -301,8 +301,11 @@ export class Target implements Pickable {
       breaker.success()
       return
     }
+    // overlapping the last failure counted: begun before it was seen (a chain
+    // of overlaps, as under steady load on a target that resets everything,
+    // is not one failure: each counted one starts a new count)
     const overlaps = began < this.#lastFailure
-    this.#lastFailure = now
+    if (!overlaps) this.#lastFailure = now
     if (breaker.failure(overlaps)) down.fail(ticket, 'breaker', `failures: ${category ?? `status ${status}`}`, now)
   }
 

@@ -109,3 +109,41 @@ t.test('a target back after its skip serves again at its trial; the skip doubles
   t.equal(a.stats().targets[0].down, null, 'back in rotation: its trial passed')
   t.ok(back.seen.length >= 1, 'and it serves')
 })
+
+t.test('a target that starts resetting every request under steady load opens its breaker within consecutiveFailures rounds of the requests in flight, not once its failure rate catches up', async (t) => {
+  const CLIENTS = 16
+  let resetting = false
+  let resets = 0
+  const flaky = await startUpstream(t, (req, res) => {
+    if (!resetting) {
+      res.end('ok')
+      return
+    }
+    resets++
+    req.socket.destroy()
+  })
+  const other = await startUpstream(t)
+  const { gw } = await logged(t, {
+    upstreams: { a: { targets: [flaky.url, other.url], balance: 'round-robin' } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const stats = (): ReturnType<ReturnType<Gateway['app']['sssonector']['upstream']>['stats']>['targets'][number] => gw.app.sssonector.upstream('a').stats().targets[0]
+  // a history of successes in the breaker's window: its failure rate alone
+  // would need as many failures again to reach 0.5
+  let warm = 0
+  for (let i = 0; i < 200; i++) if (await get(gw, `/warm/${i}`) === 200) warm++
+  t.equal(warm, 200, 'served while it answered')
+  resetting = true
+  // steady load from closed-loop clients, until the breaker opens (at most 600 requests)
+  let sent = 0
+  await Promise.all(Array.from({ length: CLIENTS }, async () => {
+    while (stats().breaker?.state !== 'open' && sent < 600) {
+      sent++
+      await get(gw, `/load/${sent}`)
+    }
+  }))
+  t.equal(stats().breaker?.state, 'open', `the breaker opened (after ${sent} requests)`)
+  // each counted failure is one whose attempt began after the last counted one
+  // was seen: at most one round of the requests in flight apart
+  t.ok(resets <= 5 * CLIENTS, `it opened after ${resets} resets, at most consecutiveFailures (5) x ${CLIENTS} in flight; its failure rate over 100 successes would have needed 100`)
+})
