@@ -68,3 +68,47 @@ t.test('a retry the budget refuses passes the upstream\'s own 503 through, uncha
   t.ok(answers.every((a) => a.status === 503), 'every client got a 503')
   t.ok(answers.every((a) => a.from !== undefined && a.body === `busy ${a.from.slice(-1)}`), 'each is an upstream\'s own answer: its header and its body')
 })
+
+t.test('a burst of retries over the budget waits for room and goes: none over the budget at once, every GET served', async (t) => {
+  const gate = new Gate()
+  t.teardown(() => { gate.open() })
+  // the first attempts all arrive together; then the bad target answers 503
+  const bad = await startUpstream(t, async (_req, res) => {
+    await gate.wait()
+    res.statusCode = 503
+    res.end('busy')
+  })
+  const retriedUrls = new Set<string>()
+  let retriesNow = 0
+  let retriesPeak = 0
+  const good = await startUpstream(t, async (req, res) => {
+    const retry = retriedUrls.has(req.url ?? '')
+    if (retry) retriesPeak = Math.max(retriesPeak, ++retriesNow)
+    // a retry here holds its room in the budget for 150 ms
+    await new Promise((resolve) => setTimeout(resolve, 150))
+    if (retry) retriesNow--
+    res.end('ok')
+  })
+  bad.server.on('request', (req: { url?: string }) => { retriedUrls.add(req.url ?? '') })
+  const gw = await startGateway(t, {
+    upstreams: {
+      a: {
+        targets: [bad.url, good.url],
+        balance: 'round-robin',
+        circuitBreaker: false,
+        outlierDetection: false,
+        // two retries in flight at most, whatever the load
+        retry: { budget: { percent: 0, minConcurrent: 2 } }
+      }
+    },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const all = Array.from({ length: 12 }, async (_, i) => await get(gw, `/${i}`))
+  await gate.waitingFor(6)
+  gate.open()
+  const answers = await Promise.all(all)
+  t.equal(retriedUrls.size, 6, 'six GETs got the bad target\'s 503 first')
+  t.equal(answers.filter((a) => a.status === 200).length, 12, 'every GET was served: the retries over the budget waited for room (three rounds of 150 ms) instead of giving up')
+  t.equal(retriesPeak, 2, 'never more than the budget\'s two retries at the good target at once')
+  t.equal(gw.app.sssonector.upstream('a').stats().retriesActive, 0, 'the budget\'s count is back to 0')
+})
