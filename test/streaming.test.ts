@@ -26,11 +26,13 @@ async function bulkUpstream (t: Teardown, size = SIZE): Promise<{ url: string, w
     }
     res.writeHead(200, { 'content-length': String(size) })
     written = 0
+    // one listener for the whole answer: a close ends every wait for 'drain'
+    const closed = once(res, 'close').catch(() => {})
     while (written < size && !res.destroyed) {
       written += CHUNK.length
       if (!res.write(CHUNK)) {
         blocked = true
-        await Promise.race([once(res, 'drain'), once(res, 'close')])
+        await Promise.race([once(res, 'drain'), closed])
         blocked = false
       }
     }
