@@ -28,7 +28,7 @@ async function sample (seq: number, gc: boolean): Promise<void> {
   const resources: Record<string, number> = {}
   for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
   const mem = process.memoryUsage()
-  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, resources, gc: ran })
+  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, resources, gc: ran })
 }
 
 async function main (): Promise<void> {

@@ -62,9 +62,10 @@ export type ToGateway = { type: 'sample', seq: number, gc: boolean }
 export interface GatewaySample {
   type: 'sample'
   seq: number
-  /** resident set size and V8 heap in use, bytes */
+  /** resident set size, V8 heap in use and committed, bytes */
   rss: number
   heapUsed: number
+  heapTotal: number
   /** the process's active resources by type (`process.getActiveResourcesInfo()`) */
   resources: Record<string, number>
   /** whether global.gc ran before the sample */

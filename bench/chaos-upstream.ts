@@ -54,7 +54,37 @@ function rawAnswer (id: string, body: Buffer): Buffer {
   return Buffer.concat([Buffer.from(head, 'latin1'), body])
 }
 
-/** Writes the answer, then stray bytes: in the same write (the socket corked), or a moment later. */
+type WriteEntry = { chunk: Buffer | string, encoding: BufferEncoding | 'buffer' }
+type Entries = WriteEntry[] & { allBuffers?: boolean }
+interface StreamInternals {
+  _writev: (chunks: Entries, cb: (err?: Error | null) => void) => void
+  _write: (chunk: Buffer | string, encoding: BufferEncoding | 'buffer', cb: (err?: Error | null) => void) => void
+}
+
+/**
+ * Makes the socket's next write carry `stray` too, in one writev: the
+ * answer and the stray bytes leave in one system call. (Corking is not
+ * enough: `res.end()` uncorks the socket fully, and the stray bytes would
+ * be a second write, which may reach the gateway in a later read.)
+ */
+function appendToNextWrite (socket: Socket, stray: Buffer): void {
+  const own = socket as unknown as StreamInternals
+  const proto = Object.getPrototypeOf(socket) as StreamInternals
+  const restore = (): void => {
+    delete (own as Partial<StreamInternals>)._writev
+    delete (own as Partial<StreamInternals>)._write
+  }
+  const writev = (chunks: Entries, cb: (err?: Error | null) => void): void => {
+    restore()
+    const all: Entries = [...chunks, { chunk: stray, encoding: 'buffer' }]
+    all.allBuffers = chunks.allBuffers === true || chunks.every((c) => Buffer.isBuffer(c.chunk))
+    proto._writev.call(socket, all, cb)
+  }
+  own._writev = writev
+  own._write = (chunk, encoding, cb) => { writev([{ chunk, encoding }], cb) }
+}
+
+/** Writes the answer, then stray bytes: in the same write (one writev), or a moment later. */
 function endWithStray (res: http.ServerResponse, id: string, body: Buffer | null, stray: Buffer, mode: 'same' | 'late', label: string): void {
   const socket = res.socket as Socket | null
   if (socket === null) {
@@ -64,9 +94,8 @@ function endWithStray (res: http.ServerResponse, id: string, body: Buffer | null
   if (mode === 'same') {
     log(`S ${id} ${label}-same`)
     socket.cork()
+    appendToNextWrite(socket, stray)
     if (body === null) res.end(); else res.end(body)
-    socket.write(stray)
-    process.nextTick(() => { socket.uncork() })
     return
   }
   if (body === null) res.end(); else res.end(body)
