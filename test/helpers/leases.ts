@@ -32,7 +32,7 @@ export function send (lease: Lease, handler: Dispatcher.DispatchHandler = noop, 
   lease.dispatch({ path: '/', method: 'GET', headers: {}, ...opts } as Dispatcher.DispatchOptions, handler)
 }
 
-/** Lets what the pool does after an attempt's end (a microtask later) happen. */
+/** Lets what the pool does after an attempt's end (a turn of the event loop later: its connection back) happen. */
 export async function settled (): Promise<void> {
-  await new Promise<void>((resolve) => { queueMicrotask(resolve) })
+  await new Promise<void>((resolve) => { setImmediate(resolve) })
 }
