@@ -19,7 +19,8 @@ const kLease = Symbol('sssonector.lease')
 const kWaiter = Symbol('sssonector.waiter')
 const kHeaders = Symbol('sssonector.headers')
 const kHeld = Symbol('sssonector.held')
-type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter }
+const kBody = Symbol('sssonector.body')
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter, [kBody]?: Readable }
 type HoldingSocket = Socket & { [kHeld]?: LeasedMessage[] }
 type Headers = IncomingHttpHeaders & Record<string, string | string[] | number | undefined>
 
@@ -70,15 +71,24 @@ class RouteDispatcher extends Dispatcher {
   override async destroy (): Promise<void> {}
 }
 
-/** Lets go of what a request holds: its lease, or its place in the queue. */
+/**
+ * Lets go of what a request holds: its lease, or its place in the queue;
+ * then the rest of its body, streaming through its guard (after an answer
+ * that came before the body ended, a 503, a failure: nobody will read it,
+ * and the guard's gap timer would keep it, with its buffers, for ever).
+ */
 function letGo (req: LeasedMessage): void {
   const lease = req[kLease]
-  if (lease !== undefined) {
-    lease.release()
-    return
+  if (lease !== undefined) lease.release()
+  else {
+    const w = req[kWaiter]
+    if (w !== undefined) w.upstream.cancel(w)
   }
-  const w = req[kWaiter]
-  if (w !== undefined) w.upstream.cancel(w)
+  const body = req[kBody]
+  if (body !== undefined) {
+    req[kBody] = undefined
+    if (!body.readableEnded) body.destroy()
+  }
 }
 
 /**
@@ -210,6 +220,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
         return
       }
       request.body = prefetched
+      if (!(prefetched instanceof BufferedBody)) (request.raw as LeasedMessage)[kBody] = prefetched!
       acquire(request, reply, done)
     })
   }

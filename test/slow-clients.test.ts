@@ -1,5 +1,8 @@
 import t from 'tap'
 import net from 'node:net'
+import { fork } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { once } from 'node:events'
 import { request } from 'undici'
 import { startGateway, startUpstream } from './helpers/servers.js'
@@ -108,4 +111,32 @@ t.test('a gap the upstream causes (it reads nothing for 5 times timeouts.clientB
   const s = gw.app.sssonector.upstream('a').stats()
   t.same(s.clientErrors, {}, 'no client error counted')
   t.same(s.targets[0].errors, {})
+})
+
+const memoryFixture = fileURLToPath(new URL('./fixtures/memory-gateway.mjs', import.meta.url))
+
+t.test('a body nobody will read is let go with its answer: 100 uploads of 256 KiB to a dead target leave no buffer behind', { skip: existsSync(new URL('../dist/lib/index.js', import.meta.url)) ? false : 'dist/ not built: run npm run build' }, async (t) => {
+  // a port nothing listens on: every upload gets its 502 or 503 before a byte is sent on
+  const dead = await startUpstream(t)
+  const deadUrl = dead.url
+  await dead.close()
+  const child = fork(memoryFixture, [deadUrl], { execArgv: ['--expose-gc'], cwd: fileURLToPath(new URL('..', import.meta.url)), stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  t.teardown(() => { child.kill() })
+  const [ready] = await once(child, 'message') as [{ port: number, arrayBuffers: number }]
+  const body = Buffer.alloc(256 * 1024, 7)
+  const statuses = new Map<number, number>()
+  for (let i = 0; i < 100; i++) {
+    const res = await request(`http://127.0.0.1:${ready.port}/up/${i}`, { method: 'POST', body, headers: { 'content-length': String(body.length) } }).catch(() => null)
+    const status = res === null ? 0 : res.statusCode
+    if (res !== null) await res.body.dump()
+    statuses.set(status, (statuses.get(status) ?? 0) + 1)
+  }
+  t.ok([...statuses.keys()].every((s) => s === 502 || s === 503 || s === 0), `answered 502/503 (or closed): ${JSON.stringify(Object.fromEntries(statuses))}`)
+  child.send('mem')
+  const [after] = await once(child, 'message') as [{ arrayBuffers: number }]
+  const kept = after.arrayBuffers - ready.arrayBuffers
+  // each body's start (64 KiB) and what its guard had read: over 6 MiB if kept
+  t.ok(kept < 2 * 1024 * 1024, `ArrayBuffers after gc grew ${(kept / 1024).toFixed(0)} KiB over 100 uploads (kept, each would hold 64 KiB or more)`)
+  child.send('close')
+  await once(child, 'exit')
 })
