@@ -109,6 +109,10 @@ function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: u
   if (conn.idleIndex !== -1) conn.pool.discard(conn)
 }
 
+function putReusable (pool: TargetPool, conn: Connection): void {
+  pool.put(conn, true)
+}
+
 /**
  * The connections of one target, with the seed's Get/Put semantics:
  * `take()` hands out the most recently used idle connection (LIFO keeps
@@ -221,6 +225,18 @@ export class TargetPool {
     }
     this.#checkEmpty()
     this.#onFree()
+  }
+
+  /**
+   * Put, reusable, after a full turn of the event loop, as undici waits itself
+   * before reusing a socket: bytes already on their way (a stray second answer
+   * written with the last one, read in the same poll) reach an idle socket, and
+   * undici closes it, instead of being taken for the answer of a request
+   * dispatched on it meanwhile.
+   */
+  putAfterTurn (conn: Connection): void {
+    conn.returning = true
+    setImmediate(putReusable, this, conn)
   }
 
   /** Drops an idle connection whose socket closed. */

@@ -105,10 +105,6 @@ type Body = Dispatcher.DispatchOptions['body']
 type BodyStream = { readableDidRead?: boolean, destroyed?: boolean, errored?: unknown, readableEnded?: boolean, pipe?: unknown }
 
 /** Whether a request body can be sent again: none, a buffer, or a stream nothing has read yet. */
-function putBack (target: Target, conn: Connection): void {
-  target.putConnection(conn, true)
-}
-
 function replayable (body: Body): boolean {
   if (body == null || typeof body === 'string' || body instanceof Uint8Array) return true
   const r = body as BodyStream
@@ -498,13 +494,7 @@ export class Exchange implements PickContext<Target> {
       host.budget.active--
     }
     if (reusable) {
-      // Back to the pool after a full turn of the event loop, as undici waits
-      // itself before reusing a socket: bytes already on their way (a stray
-      // second answer written with this one, read in the same poll) reach an
-      // idle socket, and undici closes it, instead of being taken for the
-      // answer of a request dispatched on it meanwhile.
-      attempt.conn.returning = true
-      setImmediate(putBack, target, attempt.conn)
+      target.putConnectionAfterTurn(attempt.conn)
     } else {
       target.putConnection(attempt.conn, false)
     }

@@ -212,6 +212,11 @@ export class Target implements Pickable {
     this.#pool.put(conn, reusable)
   }
 
+  /** A connection whose answer just ended back, reusable, a turn of the event loop later (see TargetPool#putAfterTurn). */
+  putConnectionAfterTurn (conn: Connection): void {
+    this.#pool.putAfterTurn(conn)
+  }
+
   /** Closes its least recently used idle connection, to make room for another target's. */
   evictIdle (): boolean {
     return this.#pool.evictIdle()
