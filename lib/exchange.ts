@@ -1,3 +1,4 @@
+import { errors } from 'undici'
 import type { Dispatcher } from 'undici'
 import type { IncomingHttpHeaders } from 'node:http'
 import type { ErrorCategory } from '../types/index.js'
@@ -13,6 +14,28 @@ import {
   ClientBodyError, NoTargetError, RequestTimeoutError, UpstreamStatusError, faultOf, toUpstreamError
 } from './errors.js'
 import type { SssonectorError } from './errors.js'
+
+/**
+ * Set on a request's options when its Host is the caller's to keep (a proxy
+ * route's `rewriteRequestHeaders` set one): every attempt sends it, not its
+ * target's.
+ */
+export const kKeepHost = Symbol('sssonector.keepHost')
+
+/**
+ * undici times a response's headers on a coarse clock (a tick of about half a
+ * second: a 100 ms timeout fires after 500 ms to a second). A headers timeout
+ * under this is timed by the attempt itself, to the millisecond; longer ones
+ * are left to undici, a second late at most.
+ */
+export const PRECISE_HEADERS_BELOW = 10_000
+
+function onHeadersTimeout (attempt: Attempt): void {
+  attempt.headersTimer = null
+  const err = new errors.HeadersTimeoutError()
+  if (attempt.controller === null) attempt.timedOut = err
+  else attempt.controller.abort(err)
+}
 
 type Handler = Dispatcher.DispatchHandler
 type Controller = Dispatcher.DispatchController
@@ -173,6 +196,9 @@ class Attempt implements Handler {
   cut: Error | null = null
   /** Its answer has no body (204, 304, an answer to HEAD): complete with its headers. */
   bodyless = false
+  /** Its own headers timer (see PRECISE_HEADERS_BELOW), and the error it fired with before undici started the request. */
+  headersTimer: NodeJS.Timeout | null = null
+  timedOut: Error | null = null
 
   constructor (exchange: Exchange, slot: Slot, now: number) {
     this.exchange = exchange
@@ -182,13 +208,30 @@ class Attempt implements Handler {
     this.startedAt = now
   }
 
+  /** Times the answer's headers itself, to the millisecond. */
+  timeHeaders (ms: number): void {
+    this.headersTimer = setTimeout(onHeadersTimeout, ms, this)
+  }
+
+  #stopHeadersTimer (): void {
+    if (this.headersTimer !== null) {
+      clearTimeout(this.headersTimer)
+      this.headersTimer = null
+    }
+  }
+
   onRequestStart (controller: Controller): void {
     this.controller = controller
+    if (this.timedOut !== null) {
+      controller.abort(this.timedOut)
+      return
+    }
     this.exchange.onAttemptStart(this, controller)
   }
 
   onResponseStart (controller: Controller, statusCode: number, headers: IncomingHttpHeaders, statusMessage?: string): void {
     this.controller = controller
+    if (statusCode >= 200) this.#stopHeadersTimer()
     this.exchange.onAttemptHeaders(this, controller, statusCode, headers, statusMessage ?? '')
   }
 
@@ -201,6 +244,7 @@ class Attempt implements Handler {
   }
 
   onResponseError (_controller: Controller | undefined, err: Error): void {
+    this.#stopHeadersTimer()
     this.exchange.onAttemptError(this, err)
   }
 }
@@ -268,6 +312,11 @@ export class Exchange implements PickContext<Target> {
   #counted = false
   #done = false
   readonly key: string | undefined
+  /** The caller's Host is kept on every attempt (kKeepHost). */
+  readonly #keepHost: boolean
+  /** The caller's own timeouts when it gave them (reply-from's per-route `timeout`, undici's per-request options), else the upstream's. */
+  readonly #headersTimeout: number
+  readonly #bodyTimeout: number
 
   constructor (host: ExchangeHost, record: ExchangeRecord, opts: Dispatcher.DispatchOptions, inner: Handler, key: string | undefined) {
     this.#host = host
@@ -276,6 +325,9 @@ export class Exchange implements PickContext<Target> {
     this.#inner = inner
     this.#current = typeof inner.onRequestStart === 'function'
     this.key = key
+    this.#keepHost = (opts as { [kKeepHost]?: boolean })[kKeepHost] === true
+    this.#headersTimeout = typeof opts.headersTimeout === 'number' ? opts.headersTimeout : host.config.timeouts.headers
+    this.#bodyTimeout = typeof opts.bodyTimeout === 'number' ? opts.bodyTimeout : host.config.timeouts.body
   }
 
   /** The balancer's context for a retry: targets this request tried are avoided until a backoff allows them again. */
@@ -326,15 +378,17 @@ export class Exchange implements PickContext<Target> {
   #run (slot: Slot): void {
     const host = this.#host
     const o = this.#opts
-    // The target decides the origin, the Host and the timeouts, whatever the caller said.
+    // The target decides the origin and the Host, whatever the caller's URL said (a Host of the route's own aside).
     o.origin = slot.target.origin
-    setHost(o, slot.target.host)
-    o.headersTimeout = host.config.timeouts.headers
-    o.bodyTimeout = host.config.timeouts.body
+    if (!this.#keepHost) setHost(o, slot.target.host)
+    const headersTimeout = this.#headersTimeout
+    o.headersTimeout = headersTimeout
+    o.bodyTimeout = this.#bodyTimeout
     const attempt = new Attempt(this, slot, host.now())
     this.#attempt = attempt
     this.#record.attempts++
     slot.target.attemptStarted()
+    if (headersTimeout > 0 && headersTimeout < PRECISE_HEADERS_BELOW) attempt.timeHeaders(headersTimeout)
     slot.conn.client.dispatch(o, attempt)
   }
 
