@@ -42,7 +42,7 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   }
   fastify.decorate('sssonector', decorator)
 
-  for (const route of opts.routes) registerRoute(fastify, route, upstreams.get(route.upstream)!, state)
+  for (const route of opts.routes) registerRoute(fastify, route, upstreams, state)
 
   const scrape = async (_request: FastifyRequest, reply: FastifyReply): Promise<string> => {
     reply.type(metrics.registry.contentType)

@@ -10,17 +10,21 @@ import type { Upstream } from './upstream.js'
 import type { Lease } from './lease.js'
 import type { LeaseWaiter } from './admission.js'
 import type { Target } from './target.js'
-import { BodyTooLargeError, toUpstreamError } from './errors.js'
+import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 import { forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
 import { BufferedBody, prefetch } from './request-body.js'
+import { kKeepHost } from './exchange.js'
+import { hash32 } from './balancer.js'
 
 const kLease = Symbol('sssonector.lease')
 const kWaiter = Symbol('sssonector.waiter')
 const kHeaders = Symbol('sssonector.headers')
 const kHeld = Symbol('sssonector.held')
+const kKey = Symbol('sssonector.key')
 const kBody = Symbol('sssonector.body')
-type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter, [kBody]?: Readable }
+const kUpstream = Symbol('sssonector.upstream')
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter, [kBody]?: Readable, [kUpstream]?: Upstream }
 type HoldingSocket = Socket & { [kHeld]?: LeasedMessage[] }
 type Headers = IncomingHttpHeaders & Record<string, string | string[] | number | undefined>
 
@@ -29,46 +33,101 @@ const PLACEHOLDER = 'http://upstream.sssonector.invalid'
 
 /**
  * What reply-from carries from `rewriteRequestHeaders` to the dispatcher in
- * place of the headers object: the request's lease and its headers as the
- * upstream will see them. reply-from copies it (`Object.assign`) with its
- * symbol keys, whatever tick it dispatches in.
+ * place of the headers object: the request's lease (none when the app called
+ * `reply.from()` before the route took one), its upstream and key, and its
+ * headers as the upstream will see them. reply-from copies it
+ * (`Object.assign`) with its symbol keys, whatever tick it dispatches in.
  */
 class Carrier {
-  [kLease]: Lease
+  [kLease]: Lease | undefined
   [kHeaders]: unknown[]
+  [kUpstream]: Upstream
+  [kKey]: string | undefined
+  /** The app's hook set Host: every attempt sends it. */
+  [kKeepHost]: boolean
 
-  constructor (lease: Lease, headers: unknown[]) {
+  constructor (lease: Lease | undefined, headers: unknown[], upstream: Upstream, key: string | undefined, keepHost: boolean) {
     this[kLease] = lease
     this[kHeaders] = headers
+    this[kUpstream] = upstream
+    this[kKey] = key
+    this[kKeepHost] = keepHost
   }
 }
 
 /**
  * The route's dispatcher, given to reply-from: a request that comes with its
- * carrier runs on its lease. One that comes without (a `reply.from()` the app
- * calls outside the route's admission) takes a lease of its own through the
- * upstream's dispatcher.
+ * lease runs on it. One that comes without (a `reply.from()` the app calls in
+ * the route's own preHandler, before the route's admission) takes a lease of
+ * its own through its upstream's dispatcher: queue, failover and all.
  */
 class RouteDispatcher extends Dispatcher {
-  readonly #upstream: Upstream
+  readonly #fallback: Upstream
 
-  constructor (upstream: Upstream) {
+  constructor (fallback: Upstream) {
     super()
-    this.#upstream = upstream
+    this.#fallback = fallback
   }
 
   override dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+    // A copy of the carrier (reply-from's Object.assign), so known by its keys.
     const carrier = opts.headers as unknown as Carrier | null | undefined
-    const lease = carrier?.[kLease]
-    if (lease === undefined) return this.#upstream.dispatcher.dispatch(opts, handler)
-    opts.headers = carrier![kHeaders] as string[]
+    if (carrier == null || carrier[kHeaders] === undefined) return this.#fallback.dispatcher.dispatch(opts, handler)
+    opts.headers = carrier[kHeaders] as string[]
     if (opts.body instanceof BufferedBody) opts.body = opts.body.buffer
-    return lease.dispatch(opts, handler)
+    if (carrier[kKeepHost]) (opts as { [kKeepHost]?: boolean })[kKeepHost] = true
+    const lease = carrier[kLease]
+    if (lease !== undefined) return lease.dispatch(opts, handler)
+    const key = carrier[kKey]
+    if (key !== undefined) (opts as { hashKey?: string }).hashKey = key
+    return carrier[kUpstream].dispatcher.dispatch(opts, handler)
   }
 
   // reply-from never closes a dispatcher it was given; the upstream's lifecycle is the plugin's.
   override async close (): Promise<void> {}
   override async destroy (): Promise<void> {}
+}
+
+/** Chooses a route's upstream per request: its name, the app's function, or a weighted split (sticky by key). */
+type Choose = (request: FastifyRequest) => Upstream
+
+function chooser (route: ResolvedRoute, upstreams: ReadonlyMap<string, Upstream>): Choose {
+  const { upstream: choice, sticky } = route
+  const names = (): string => [...upstreams.keys()].join(', ')
+  if (typeof choice === 'string') {
+    const u = upstreams.get(choice)!
+    return () => u
+  }
+  if (typeof choice === 'function') {
+    return (request) => {
+      const name = choice(request)
+      const u = typeof name === 'string' ? upstreams.get(name) : undefined
+      if (u === undefined) throw new UnknownUpstreamError(JSON.stringify(name), names())
+      return u
+    }
+  }
+  // Cumulative weights: a draw in [0, total) falls in one upstream's range.
+  // A key's draw is its hash, so it stays on one upstream while the weights do,
+  // and when they change only the keys in the ranges that moved change upstream.
+  const split = choice.filter((c) => c.weight > 0)
+  const bounds: number[] = []
+  const picks: Upstream[] = []
+  let total = 0
+  for (const c of split) {
+    total += c.weight
+    bounds.push(total)
+    picks.push(upstreams.get(c.name)!)
+  }
+  const pick = (draw: number): Upstream => {
+    let i = 0
+    while (draw >= bounds[i]) i++
+    return picks[i]
+  }
+  if (sticky === undefined) return () => pick(Math.random() * total)
+  return (request) => {
+    const key = sticky(request)
+    return pick(key === undefined ? Math.random() * total : hash32(key) % total)
+  }
 }
 
 /**
@@ -172,33 +231,52 @@ function sendError (reply: FastifyReply, err: SssonectorError): void {
 }
 
 /** Registers one proxy route on @fastify/http-proxy, wired through the upstream's pool. */
-export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstream: Upstream, app: { readonly closing: boolean }): void {
+export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstreams: ReadonlyMap<string, Upstream>, app: { readonly closing: boolean }): void {
   const { prefix } = route
   // Fastify's request.routeOptions builds a new object on every read: take the limit once.
   const bodyLimit = route.bodyLimit ?? fastify.initialConfig.bodyLimit ?? 1024 * 1024
-  const bufferBody = upstream.config.retry?.bufferBody ?? DEFAULTS.retry.bufferBody
-  const clientBody = upstream.config.timeouts.clientBody
   const userOpts = route.proxy
   const userReply = (userOpts.replyOptions ?? {}) as Record<string, unknown>
   const userRewriteRequestHeaders = userReply.rewriteRequestHeaders as ((req: FastifyRequest, h: Headers) => Headers) | undefined
   const userRewriteHeaders = userReply.rewriteHeaders as ((h: Record<string, unknown>, r: FastifyRequest) => Record<string, unknown>) | undefined
   const userPreHandler = (userOpts.preHandler ?? userOpts.beforeHandler) as preHandlerHookHandler | undefined
-  const hashKey = upstream.config.balance === 'consistent-hash' ? upstream.config.hashKey : undefined
-  const dispatcher = new RouteDispatcher(upstream)
+  const choose = chooser(route, upstreams)
+  const dispatcher = new RouteDispatcher(typeof route.upstream === 'string' ? upstreams.get(route.upstream)! : upstreams.values().next().value!)
 
+  /** The request's key for consistent-hash balancing on its upstream. */
+  function keyOf (upstream: Upstream, request: FastifyRequest): string | undefined {
+    const hashKey = upstream.config.balance === 'consistent-hash' ? upstream.config.hashKey : undefined
+    return hashKey === undefined ? undefined : hashKey(request)
+  }
+
+  /** Takes the request's slot (or its place in the queue); `done` once it has one. */
   function acquire (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    reply.raw.on('close', onResponseClose)
-    const w = new RouteWaiter(upstream, request, reply, done, hashKey === undefined ? undefined : hashKey(request))
     const raw = request.raw as LeasedMessage
+    const upstream = raw[kUpstream]!
+    const w = new RouteWaiter(upstream, request, reply, done, keyOf(upstream, request))
     raw[kWaiter] = w
-    // Pipelined behind an answer not yet written (Node gives it the socket later).
-    if (reply.raw.socket === null) hold(raw)
     upstream.acquire(w)
   }
 
-  // Last of the route's preHandlers, so the app's own hooks (auth) run first and a
-  // rejected request takes no slot.
-  function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  /**
+   * First of the route's preHandlers: chooses the request's upstream, answers
+   * 413 beyond the body limit, and reads the body's start (all of a small
+   * one), holding no connection meanwhile. Then, with no preHandler of the
+   * route's own, takes the slot; with one, that runs first (auth, or a
+   * `reply.from()` of its own), so a request it rejects takes no slot.
+   */
+  function prepare (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, then: typeof acquire | null): void {
+    const raw = request.raw as LeasedMessage
+    reply.raw.on('close', onResponseClose)
+    // Pipelined behind an answer not yet written (Node gives it the socket later).
+    if (reply.raw.socket === null) hold(raw)
+    let upstream: Upstream
+    try {
+      upstream = raw[kUpstream] = choose(request)
+    } catch (err) {
+      reply.send(err)
+      return
+    }
     const header = request.headers['content-length']
     const length = header === undefined ? -1 : Number(header)
     if (length > bodyLimit) {
@@ -207,12 +285,12 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     }
     const body = request.body as Readable | undefined | null
     if (body == null || typeof body.pipe !== 'function') {
-      acquire(request, reply, done)
+      if (then === null) done()
+      else then(request, reply, done)
       return
     }
-    // The body's start (all of a small one) is read before the request takes a
-    // connection: a client trickling its body holds none meanwhile.
-    prefetch(body, length, bufferBody, bodyLimit, clientBody, (err, prefetched) => {
+    const bufferBody = upstream.config.retry?.bufferBody ?? DEFAULTS.retry.bufferBody
+    prefetch(body, length, bufferBody, bodyLimit, upstream.config.timeouts.clientBody, (err, prefetched) => {
       if (err !== null) {
         const e = toUpstreamError(err)
         upstream.clientError(e.category)
@@ -220,29 +298,59 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
         return
       }
       request.body = prefetched
-      if (!(prefetched instanceof BufferedBody)) (request.raw as LeasedMessage)[kBody] = prefetched!
-      acquire(request, reply, done)
+      if (!(prefetched instanceof BufferedBody)) raw[kBody] = prefetched!
+      if (then === null) done()
+      else then(request, reply, done)
     })
   }
 
+  function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    prepare(request, reply, done, acquire)
+  }
+
+  function prepareOnly (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    // The route's preHandler may call reply.from() itself: a bare call gets the
+    // route's reply options (Host, X-Forwarded-*, errors as 502/503/504), as
+    // the route's own handler passes them.
+    (reply as unknown as { from: typeof routeFrom }).from = routeFrom
+    prepare(request, reply, done, null)
+  }
+
+  function routeFrom (this: FastifyReply, source?: string, opts?: object): FastifyReply {
+    const from = (Object.getPrototypeOf(this) as { from: (this: FastifyReply, source?: string, opts?: object) => FastifyReply }).from
+    return from.call(this, source, opts === undefined ? replyOptions : opts)
+  }
+
   function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
-    const lease = (request.raw as LeasedMessage)[kLease]!
+    const raw = request.raw as LeasedMessage
+    const lease = raw[kLease]
+    const upstream = raw[kUpstream]!
     const forwarded = {
       for: forwardedFor(headers['x-forwarded-for'], request.raw.socket.remoteAddress),
       proto: request.protocol,
       host: request.host
     }
     let list: unknown[]
+    let keepHost = false
     if (userRewriteRequestHeaders === undefined) {
       list = forwardHeaders(headers, forwarded)
     } else {
-      // The app's hook sees (and may change) every header that goes out.
+      // The app's hook sees (and may change) every header that goes out, Host
+      // as the request's target has it (none before the pool chose one).
+      const given = lease === undefined ? undefined : lease.target.host
+      headers.host = given
       if (forwarded.for !== null) headers['x-forwarded-for'] = forwarded.for
       headers['x-forwarded-proto'] = forwarded.proto
       headers['x-forwarded-host'] = forwarded.host
-      list = userHeaders(userRewriteRequestHeaders(request, headers))
+      const out = userRewriteRequestHeaders(request, headers)
+      list = userHeaders(out)
+      // A Host of its own: every attempt sends it (as NGINX's proxy_set_header Host).
+      if (out.host !== undefined && out.host !== given) {
+        list[1] = String(out.host)
+        keepHost = true
+      }
     }
-    return new Carrier(lease, list) as unknown as Headers
+    return new Carrier(lease, list, upstream, lease === undefined ? keyOf(upstream, request) : undefined, keepHost) as unknown as Headers
   }
 
   function rewriteHeaders (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> {
@@ -269,11 +377,11 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
 
   fastify.register(httpProxy, {
     ...userOpts,
-    prefix,
+    ...(prefix === undefined ? {} : { prefix }),
     upstream: PLACEHOLDER,
     undici: dispatcher,
     disableRequestLogging: userOpts.disableRequestLogging ?? true,
-    preHandler: (userPreHandler === undefined ? admit : [userPreHandler, admit]) as preHandlerHookHandler,
+    preHandler: (userPreHandler === undefined ? admit : [prepareOnly, userPreHandler, acquire]) as preHandlerHookHandler,
     replyOptions
   } as unknown as Parameters<typeof httpProxy>[1])
 }

@@ -75,7 +75,8 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['preStop not below delay', { ...ok, gracefulClose: { delay: '1s', preStop: '2s' } }, /^gracefulClose\.preStop: 2000 is not less than gracefulClose\.delay/],
   ['routes not an array', { ...ok, routes: {} }, /^routes: \{\} is not an array/],
   ['route naming an unknown upstream', { ...ok, routes: [{ prefix: '/x', upstream: 'orders' }] }, /^routes\[0\]\.upstream: "orders" is not an upstream \(the upstreams are: users\)/],
-  ['route without prefix', { ...ok, routes: [{ upstream: 'users' }] }, /^routes\[0\]\.prefix: undefined is not a non-empty string/],
+  ['route prefix not a path', { ...ok, routes: [{ prefix: 'x', upstream: 'users' }] }, /^routes\[0\]\.prefix: "x" is not a path starting with "\/"/],
+  ['route upstream neither a name, a function nor a split', { ...ok, routes: [{ upstream: 3 }] }, /^routes\[0\]\.upstream: 3 is not a non-empty string/],
   ['unknown route key', { ...ok, routes: [{ prefix: '/x', upstream: 'users', rewritePrefx: '/' }] }, /^routes\[0\]\.rewritePrefx: unknown option/],
   ['route option the pool owns: undici', { ...ok, routes: [{ prefix: '/x', upstream: 'users', undici: {} }] }, /^routes\[0\]\.undici: \{\} is not allowed here: the pool owns/],
   ['route option the pool owns: http2', { ...ok, routes: [{ prefix: '/x', upstream: 'users', http2: true }] }, /^routes\[0\]\.http2: true is not allowed here/],
@@ -116,7 +117,7 @@ t.test('every route option the pool owns fails register, naming it', async (t) =
 
 t.test('route keys: an unknown one names the allowed ones; inherited names are not keys of the tables', async (t) => {
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', toString: 1 }] },
-    /^routes\[0\]\.toString: unknown option \(allowed: prefix, upstream, bodyLimit, rewritePrefix, .*, logLevel\)$/)
+    /^routes\[0\]\.toString: unknown option \(allowed: prefix, upstream, sticky, bodyLimit, rewritePrefix, .*, logLevel\)$/)
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { rewriteHeader: () => ({}) } }] },
     /^routes\[0\]\.replyOptions\.rewriteHeader: unknown option \(allowed: queryString, contentType, onResponse, body, rewriteHeaders, rewriteRequestHeaders, method, timeout\)$/)
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { constructor: 1 } }] },
@@ -276,4 +277,42 @@ t.test('the caller\'s options are never mutated', async (t) => {
   await app.ready()
   t.equal(JSON.stringify(input), copy)
   t.same(app.sssonector.names, ['users'])
+})
+
+t.test('false at either layer: where it is accepted, and which layer wins', async (t) => {
+  const r = resolveOptions({
+    upstreams: {
+      inherits: { targets: [] },
+      own: { targets: [], healthCheck: { path: '/ready' }, circuitBreaker: { consecutiveFailures: 2 }, outlierDetection: { interval: '1s' }, retry: { maxDelay: 100 } },
+      off: { targets: [], healthCheck: false, circuitBreaker: false, outlierDetection: false, retry: false, panicThreshold: 0, slowStart: 0 }
+    },
+    healthCheck: false,
+    circuitBreaker: false,
+    outlierDetection: false,
+    retry: false,
+    panicThreshold: 30,
+    slowStart: '10s'
+  })
+  const [inherits, own, off] = r.upstreams
+  t.equal(inherits.healthCheck, null, 'a top-level false is the default of the upstreams that say nothing')
+  t.equal(inherits.circuitBreaker, null)
+  t.equal(inherits.outlierDetection, null)
+  t.equal(inherits.retry, null)
+  t.equal(inherits.panicThreshold, 30, 'panicThreshold merges from the top level')
+  t.equal(inherits.slowStart, 10000, 'slowStart merges from the top level')
+  t.equal(own.healthCheck?.path, '/ready', 'an upstream\'s own block wins over a top-level false')
+  t.equal(own.circuitBreaker?.consecutiveFailures, 2)
+  t.equal(own.outlierDetection?.interval, 1000)
+  t.equal(own.retry?.maxDelay, 100)
+  t.equal(off.healthCheck, null, 'an upstream\'s own false disables')
+  t.equal(off.circuitBreaker, null)
+  t.equal(off.outlierDetection, null)
+  t.equal(off.retry, null)
+  t.equal(off.panicThreshold, 0)
+  t.equal(off.slowStart, 0)
+  for (const key of ['pool', 'timeouts', 'tls']) {
+    t.throws(() => resolveOptions({ upstreams: { a: { targets: [] } }, [key]: false }), { code: 'FST_SSSONECTOR_OPTIONS', message: new RegExp(`^${key}: false is not an object`) }, `${key}: false is refused`)
+  }
+  t.throws(() => resolveOptions({ upstreams: { a: { targets: [], retry: { statusCodes: [429] } } } }), { message: /statusCodes\[0\]: 429/ }, 'retry.statusCodes are 500 to 599')
+  t.throws(() => resolveOptions({ upstreams: { a: { targets: [], healthCheck: { path: '/h', method: 'POST' } } } }), { message: /healthCheck\.method: "POST"/ }, 'healthCheck.method is GET, HEAD or OPTIONS')
 })

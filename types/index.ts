@@ -192,12 +192,32 @@ export type PoolOwnedProxyOption =
 /** The @fastify/reply-from `replyOptions` the pool owns; giving them fails registration. */
 export type PoolOwnedReplyOption = 'getUpstream' | 'retryDelay' | 'retriesCount' | 'maxRetriesOn503' | 'onError'
 
-/** A proxy route: `prefix`, `upstream` (a name), `rewritePrefix`, and the other @fastify/http-proxy options. */
+/** One upstream of a weighted split (Envoy's weighted clusters): its name and its share. */
+export interface WeightedUpstream {
+  name: string
+  /** Its share of the route's requests, relative to the others' (an integer 0–1000; 0 takes none). */
+  weight: number
+}
+
+/**
+ * Which upstream serves a route: a name; a function of the request returning
+ * a name (called once per request, after the app's `onRequest` hooks); or a
+ * weighted split between upstreams, for canaries.
+ */
+export type RouteUpstream = string | ((request: FastifyRequest) => string) | WeightedUpstream[]
+
+/** A proxy route: `prefix`, `upstream` (a name, a choice or a split), `rewritePrefix`, and the other @fastify/http-proxy options. */
 export interface RouteOptions extends Omit<FastifyHttpProxyOptions, PoolOwnedProxyOption | 'replyOptions' | 'prefix'> {
-  /** The path prefix the route serves. */
-  prefix: string
-  /** The name of the upstream that serves it. */
-  upstream: string
+  /** The path prefix the route serves. @default '' (the root, as @fastify/http-proxy) */
+  prefix?: string
+  /** The upstream that serves it: its name, a function of the request returning a name, or a weighted split. */
+  upstream: RouteUpstream
+  /**
+   * With a weighted split: the request's key (a user id, a session cookie).
+   * Requests with the same key go to the same upstream of the split (while
+   * the weights stay); without a key (undefined) a request is split at random.
+   */
+  sticky?: (request: FastifyRequest) => string | undefined
   /** Largest request body in bytes; beyond it 413. @default the Fastify instance's bodyLimit */
   bodyLimit?: number
   /** Log level of the route's requests (Fastify's register option). @default the instance's */
@@ -375,6 +395,12 @@ export interface SssonectorUpstream {
   stats(): UpstreamStats
   /** A request through the pool, for client use. Does not throw on a 5xx; throws `FST_SSSONECTOR_*` when nothing can serve. */
   request(options: UpstreamRequestOptions): Promise<UpstreamResponse>
+  /**
+   * The upstream as an undici Dispatcher: `undici.request(anyUrl, { dispatcher })`
+   * goes through the pool; the target decides the origin and the Host. A
+   * request's own `headersTimeout`/`bodyTimeout` win over the upstream's.
+   */
+  readonly dispatcher: Dispatcher
   addTarget(target: TargetInput): void
   /** Stops new requests to the target, waits for those in flight, then closes its connections. */
   removeTarget(url: string): Promise<void>

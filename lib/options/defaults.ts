@@ -159,8 +159,11 @@ export interface ResolvedUpstream {
 }
 
 export interface ResolvedRoute {
-  prefix: string
-  upstream: string
+  /** undefined: none given (the root, as @fastify/http-proxy) */
+  prefix: string | undefined
+  /** A name, a function of the request returning one, or a weighted split. */
+  upstream: string | ((request: FastifyRequest) => string) | Array<{ name: string, weight: number }>
+  sticky: ((request: FastifyRequest) => string | undefined) | undefined
   bodyLimit: number | undefined
   /** The remaining @fastify/http-proxy options, passed through. */
   proxy: Record<string, unknown>

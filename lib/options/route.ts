@@ -1,9 +1,10 @@
 // The route schema: the @fastify/http-proxy options a route passes through, and
 // those the pool owns, refused with what to use instead.
 import type fastifyHttpProxy from '@fastify/http-proxy'
-import type { PoolOwnedReplyOption, RouteOptions } from '../../types/index.js'
+import type { FastifyRequest } from 'fastify'
+import type { PoolOwnedReplyOption, RouteOptions, WeightedUpstream } from '../../types/index.js'
 import type { ResolvedRoute } from './defaults.js'
-import { fail, intAt, isPlainObject, keysOf, pathAt, stringAt, unknownKey } from './check.js'
+import { fail, intAt, isPlainObject, keysOf, objectAt, pathAt, stringAt, unknownKey } from './check.js'
 
 type KeysOfUnion<T> = T extends unknown ? keyof T : never
 /** Every option @fastify/http-proxy takes, its WebSocket ones (a union member of their own) included. */
@@ -17,7 +18,8 @@ const ROUTE_PASS = [
   'disableRequestLogging', 'disableCache', 'cacheURLs', 'contentTypesToEncode', 'logLevel'
 ] as const
 /** Exactly the keys of RouteOptions (checked when built). */
-const ROUTE_KEYS = keysOf<RouteOptions>()('prefix', 'upstream', 'bodyLimit', ...ROUTE_PASS)
+const ROUTE_KEYS = keysOf<RouteOptions>()('prefix', 'upstream', 'sticky', 'bodyLimit', ...ROUTE_PASS)
+const SPLIT_KEYS = keysOf<WeightedUpstream>()('name', 'weight')
 
 // Options the pool owns, with what to use instead. Typed as every @fastify/http-proxy
 // option that RouteOptions leaves out: a key of http-proxy's type is either accepted
@@ -49,7 +51,7 @@ const REPLY_PASS = keysOf<ReplyOptions>()(
 )
 // The replyOptions the pool owns (RouteOptions omits them).
 const REPLY_OWNED: Record<PoolOwnedReplyOption, string> = {
-  getUpstream: 'the pool picks the target of each request',
+  getUpstream: 'the pool picks the target of each request; to choose the upstream per request, give the route\'s upstream as a function of the request or a weighted split',
   retryDelay: POOL_RETRIES,
   retriesCount: POOL_RETRIES,
   maxRetriesOn503: POOL_RETRIES,
@@ -69,9 +71,12 @@ export function resolveRoute (value: unknown, i: number, names: Set<string>): Re
     if (why !== undefined) fail(`${path}.${key}`, value[key], `is not allowed here: ${why}`)
     if (!(ROUTE_KEYS as readonly string[]).includes(key)) unknownKey(path, key, ROUTE_KEYS)
   }
-  const prefix = pathAt(value.prefix, `${path}.prefix`)
-  const upstream = stringAt(value.upstream, `${path}.upstream`)
-  if (!names.has(upstream)) fail(`${path}.upstream`, upstream, `is not an upstream (the upstreams are: ${[...names].join(', ')})`)
+  const prefix = value.prefix === undefined ? undefined : value.prefix === '' ? '' : pathAt(value.prefix, `${path}.prefix`)
+  const upstream = resolveChoice(value.upstream, `${path}.upstream`, names)
+  if (value.sticky !== undefined) {
+    if (typeof value.sticky !== 'function') fail(`${path}.sticky`, value.sticky, 'is not a function')
+    if (!Array.isArray(upstream)) fail(`${path}.sticky`, value.sticky, 'is for a weighted split: give upstream as [{ name, weight }, ...]')
+  }
   const bodyLimit = value.bodyLimit === undefined ? undefined : intAt(value.bodyLimit, `${path}.bodyLimit`, 0)
   if (value.rewritePrefix !== undefined && typeof value.rewritePrefix !== 'string') fail(`${path}.rewritePrefix`, value.rewritePrefix, 'is not a string')
   for (const key of FUNCTION_KEYS) {
@@ -86,8 +91,31 @@ export function resolveRoute (value: unknown, i: number, names: Set<string>): Re
       if (why !== undefined) fail(`${at}.${key}`, reply[key], `is not allowed here: ${why}`)
       if (!(REPLY_PASS as readonly string[]).includes(key)) unknownKey(at, key, REPLY_PASS)
     }
+    if (reply.timeout !== undefined) intAt(reply.timeout, `${at}.timeout`, 0)
   }
   const proxy: Record<string, unknown> = {}
   for (const key of ROUTE_PASS) if (value[key] !== undefined) proxy[key] = value[key]
-  return { prefix, upstream, bodyLimit, proxy }
+  return { prefix, upstream, sticky: value.sticky as ResolvedRoute['sticky'], bodyLimit, proxy }
+}
+
+/** A route's upstream: a known name, a function of the request, or a weighted split of known names. */
+function resolveChoice (value: unknown, path: string, names: Set<string>): ResolvedRoute['upstream'] {
+  const known = (name: string, at: string): string => {
+    if (!names.has(name)) fail(at, name, `is not an upstream (the upstreams are: ${[...names].join(', ')})`)
+    return name
+  }
+  if (typeof value === 'function') return value as (request: FastifyRequest) => string
+  if (!Array.isArray(value)) return known(stringAt(value, path), path)
+  if (value.length === 0) fail(path, value, 'is an empty split: give at least one { name, weight }')
+  const seen = new Set<string>()
+  const split = value.map((entry, i) => {
+    const at = `${path}[${i}]`
+    const o = objectAt(entry, at, SPLIT_KEYS)
+    const name = known(stringAt(o.name, `${at}.name`), `${at}.name`)
+    if (seen.has(name)) fail(`${at}.name`, name, 'is in the split twice')
+    seen.add(name)
+    return { name, weight: intAt(o.weight, `${at}.weight`, 0, 1000) }
+  })
+  if (split.every((u) => u.weight === 0)) fail(path, value, 'has no weight above 0')
+  return split
 }

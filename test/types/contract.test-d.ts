@@ -99,6 +99,12 @@ void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [
 function route (r: RouteOptions): RouteOptions { return r }
 function reply (r: NonNullable<RouteOptions['replyOptions']>): RouteOptions { return { prefix: '/', upstream: 'u', replyOptions: r } }
 route({ prefix: '/', upstream: 'u', rewritePrefix: '/v1', logLevel: 'warn', disableCache: true, cacheURLs: 10, contentTypesToEncode: [] })
+// No prefix (the root); an upstream chosen per request; a weighted split, sticky by a key.
+route({ upstream: 'u', rewritePrefix: '/api2' })
+route({ prefix: '/', upstream: (request) => request.headers['x-version'] === '2' ? 'v2' : 'v1' })
+route({ prefix: '/', upstream: [{ name: 'v1', weight: 95 }, { name: 'v2', weight: 5 }], sticky: (request) => request.headers['x-user'] as string | undefined })
+// @ts-expect-error a split's entries are { name, weight }
+route({ prefix: '/', upstream: [{ name: 'v1' }] })
 reply({ queryString: {}, contentType: 'text/plain', onResponse: undefined, body: '', rewriteHeaders: (h) => h, rewriteRequestHeaders: (_r, h) => h, method: 'GET', timeout: 1000 })
 // @ts-expect-error the pool owns undici
 route({ prefix: '/', upstream: 'u', undici: undefined })
