@@ -6,10 +6,13 @@ const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'con
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error'] as const
 const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhausted']
 const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_body', 'client_timeout', 'body_too_large', 'bad_request']
+// The categories a retry can follow: a failed connect, a reset, a malformed answer, a retriable status.
+const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
 export interface StatsSource {
+  readonly name: string
   stats (): UpstreamStats
 }
 
@@ -60,7 +63,9 @@ export class Metrics implements Meter {
     const ups = (): UpstreamStats[] => this.#stats()
     if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
 
-    // The seed's four, by their exact names.
+    // The seed's four, by their exact names (its two counters have no `_total`;
+    // every other counter here follows the convention). Counters with a known
+    // label set start at 0, so a rate() sees their first increment.
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_active_connections`,
       help: 'Connections to each target in use now',
@@ -90,10 +95,7 @@ export class Metrics implements Meter {
         this.reset()
         for (const u of ups()) {
           for (const t of u.targets) {
-            for (const reason of CONNECTION_CATEGORIES) {
-              const n = t.errors[reason]
-              if (n !== undefined) this.inc({ upstream: u.name, target: t.url, reason }, n)
-            }
+            for (const reason of CONNECTION_CATEGORIES) this.inc({ upstream: u.name, target: t.url, reason }, t.errors[reason] ?? 0)
           }
         }
       }
@@ -105,13 +107,13 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) if (t.healthCheckFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.healthCheckFailures)
+        for (const u of ups()) for (const t of u.targets) this.inc({ upstream: u.name, target: t.url }, t.healthCheckFailures)
       }
     })
 
     // Beside them.
     this.#opened = new Counter({
-      name: `${prefix}pool_connections_opened`,
+      name: `${prefix}pool_connections_opened_total`,
       help: 'Connections opened to each target',
       labelNames: ['upstream', 'target'],
       registers
@@ -131,13 +133,13 @@ export class Metrics implements Meter {
       registers
     })
     this.#retries = new Counter({
-      name: `${prefix}request_retries`,
+      name: `${prefix}request_retries_total`,
       help: 'Retries, by the reason of the attempt retried',
       labelNames: ['upstream', 'reason'],
       registers
     })
     new Counter({ // eslint-disable-line no-new
-      name: `${prefix}requests_rejected`,
+      name: `${prefix}requests_rejected_total`,
       help: 'Requests refused at admission, by reason',
       labelNames: ['upstream', 'reason'],
       registers,
@@ -147,7 +149,7 @@ export class Metrics implements Meter {
       }
     })
     new Counter({ // eslint-disable-line no-new
-      name: `${prefix}client_errors`,
+      name: `${prefix}client_errors_total`,
       help: 'Requests that failed by the client\'s own fault (a bad, abandoned or slow body, a hang-up), by reason: never counted against a target',
       labelNames: ['upstream', 'reason'],
       registers,
@@ -225,6 +227,7 @@ export class Metrics implements Meter {
   /** The upstreams whose stats collect() reads. */
   watch (sources: readonly StatsSource[]): void {
     this.#sources = sources
+    for (const s of sources) for (const reason of RETRY_CATEGORIES) this.#retries.inc({ upstream: s.name, reason }, 0)
   }
 
   /** Every upstream's stats, read once per scrape (the gauges of one scrape share them). */
@@ -242,6 +245,7 @@ export class Metrics implements Meter {
     const classes = STATUS_CLASSES.map((c) => this.#duration.labels({ ...labels, status_class: c }))
     const age = this.#age.labels(labels)
     const opened = this.#opened.labels(labels)
+    this.#opened.inc(labels, 0)
     return {
       attempt (statusClass, seconds) { classes[statusClass].observe(seconds) },
       connectionOpened () { opened.inc() },

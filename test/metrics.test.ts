@@ -1,0 +1,45 @@
+import t from 'tap'
+import { startGateway, startUpstream } from './helpers/servers.js'
+import type { Gateway } from './helpers/servers.js'
+import { scrape, series, value } from './helpers/scrape.js'
+
+const SEED_COUNTERS = ['sssonector_pool_connection_errors', 'sssonector_pool_health_check_failures']
+
+async function metricsOf (gw: Gateway): Promise<string> {
+  return await scrape(`${gw.url}/metrics`, gw.agent)
+}
+
+t.test('counters: the seed\'s two keep their names, every other ends in _total; those with known label sets start at 0', async (t) => {
+  const up = await startUpstream(t)
+  const other = await startUpstream(t)
+  const gw = await startGateway(t, { upstreams: { a: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'a' }] })
+  const text = await metricsOf(gw)
+  const counters = [...text.matchAll(/^# TYPE (\S+) counter$/gm)].map((m) => m[1])
+  t.same(counters.filter((n) => !n.endsWith('_total')).sort(), SEED_COUNTERS, 'only the seed\'s counters lack _total')
+  for (const name of ['sssonector_pool_connections_opened_total', 'sssonector_request_retries_total', 'sssonector_requests_rejected_total', 'sssonector_client_errors_total']) {
+    t.ok(counters.includes(name), `${name} is a counter`)
+  }
+
+  // Before any request, each counter whose labels are known reads 0.
+  const target = { upstream: 'a', target: up.url }
+  t.equal(value(text, 'sssonector_pool_connections_opened_total', target), 0, 'connections opened: 0')
+  t.equal(value(text, 'sssonector_pool_health_check_failures', target), 0, 'health check failures: 0')
+  for (const reason of ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'protocol']) {
+    t.equal(value(text, 'sssonector_pool_connection_errors', { ...target, reason }), 0, `connection errors ${reason}: 0`)
+  }
+  for (const reason of ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']) {
+    t.equal(value(text, 'sssonector_request_retries_total', { upstream: 'a', reason }), 0, `retries ${reason}: 0`)
+  }
+  for (const reason of ['no_target', 'pool_exhausted']) {
+    t.equal(value(text, 'sssonector_requests_rejected_total', { upstream: 'a', reason }), 0, `rejected ${reason}: 0`)
+  }
+
+  // A target added later starts at 0 too; a removed one's series go.
+  gw.app.sssonector.upstream('a').addTarget(other.url)
+  const added = await metricsOf(gw)
+  t.equal(value(added, 'sssonector_pool_connections_opened_total', { upstream: 'a', target: other.url }), 0, 'an added target: 0 opened')
+  t.equal(value(added, 'sssonector_pool_connection_errors', { upstream: 'a', target: other.url, reason: 'reset' }), 0, 'an added target: 0 resets')
+  await gw.app.sssonector.upstream('a').removeTarget(other.url)
+  const removed = await metricsOf(gw)
+  t.equal(series(removed, 'sssonector_pool_connections_opened_total').filter((s) => s.labels.target === other.url).length, 0, 'a removed target: no series')
+})
