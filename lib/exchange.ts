@@ -33,6 +33,8 @@ export interface ExchangeHost {
   /** Requests active now, against which the retry budget is measured. */
   readonly active: number
   now: () => number
+  /** A monotonic clock in ms with sub-millisecond resolution: attempts' durations. */
+  clock: () => number
   random: () => number
   /**
    * A target for the next attempt, chosen by the balancer with this request's
@@ -161,6 +163,7 @@ class Attempt implements Handler {
   readonly target: Target
   readonly conn: Connection
   readonly ticket: Ticket
+  /** On the host's monotonic clock. */
   readonly startedAt: number
   controller: Controller | null = null
   status = 0
@@ -331,7 +334,7 @@ export class Exchange implements PickContext<Target> {
     setHost(o, slot.target.host)
     o.headersTimeout = host.config.timeouts.headers
     o.bodyTimeout = host.config.timeouts.body
-    const attempt = new Attempt(this, slot, host.now())
+    const attempt = new Attempt(this, slot, host.clock())
     this.#attempt = attempt
     this.#record.attempts++
     slot.target.attemptStarted()
@@ -498,7 +501,7 @@ export class Exchange implements PickContext<Target> {
     } else {
       target.putConnection(attempt.conn, false)
     }
-    const latency = host.now() - attempt.startedAt
+    const latency = host.clock() - attempt.startedAt
     target.attemptEnded()
     target.putResult(attempt.ticket, { category, status: attempt.status, latency })
     const record = this.#record

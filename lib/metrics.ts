@@ -127,9 +127,10 @@ export class Metrics implements Meter {
     })
     this.#duration = new Histogram({
       name: `${prefix}request_duration_seconds`,
-      help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer)',
+      help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer), on a monotonic sub-millisecond clock',
       labelNames: ['upstream', 'target', 'status_class'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      // From a quarter of a millisecond: an attempt on loopback or in one rack takes less than 1 ms.
+      buckets: [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers
     })
     this.#retries = new Counter({

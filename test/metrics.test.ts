@@ -1,4 +1,6 @@
 import t from 'tap'
+import { request } from 'undici'
+import { performance } from 'node:perf_hooks'
 import { startGateway, startUpstream } from './helpers/servers.js'
 import type { Gateway } from './helpers/servers.js'
 import { scrape, series, value } from './helpers/scrape.js'
@@ -42,4 +44,26 @@ t.test('counters: the seed\'s two keep their names, every other ends in _total; 
   await gw.app.sssonector.upstream('a').removeTarget(other.url)
   const removed = await metricsOf(gw)
   t.equal(series(removed, 'sssonector_pool_connections_opened_total').filter((s) => s.labels.target === other.url).length, 0, 'a removed target: no series')
+})
+
+t.test('attempt durations: a monotonic sub-millisecond clock, and buckets below 1 ms', async (t) => {
+  const up = await startUpstream(t)
+  const gw = await startGateway(t, { upstreams: { a: { targets: [up.url] } }, routes: [{ prefix: '/', upstream: 'a' }] })
+  let client = 0
+  for (let i = 0; i < 20; i++) {
+    const start = performance.now()
+    const res = await request(`${gw.url}/x`, { dispatcher: gw.agent })
+    await res.body.dump()
+    client += performance.now() - start
+  }
+  const text = await metricsOf(gw)
+  const labels = { upstream: 'a', target: up.url, status_class: '2xx' }
+  t.equal(value(text, 'sssonector_request_duration_seconds_count', labels), 20)
+  for (const le of ['0.00025', '0.0005']) {
+    t.not(value(text, 'sssonector_request_duration_seconds_bucket', { ...labels, le }), undefined, `a bucket at ${le} s`)
+  }
+  const sum = value(text, 'sssonector_request_duration_seconds_sum', labels)!
+  const ms = sum * 1000
+  t.ok(Math.abs(ms - Math.round(ms)) > 1e-6, `the 20 durations add up to ${ms} ms: not a whole number of milliseconds (a 1 ms clock gives whole ones)`)
+  t.ok(ms < client, `the attempts took ${ms.toFixed(3)} ms, within the ${client.toFixed(3)} ms the client waited`)
 })
