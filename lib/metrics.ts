@@ -191,17 +191,22 @@ export class Metrics implements Meter {
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_healthy`,
-      help: '1 while the target is in rotation, 0 while out',
+      help: '1 while no cause keeps the target out (see target_health_cause); 0 from a failure until it is back: a target whose connects failed stays 0 while its trial is due, until a trial succeeds',
       labelNames: ['upstream', 'target'],
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.available ? 1 : 0)
+        // Not `available` (may the balancer pick it now): that turns true as soon
+        // as a down target's trial is due, and under light traffic a dead target
+        // would read 1 most of the time. Healthy is what the panic threshold
+        // counts: not down (skipped or trying), not failing its active checks,
+        // not ejected, not draining.
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.health.length === 0 ? 1 : 0)
       }
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_health_cause`,
-      help: '1 for each cause keeping the target out of rotation',
+      help: '1 for each cause flagged on the target: connect_failed, circuit_open (until a trial succeeds), active_health, ejected, draining',
       labelNames: ['upstream', 'target', 'cause'],
       registers,
       collect () {

@@ -1,7 +1,9 @@
 import t from 'tap'
 import { request } from 'undici'
+import http from 'node:http'
+import { once } from 'node:events'
 import { performance } from 'node:perf_hooks'
-import { startGateway, startUpstream } from './helpers/servers.js'
+import { refusedPort, startGateway, startUpstream } from './helpers/servers.js'
 import type { Gateway } from './helpers/servers.js'
 import { scrape, series, value } from './helpers/scrape.js'
 
@@ -66,4 +68,40 @@ t.test('attempt durations: a monotonic sub-millisecond clock, and buckets below 
   const ms = sum * 1000
   t.ok(Math.abs(ms - Math.round(ms)) > 1e-6, `the 20 durations add up to ${ms} ms: not a whole number of milliseconds (a 1 ms clock gives whole ones)`)
   t.ok(ms < client, `the attempts took ${ms.toFixed(3)} ms, within the ${client.toFixed(3)} ms the client waited`)
+})
+
+t.test('target_healthy: a target whose connects fail reads 0 while its trial is due, and 1 once a trial succeeded', async (t) => {
+  const live = await startUpstream(t)
+  const port = await refusedPort()
+  const dead = `http://127.0.0.1:${port}`
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [dead, live.url], balance: 'round-robin', pool: { retryInterval: 100 } } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  t.equal((await request(`${gw.url}/x`, { dispatcher: gw.agent })).statusCode, 200)
+  const up = gw.app.sssonector.upstream('a')
+  const down = up.stats().targets[0].down
+  t.ok(down !== null, 'the dead target is skipped after its failed connect')
+  // Its skip ends at a known time: wait until then, not for an event.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, down!.until - Date.now()) + 5))
+  const due = up.stats().targets[0]
+  t.equal(due.available, true, 'its trial is due: the balancer may pick it')
+  t.ok(due.down !== null, 'and it is still down: no trial succeeded')
+  const text = await metricsOf(gw)
+  t.equal(value(text, 'sssonector_target_healthy', { upstream: 'a', target: dead }), 0, 'target_healthy: 0 while its trial is merely due')
+  t.equal(value(text, 'sssonector_target_health_cause', { upstream: 'a', target: dead, cause: 'connect_failed' }), 1, 'its cause: connect_failed')
+  t.equal(value(text, 'sssonector_target_healthy', { upstream: 'a', target: live.url }), 1)
+
+  // The target comes back on its port; the next request to it is its trial.
+  const revived = http.createServer((_req, res) => { res.end('back') })
+  revived.listen(port, '127.0.0.1')
+  await once(revived, 'listening')
+  t.teardown(async () => {
+    revived.closeAllConnections()
+    await new Promise((resolve) => revived.close(resolve))
+  })
+  for (let i = 0; i < 2; i++) await (await request(`${gw.url}/x`, { dispatcher: gw.agent })).body.dump()
+  t.equal(up.stats().targets[0].down, null, 'its trial succeeded')
+  const after = await metricsOf(gw)
+  t.equal(value(after, 'sssonector_target_healthy', { upstream: 'a', target: dead }), 1, 'target_healthy: 1 once a trial succeeded')
 })
