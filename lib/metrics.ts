@@ -62,6 +62,12 @@ export class Metrics implements Meter {
     const prefix = opts.prefix
     const ups = (): UpstreamStats[] => this.#stats()
     if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
+    // In node:cluster, prom-client's AggregatorRegistry merges the workers'
+    // series by each metric's `aggregator`: counters, histograms and counts of
+    // connections and requests add up ('sum', the default); a state says what
+    // the worst worker sees ('max': panic in any worker, a cause flagged in
+    // any, a breaker not closed in any; 'min': healthy only where every worker
+    // has it healthy), so it stays 0 or 1, never 2.
 
     // The seed's four, by their exact names (its two counters have no `_total`;
     // every other counter here follows the convention). Counters with a known
@@ -70,6 +76,7 @@ export class Metrics implements Meter {
       name: `${prefix}pool_active_connections`,
       help: 'Connections to each target in use now',
       labelNames: ['upstream', 'target'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -80,6 +87,7 @@ export class Metrics implements Meter {
       name: `${prefix}pool_idle_connections`,
       help: 'Idle keep-alive connections to each target',
       labelNames: ['upstream', 'target'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -163,6 +171,7 @@ export class Metrics implements Meter {
       name: `${prefix}pool_pending_requests`,
       help: 'Requests waiting in each upstream\'s queue for a connection',
       labelNames: ['upstream'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -173,6 +182,7 @@ export class Metrics implements Meter {
       name: `${prefix}upstream_active_requests`,
       help: 'Requests admitted to each upstream and not yet finished',
       labelNames: ['upstream'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -183,6 +193,7 @@ export class Metrics implements Meter {
       name: `${prefix}upstream_panic`,
       help: '1 while the upstream is in panic (too few healthy targets)',
       labelNames: ['upstream'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
@@ -193,6 +204,7 @@ export class Metrics implements Meter {
       name: `${prefix}target_healthy`,
       help: '1 while no cause keeps the target out (see target_health_cause); 0 from a failure until it is back: a target whose connects failed stays 0 while its trial is due, until a trial succeeds',
       labelNames: ['upstream', 'target'],
+      aggregator: 'min',
       registers,
       collect () {
         this.reset()
@@ -208,6 +220,7 @@ export class Metrics implements Meter {
       name: `${prefix}target_health_cause`,
       help: '1 for each cause flagged on the target: connect_failed, circuit_open (until a trial succeeds), active_health, ejected, draining',
       labelNames: ['upstream', 'target', 'cause'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
@@ -218,6 +231,7 @@ export class Metrics implements Meter {
       name: `${prefix}circuit_breaker_state`,
       help: 'Breaker of each target: 0 closed, 1 open, 2 half-open',
       labelNames: ['upstream', 'target'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
