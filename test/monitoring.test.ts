@@ -1,8 +1,10 @@
 // The monitoring examples against the real thing: promtool on a scrape of a
-// gateway under faults, and the alert rules' unit tests.
+// gateway under faults, the alert rules' unit tests, and the Grafana
+// dashboard's queries against the series a scrape exposes.
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { accessSync, constants, readFileSync } from 'node:fs'
+import { accessSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
@@ -97,4 +99,50 @@ t.test('every alert rule passes its unit tests (promtool test rules), each with 
   const unit = await run(['test', 'rules', 'sssonector-alerts.test.yml'])
   t.equal(unit.code, 0, `promtool test rules:\n${unit.out}`)
   t.match(unit.out, /SUCCESS/)
+})
+
+interface Panel { title: string, type: string, fieldConfig?: { defaults?: { unit?: string } }, targets?: Array<{ expr: string, legendFormat?: string }> }
+interface Dashboard { panels: Panel[], templating: { list: Array<{ name: string, type: string, query?: unknown, definition?: string }> } }
+
+t.test('dashboard and alerts: every query names metrics a real scrape exposes, every legend the upstream, every panel a unit', async (t) => {
+  const { text } = await faultyScrape(t)
+  const exposed = seriesNames(text)
+  const dashboard = JSON.parse(readFileSync(join(monitoring, 'grafana-dashboard.json'), 'utf8')) as Dashboard
+  const variables = dashboard.templating.list.map((v) => v.name)
+  t.ok(variables.includes('instance') && variables.includes('upstream'), `instance and upstream selectors: ${variables.join(', ')}`)
+  const named = (expr: string): string[] => [...expr.matchAll(/\bsssonector_[a-z0-9_]+/g)].map((m) => m[0])
+  for (const v of dashboard.templating.list) {
+    const query = typeof v.query === 'string' ? v.query : (v.query as { query?: string } | undefined)?.query ?? ''
+    for (const name of named(query)) t.ok(exposed.has(name), `variable ${v.name}: ${name} is exposed`)
+  }
+  const queries: string[] = []
+  for (const panel of dashboard.panels.filter((p) => p.targets !== undefined)) {
+    t.ok((panel.fieldConfig?.defaults?.unit ?? '') !== '', `${panel.title}: a unit`)
+    for (const target of panel.targets!) {
+      queries.push(target.expr)
+      const names = named(target.expr)
+      t.ok(names.length > 0, `${panel.title}: a metric in ${target.expr}`)
+      for (const name of names) t.ok(exposed.has(name), `${panel.title}: ${name} is exposed`)
+      t.match(target.legendFormat ?? '', /\{\{\s*upstream\s*\}\}/, `${panel.title}: the legend ${JSON.stringify(target.legendFormat)} names the upstream`)
+      t.match(target.expr, /instance=~"\$instance"/, `${panel.title}: filtered by the instance selector`)
+      t.match(target.expr, /upstream=~"\$upstream"/, `${panel.title}: filtered by the upstream selector`)
+    }
+  }
+  for (const title of ['connection age', 'connections opened', 'health-check failures']) {
+    t.ok(dashboard.panels.some((p) => p.title.toLowerCase().includes(title)), `a panel on ${title}`)
+  }
+  const rules = readFileSync(join(monitoring, 'sssonector-alerts.yml'), 'utf8')
+  for (const m of rules.matchAll(/^\s*expr: (.*)$/gm)) {
+    for (const name of named(m[1])) t.ok(exposed.has(name), `alert rule: ${name} is exposed`)
+  }
+
+  // The queries parse as PromQL (the dashboard's variables given values).
+  if (promtool === null && !ci) return
+  const dir = mkdtempSync(join(tmpdir(), 'sssonector-dashboard-'))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const file = join(dir, 'queries.yml')
+  const substituted = queries.map((q) => q.replaceAll('$__rate_interval', '1m').replaceAll('$instance', '.*').replaceAll('$upstream', '.*'))
+  writeFileSync(file, JSON.stringify({ groups: [{ name: 'dashboard', rules: substituted.map((expr, i) => ({ record: `dashboard:query_${i}`, expr })) }] }))
+  const check = await run(['check', 'rules', file])
+  t.equal(check.code, 0, `every dashboard query parses:\n${check.out}`)
 })
