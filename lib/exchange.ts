@@ -56,6 +56,8 @@ export interface ExchangeHost {
   /** Requests active now, against which the retry budget is measured. */
   readonly active: number
   now: () => number
+  /** A monotonic clock in ms with sub-millisecond resolution: attempts' durations. */
+  clock: () => number
   random: () => number
   /**
    * A target for the next attempt, chosen by the balancer with this request's
@@ -184,6 +186,7 @@ class Attempt implements Handler {
   readonly target: Target
   readonly conn: Connection
   readonly ticket: Ticket
+  /** On the host's monotonic clock. */
   readonly startedAt: number
   controller: Controller | null = null
   status = 0
@@ -384,7 +387,7 @@ export class Exchange implements PickContext<Target> {
     const headersTimeout = this.#headersTimeout
     o.headersTimeout = headersTimeout
     o.bodyTimeout = this.#bodyTimeout
-    const attempt = new Attempt(this, slot, host.now())
+    const attempt = new Attempt(this, slot, host.clock())
     this.#attempt = attempt
     this.#record.attempts++
     slot.target.attemptStarted()
@@ -552,7 +555,7 @@ export class Exchange implements PickContext<Target> {
     } else {
       target.putConnection(attempt.conn, false)
     }
-    const latency = host.now() - attempt.startedAt
+    const latency = host.clock() - attempt.startedAt
     target.attemptEnded()
     target.putResult(attempt.ticket, { category, status: attempt.status, latency })
     const record = this.#record

@@ -6,10 +6,13 @@ const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'con
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error'] as const
 const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhausted']
 const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_body', 'client_timeout', 'body_too_large', 'bad_request']
+// The categories a retry can follow: a failed connect, a reset, a malformed answer, a retriable status.
+const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
 export interface StatsSource {
+  readonly name: string
   stats (): UpstreamStats
 }
 
@@ -59,12 +62,21 @@ export class Metrics implements Meter {
     const prefix = opts.prefix
     const ups = (): UpstreamStats[] => this.#stats()
     if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
+    // In node:cluster, prom-client's AggregatorRegistry merges the workers'
+    // series by each metric's `aggregator`: counters, histograms and counts of
+    // connections and requests add up ('sum', the default); a state says what
+    // the worst worker sees ('max': panic in any worker, a cause flagged in
+    // any, a breaker not closed in any; 'min': healthy only where every worker
+    // has it healthy), so it stays 0 or 1, never 2.
 
-    // The seed's four, by their exact names.
+    // The seed's four, by their exact names (its two counters have no `_total`;
+    // every other counter here follows the convention). Counters with a known
+    // label set start at 0, so a rate() sees their first increment.
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_active_connections`,
       help: 'Connections to each target in use now',
       labelNames: ['upstream', 'target'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -75,6 +87,7 @@ export class Metrics implements Meter {
       name: `${prefix}pool_idle_connections`,
       help: 'Idle keep-alive connections to each target',
       labelNames: ['upstream', 'target'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -90,10 +103,7 @@ export class Metrics implements Meter {
         this.reset()
         for (const u of ups()) {
           for (const t of u.targets) {
-            for (const reason of CONNECTION_CATEGORIES) {
-              const n = t.errors[reason]
-              if (n !== undefined) this.inc({ upstream: u.name, target: t.url, reason }, n)
-            }
+            for (const reason of CONNECTION_CATEGORIES) this.inc({ upstream: u.name, target: t.url, reason }, t.errors[reason] ?? 0)
           }
         }
       }
@@ -105,13 +115,13 @@ export class Metrics implements Meter {
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) if (t.healthCheckFailures > 0) this.inc({ upstream: u.name, target: t.url }, t.healthCheckFailures)
+        for (const u of ups()) for (const t of u.targets) this.inc({ upstream: u.name, target: t.url }, t.healthCheckFailures)
       }
     })
 
     // Beside them.
     this.#opened = new Counter({
-      name: `${prefix}pool_connections_opened`,
+      name: `${prefix}pool_connections_opened_total`,
       help: 'Connections opened to each target',
       labelNames: ['upstream', 'target'],
       registers
@@ -125,19 +135,20 @@ export class Metrics implements Meter {
     })
     this.#duration = new Histogram({
       name: `${prefix}request_duration_seconds`,
-      help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer)',
+      help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer), on a monotonic sub-millisecond clock',
       labelNames: ['upstream', 'target', 'status_class'],
-      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      // From a quarter of a millisecond: an attempt on loopback or in one rack takes less than 1 ms.
+      buckets: [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers
     })
     this.#retries = new Counter({
-      name: `${prefix}request_retries`,
+      name: `${prefix}request_retries_total`,
       help: 'Retries, by the reason of the attempt retried',
       labelNames: ['upstream', 'reason'],
       registers
     })
     new Counter({ // eslint-disable-line no-new
-      name: `${prefix}requests_rejected`,
+      name: `${prefix}requests_rejected_total`,
       help: 'Requests refused at admission, by reason',
       labelNames: ['upstream', 'reason'],
       registers,
@@ -147,7 +158,7 @@ export class Metrics implements Meter {
       }
     })
     new Counter({ // eslint-disable-line no-new
-      name: `${prefix}client_errors`,
+      name: `${prefix}client_errors_total`,
       help: 'Requests that failed by the client\'s own fault (a bad, abandoned or slow body, a hang-up), by reason: never counted against a target',
       labelNames: ['upstream', 'reason'],
       registers,
@@ -160,6 +171,7 @@ export class Metrics implements Meter {
       name: `${prefix}pool_pending_requests`,
       help: 'Requests waiting in each upstream\'s queue for a connection',
       labelNames: ['upstream'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -170,6 +182,7 @@ export class Metrics implements Meter {
       name: `${prefix}upstream_active_requests`,
       help: 'Requests admitted to each upstream and not yet finished',
       labelNames: ['upstream'],
+      aggregator: 'sum',
       registers,
       collect () {
         this.reset()
@@ -180,6 +193,7 @@ export class Metrics implements Meter {
       name: `${prefix}upstream_panic`,
       help: '1 while the upstream is in panic (too few healthy targets)',
       labelNames: ['upstream'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
@@ -188,18 +202,25 @@ export class Metrics implements Meter {
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_healthy`,
-      help: '1 while the target is in rotation, 0 while out',
+      help: '1 while no cause keeps the target out (see target_health_cause); 0 from a failure until it is back: a target whose connects failed stays 0 while its trial is due, until a trial succeeds',
       labelNames: ['upstream', 'target'],
+      aggregator: 'min',
       registers,
       collect () {
         this.reset()
-        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.available ? 1 : 0)
+        // Not `available` (may the balancer pick it now): that turns true as soon
+        // as a down target's trial is due, and under light traffic a dead target
+        // would read 1 most of the time. Healthy is what the panic threshold
+        // counts: not down (skipped or trying), not failing its active checks,
+        // not ejected, not draining.
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.health.length === 0 ? 1 : 0)
       }
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_health_cause`,
-      help: '1 for each cause keeping the target out of rotation',
+      help: '1 for each cause flagged on the target: connect_failed, circuit_open (until a trial succeeds), active_health, ejected, draining',
       labelNames: ['upstream', 'target', 'cause'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
@@ -210,6 +231,7 @@ export class Metrics implements Meter {
       name: `${prefix}circuit_breaker_state`,
       help: 'Breaker of each target: 0 closed, 1 open, 2 half-open',
       labelNames: ['upstream', 'target'],
+      aggregator: 'max',
       registers,
       collect () {
         this.reset()
@@ -225,6 +247,7 @@ export class Metrics implements Meter {
   /** The upstreams whose stats collect() reads. */
   watch (sources: readonly StatsSource[]): void {
     this.#sources = sources
+    for (const s of sources) for (const reason of RETRY_CATEGORIES) this.#retries.inc({ upstream: s.name, reason }, 0)
   }
 
   /** Every upstream's stats, read once per scrape (the gauges of one scrape share them). */
@@ -242,6 +265,7 @@ export class Metrics implements Meter {
     const classes = STATUS_CLASSES.map((c) => this.#duration.labels({ ...labels, status_class: c }))
     const age = this.#age.labels(labels)
     const opened = this.#opened.labels(labels)
+    this.#opened.inc(labels, 0)
     return {
       attempt (statusClass, seconds) { classes[statusClass].observe(seconds) },
       connectionOpened () { opened.inc() },

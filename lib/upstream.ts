@@ -38,8 +38,14 @@ export interface UpstreamDeps {
   log?: UpstreamLogger
   /** Makes each connection's client (undici Client by default). */
   factory?: ConnectionFactory
-  /** The clock (ms). */
+  /** The clock (ms since the epoch). */
   now?: () => number
+  /**
+   * A monotonic clock in ms with sub-millisecond resolution, for attempts'
+   * durations; by default `performance.now()`, or `now` when only `now` is given
+   * (a test's clock then drives every time the upstream reads).
+   */
+  clock?: () => number
   /** Uniform numbers in [0, 1) for the balancer's draws (seeded in tests). */
   random?: Random
   /** Runs one active health probe (an HTTP request on a connection of its own by default). */
@@ -95,6 +101,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly budget: RetryBudget
   readonly random: Random
   readonly now: () => number
+  /** Attempts' durations are measured on it (monotonic, sub-millisecond). */
+  readonly clock: () => number
   /** Fewer targets healthy than `panicThreshold`: the judgement flags (active health, ejection) are set aside. */
   panic = false
   readonly retryInterval: number
@@ -122,6 +130,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.config = config
     this.#factory = deps.factory ?? undiciConnectionFactory
     this.now = deps.now ?? Date.now
+    this.clock = deps.clock ?? deps.now ?? (() => performance.now())
     this.random = deps.random ?? Math.random
     this.retryInterval = config.pool.retryInterval
     this.maxRetryInterval = config.pool.maxRetryInterval

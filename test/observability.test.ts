@@ -45,7 +45,7 @@ t.test('active connections equal the upstream\'s own count while requests are he
   const after = await scrape(gw)
   t.equal(value(after, 'sssonector_pool_idle_connections', labels), up.sockets.size, 'idle connections: as the upstream counts them')
   t.equal(value(after, 'sssonector_pool_active_connections', labels), 0)
-  t.equal(value(after, 'sssonector_pool_connections_opened', labels), 7)
+  t.equal(value(after, 'sssonector_pool_connections_opened_total', labels), 7)
   t.equal(value(after, 'sssonector_pool_connection_age_seconds_count', labels), 4, '4 closed past maxIdle, their ages observed')
   t.equal(value(after, 'sssonector_request_duration_seconds_count', { ...labels, status_class: '2xx' }), 7)
   t.match(after, /# TYPE sssonector_pool_connection_errors counter/)
@@ -68,7 +68,7 @@ t.test('a killed target raises connection_errors{reason="connect_refused"}; a fa
   const probeFailures = value(before, 'sssonector_pool_health_check_failures', { upstream: 'b', target: dead }) ?? 0
   t.ok(probeFailures >= 1, `health_check_failures ${probeFailures}`)
   t.equal(value(before, 'sssonector_pool_connection_errors', { upstream: 'a', target: dead, reason: 'connect_refused' }), 1)
-  t.equal(value(before, 'sssonector_request_retries', { upstream: 'a', reason: 'connect_refused' }), 1)
+  t.equal(value(before, 'sssonector_request_retries_total', { upstream: 'a', reason: 'connect_refused' }), 1)
   t.equal(value(before, 'sssonector_target_healthy', { upstream: 'a', target: dead }), 0)
   t.equal(value(before, 'sssonector_target_health_cause', { upstream: 'a', target: dead, cause: 'connect_failed' }), 1)
   t.equal(value(before, 'sssonector_target_healthy', { upstream: 'a', target: live.url }), 1)
