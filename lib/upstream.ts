@@ -565,7 +565,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     // The queue drains as connections free; whatever cannot be served by the end of its wait gets its 503 then.
     await this.#admission.whenEmpty()
     this.#admission.stop()
-    await Promise.all(this.targets.map(async (t) => { await t.drain() }))
+    await Promise.all(this.targets.map(async (t) => { await t.drain('closing') }))
     this.#stopSweep()
   }
 
@@ -575,7 +575,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#admission.failAll(() => err ?? this.#admission.closedError())
     for (const lease of this.#admission.live) lease.abort(err ?? new ClosedError(this.name))
     await this.#prober?.close()
-    await Promise.all(this.targets.map(async (t) => { await t.drain() }))
+    await Promise.all(this.targets.map(async (t) => { await t.drain('closing') }))
     this.#stopSweep()
   }
 
