@@ -186,3 +186,34 @@ t.test('a flapping target logs its first two changes, then one summary per windo
   t.equal(lines.matching(/^panic(:| over)/).length, 2, 'the panic that followed each change: two lines...')
   t.match(await lines.next(/^panic flapping/), { changes: FLAPS - 2, panic: false }, '...and its own summary')
 })
+
+t.test('Fastify\'s own lines per request: a route\'s logLevel quiets them; http-proxy\'s disableRequestLogging does not; a function of the request given to Fastify does', async (t) => {
+  const up = await startUpstream(t)
+  const perRequest = /^(incoming request|request completed)$/
+  const upstreams = { a: { targets: [up.url] } }
+
+  const plain = await loggedGateway(t, { upstreams, routes: [{ prefix: '/api', upstream: 'a' }] })
+  t.equal((await get(plain.gw, '/api/x')).status, 200)
+  t.equal(plain.lines.matching(perRequest).length, 2, 'by default: incoming and completed, at info')
+  t.equal(plain.lines.matching(/^(fetching from remote server|response received)$/).length, 0, 'reply-from\'s own lines are off (disableRequestLogging: true passed to http-proxy)')
+
+  const replyFrom = await loggedGateway(t, { upstreams, routes: [{ prefix: '/api', upstream: 'a', disableRequestLogging: false }] })
+  t.equal((await get(replyFrom.gw, '/api/x')).status, 200)
+  t.equal(replyFrom.lines.matching(/^(fetching from remote server|response received)$/).length, 2, 'the route option is reply-from\'s: false turns its lines on')
+
+  const quiet = await loggedGateway(t, { upstreams, routes: [{ prefix: '/api', upstream: 'a', logLevel: 'warn' }] }, {}, (app) => {
+    app.get('/own', async () => 'own')
+  })
+  t.equal((await get(quiet.gw, '/api/x')).status, 200)
+  t.equal(quiet.lines.matching(perRequest).length, 0, 'logLevel: warn on the route: none for the proxied request')
+  t.equal((await get(quiet.gw, '/own')).status, 200)
+  t.equal(quiet.lines.matching(perRequest).length, 2, 'the app\'s other routes log as before')
+
+  const byFunction = await loggedGateway(t, { upstreams, routes: [{ prefix: '/api', upstream: 'a' }] }, {
+    disableRequestLogging: (req) => req.url.startsWith('/api/')
+  }, (app) => { app.get('/own', async () => 'own') })
+  t.equal((await get(byFunction.gw, '/api/x')).status, 200)
+  t.equal(byFunction.lines.matching(perRequest).length, 0, 'Fastify\'s disableRequestLogging as a function of the request: none for the proxy routes')
+  t.equal((await get(byFunction.gw, '/own')).status, 200)
+  t.equal(byFunction.lines.matching(perRequest).length, 2, 'the others log')
+})
