@@ -53,7 +53,7 @@ export interface UpstreamDeps {
   prober?: Prober
   /** Metrics of the attempts, retries and connections. */
   meter?: Meter
-  /** The window of the state changes' hysteresis in the log (ms). @default FLAP_WINDOW */
+  /** The window of the state changes' hysteresis in the log (ms); 0 logs each change as it comes. @default FLAP_WINDOW */
   flapWindow?: number
 }
 
