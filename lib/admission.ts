@@ -23,6 +23,8 @@ export interface AdmissionHost extends LeaseOwner {
   mayServe: () => boolean
   /** Seconds a client should wait before trying again, when no target can serve. */
   noTargetRetryAfter: () => number
+  /** A request is refused with 503 `NO_TARGET` now (the host logs it, rate-limited). */
+  refusedNoTarget: () => void
 }
 
 /**
@@ -133,6 +135,7 @@ export class Admission {
   }
 
   #noTarget (): SssonectorError {
+    this.#host.refusedNoTarget()
     return this.#reject(new NoTargetError(this.#host.name) as unknown as SssonectorError, 'no_target', this.#host.noTargetRetryAfter())
   }
 

@@ -210,6 +210,18 @@ export class TargetDownState {
     if (passed && s.kind === 'skipped' && now < s.until) this.#state = { ...s, until: now }
   }
 
+  /**
+   * When the next trial may begin (ms): the end of the skip, or the next quick
+   * trial before it (`quick`: no target is in rotation); once trials run, when
+   * the last one began. Null when up. Reads only.
+   */
+  nextTrial (quick: boolean): number | null {
+    const s = this.#state
+    if (s.kind === 'up') return null
+    if (s.kind === 'trying') return s.lastTrial
+    return quick ? Math.min(s.until, s.lastTrial + this.#quickSpacing(s.quickTrials)) : s.until
+  }
+
   /** Milliseconds until a trial may begin; 0 when one may now, or when up. */
   retryIn (now: number): number {
     const s = this.#state

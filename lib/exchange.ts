@@ -557,7 +557,7 @@ export class Exchange implements PickContext<Target> {
     }
     const latency = host.clock() - attempt.startedAt
     target.attemptEnded()
-    target.putResult(attempt.ticket, { category, status: attempt.status, latency })
+    target.putResult(attempt.ticket, { category, status: attempt.status, latency, retried })
     const record = this.#record
     record.category = category
     record.latency = latency

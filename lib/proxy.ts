@@ -1,5 +1,6 @@
 import { Dispatcher } from 'undici'
 import type { Readable } from 'node:stream'
+import { STATUS_CODES } from 'node:http'
 import type { IncomingMessage, ServerResponse, IncomingHttpHeaders } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction, preHandlerHookHandler } from 'fastify'
@@ -230,6 +231,23 @@ function sendError (reply: FastifyReply, err: SssonectorError): void {
   reply.send(err)
 }
 
+/**
+ * Under Fastify's default error handler, a 503 `NO_TARGET` gets the default
+ * answer without the default error line (with a stack) per request: the
+ * upstream logs these itself, at most one line per interval with the count
+ * (Upstream#refusedNoTarget). Any other error goes on to the default
+ * handler; an app's own handler (set before the plugin) is left alone.
+ */
+function quietRefusals (scope: FastifyInstance): void {
+  if (scope.errorHandler.name !== 'defaultErrorHandler') return
+  scope.setErrorHandler(function (err: Partial<SssonectorError>, _request, reply) {
+    if (err.code !== 'FST_SSSONECTOR_NO_TARGET') throw err
+    const statusCode = err.statusCode ?? 503
+    reply.code(statusCode).type('application/json; charset=utf-8')
+    return JSON.stringify({ statusCode, code: err.code, error: STATUS_CODES[statusCode], message: err.message })
+  })
+}
+
 /** Registers one proxy route on @fastify/http-proxy, wired through the upstream's pool. */
 export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, upstreams: ReadonlyMap<string, Upstream>, app: { readonly closing: boolean }): void {
   const { prefix } = route
@@ -375,7 +393,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     retryDelay: () => null
   }
 
-  fastify.register(httpProxy, {
+  const proxyOptions = {
     ...userOpts,
     ...(prefix === undefined ? {} : { prefix }),
     upstream: PLACEHOLDER,
@@ -383,5 +401,10 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     disableRequestLogging: userOpts.disableRequestLogging ?? true,
     preHandler: (userPreHandler === undefined ? admit : [prepareOnly, userPreHandler, acquire]) as preHandlerHookHandler,
     replyOptions
-  } as unknown as Parameters<typeof httpProxy>[1])
+  } as unknown as Parameters<typeof httpProxy>[1]
+  // In a scope of its own, where the refusals the upstream logs are answered without a line per request.
+  fastify.register(async (scope) => {
+    quietRefusals(scope)
+    await scope.register(httpProxy, proxyOptions)
+  })
 }

@@ -8,6 +8,7 @@ import type { DownEvent, SkipCause, Ticket } from './down-state.js'
 import { CONNECT_FAILURES, faultOf } from './errors.js'
 import type { TargetMeter } from './metrics.js'
 import type { Pickable } from './balancer.js'
+import { FAILED, RollingWindow } from './rolling-window.js'
 
 /** What a target needs from its upstream: the clock, chance, panic, and where to report what it sees. */
 export interface TargetOwner {
@@ -38,6 +39,8 @@ export interface AttemptResult {
   status: number
   /** Milliseconds. */
   latency: number
+  /** It failed and the request was retried on another target. */
+  retried?: boolean
 }
 
 /**
@@ -50,9 +53,9 @@ export const PROBATION_ATTEMPTS = 3
 
 const DOWN_CAUSE: Record<SkipCause, TargetHealthCause> = { connect: 'connect_failed', breaker: 'circuit_open' }
 
-/** The histogram's status class of an attempt: 1xx..5xx as 0..4, 5 for a failure with no answer. */
+/** The status class of an attempt, for the metrics and the rolling window: 1xx..5xx as 0..4, 5 (FAILED) for a failure with no answer. */
 function statusClass (result: AttemptResult): number {
-  if (result.category !== null && result.category !== 'http_5xx') return 5
+  if (result.category !== null && result.category !== 'http_5xx') return FAILED
   return Math.min(4, Math.max(0, ((result.status / 100) | 0) - 1))
 }
 
@@ -85,9 +88,13 @@ export class Target implements Pickable {
   /** Active probes that failed since start. */
   hcFailures = 0
   hcSince = 0
+  /** Why its active checks marked it down. */
+  hcReason = ''
   /** Ejected as an outlier until then (ms); 0 when not. */
   ejectedUntil = 0
   ejectedSince = 0
+  /** Why it was ejected. */
+  ejectedReason = ''
   ejections = 0
   /** Back from an ejection: probation attempts still to end (one in flight at most); 0 when not on probation. */
   probation = 0
@@ -105,7 +112,11 @@ export class Target implements Pickable {
   readonly #owner: TargetOwner
   readonly #pool: TargetPool
   readonly #down: TargetDownState
+  /** Its attempts over the last minute. */
+  readonly #window: RollingWindow
   #draining = false
+  /** Why it is leaving (removed, or its upstream is closing). */
+  #drainReason = ''
   #onIdle: (() => void) | null = null
   /** When its breaker last counted a failure. */
   #lastFailure = -Infinity
@@ -120,6 +131,7 @@ export class Target implements Pickable {
     this.addedAt = owner.now()
     this.#pool = new TargetPool(resolved.origin, settings, limits, factory, owner.now, onFree)
     this.breaker = breaker === null ? null : new CircuitBreaker(breaker, owner.now)
+    this.#window = new RollingWindow(owner.now)
     const halfOpen = breaker?.halfOpenRequests ?? 1
     this.#down = new TargetDownState({
       interval: owner.retryInterval,
@@ -265,7 +277,9 @@ export class Target implements Pickable {
     if (category !== null && category !== 'http_5xx') this.errors[category] = (this.errors[category] ?? 0) + 1
     this.#observe(failed, result.latency)
     this.#owner.observed(this, failed, result.latency)
-    this.meter?.attempt(statusClass(result), result.latency / 1000)
+    const outcome = statusClass(result)
+    this.#window.record(outcome, result.retried === true, result.latency)
+    this.meter?.attempt(outcome, result.latency / 1000)
     this.#judge(ticket, category, result.status, failed, this.#owner.now() - result.latency)
   }
 
@@ -369,6 +383,7 @@ export class Target implements Pickable {
     if (this.hcDown === down) return
     this.hcDown = down
     this.hcSince = this.#owner.now()
+    this.hcReason = reason
     this.#owner.healthChanged(this, 'active_health', down ? 'down' : 'up', reason)
     if (!down) this.#startRamp()
   }
@@ -379,6 +394,7 @@ export class Target implements Pickable {
     this.ejections++
     this.ejectedSince = this.#owner.now()
     this.ejectedUntil = until
+    this.ejectedReason = reason
     this.#owner.healthChanged(this, 'ejected', 'down', reason)
   }
 
@@ -402,11 +418,12 @@ export class Target implements Pickable {
     }
   }
 
-  /** Takes it out of rotation, waits for what is in flight on it, then closes its connections. */
-  async drain (): Promise<void> {
+  /** Takes it out of rotation (`reason`: removed, or its upstream closing), waits for what is in flight on it, then closes its connections. */
+  async drain (reason = 'removed'): Promise<void> {
     if (!this.#draining) {
       this.#draining = true
-      this.#owner.healthChanged(this, 'draining', 'down', 'removed')
+      this.#drainReason = reason
+      this.#owner.healthChanged(this, 'draining', 'down', reason)
     }
     if (this.active > 0 || this.leased > 0) {
       await new Promise<void>((resolve) => { this.#onIdle = resolve })
@@ -414,14 +431,14 @@ export class Target implements Pickable {
     await this.#pool.close()
   }
 
-  /** Every cause that keeps it out of rotation now, with since when. Reads only. */
+  /** Every cause that keeps it out of rotation now, with since when and why. Reads only. */
   causes (now: number): TargetStats['health'] {
     const out: TargetStats['health'] = []
-    if (this.#draining) out.push({ cause: 'draining', since: null, until: null })
+    if (this.#draining) out.push({ cause: 'draining', since: null, until: null, reason: this.#drainReason })
     const s = this.#down.state
-    if (s.kind !== 'up') out.push({ cause: DOWN_CAUSE[s.cause], since: s.since, until: s.until })
-    if (this.hcDown) out.push({ cause: 'active_health', since: this.hcSince, until: null })
-    if (this.ejectedUntil > now) out.push({ cause: 'ejected', since: this.ejectedSince, until: this.ejectedUntil })
+    if (s.kind !== 'up') out.push({ cause: DOWN_CAUSE[s.cause], since: s.since, until: s.until, reason: s.reason })
+    if (this.hcDown) out.push({ cause: 'active_health', since: this.hcSince, until: null, reason: this.hcReason })
+    if (this.ejectedUntil > now) out.push({ cause: 'ejected', since: this.ejectedSince, until: this.ejectedUntil, reason: this.ejectedReason })
     return out
   }
 
@@ -439,7 +456,9 @@ export class Target implements Pickable {
       state: this.#draining ? 'draining' : 'up',
       available: this.available(now),
       health: this.causes(now),
-      down: s.kind === 'up' ? null : { since: s.since, until: s.until, failures: s.failedTrials + 1, trial: s.kind === 'trying' && s.inFlight > 0 },
+      down: s.kind === 'up'
+        ? null
+        : { since: s.since, until: s.until, failures: s.failedTrials + 1, trial: s.kind === 'trying' && s.inFlight > 0, nextTrial: this.#down.nextTrial(this.#owner.quickRecovery)! },
       breaker: this.breaker === null ? null : { state: breaker, ...counts! },
       ejections: this.ejections,
       slowStart: this.rampFrom !== 0,
@@ -455,7 +474,8 @@ export class Target implements Pickable {
       requests: this.requests,
       errors: { ...this.errors },
       healthCheckFailures: this.hcFailures,
-      age: now - this.addedAt
+      age: now - this.addedAt,
+      window: this.#window.snapshot()
     }
   }
 }

@@ -23,6 +23,7 @@ import type { Prober, ProbeResult } from './health-checker.js'
 import { OutlierDetector } from './outlier-detector.js'
 import type { Meter } from './metrics.js'
 import { UpstreamDispatcher } from './dispatcher.js'
+import { FlapLog, RateLimitedLog } from './log-limits.js'
 
 /** The part of Fastify's (pino's) logger an upstream uses. */
 export interface UpstreamLogger {
@@ -32,6 +33,12 @@ export interface UpstreamLogger {
 }
 
 const silentLog: UpstreamLogger = { info () {}, warn () {}, debug () {} }
+
+/** A 503 `NO_TARGET` is logged at most once per upstream per this long (ms); the line counts those not logged since the last. */
+export const NO_TARGET_LOG_INTERVAL = 10_000
+/** A target's state changes (and the upstream's panic) past the first two within this long are summarised in one line at its end (ms). */
+export const FLAP_WINDOW = 30_000
+const FLAP_LINES = 2
 
 export interface UpstreamDeps {
   /** Where state changes are logged (Fastify's logger). */
@@ -52,6 +59,8 @@ export interface UpstreamDeps {
   prober?: Prober
   /** Metrics of the attempts, retries and connections. */
   meter?: Meter
+  /** The window of the state changes' hysteresis in the log (ms); 0 logs each change as it comes. @default FLAP_WINDOW */
+  flapWindow?: number
 }
 
 /** A waiter that settles a promise: `upstream.request()` and `lease()`. */
@@ -123,6 +132,12 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly #settings: ConnectionSettings
   readonly #onFree: () => void
   #sweepTimer: NodeJS.Timeout | null = null
+  readonly #noTargetLog = new RateLimitedLog(NO_TARGET_LOG_INTERVAL)
+  /** Each target's state changes in the log, made at its first change. */
+  readonly #flaps = new WeakMap<Target, FlapLog>()
+  readonly #panicFlaps: FlapLog
+  readonly #flapWindow: number
+  #flapTimer: NodeJS.Timeout | null = null
 
   constructor (config: ResolvedUpstream, deps: UpstreamDeps = {}) {
     super()
@@ -139,6 +154,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#outliers = config.outlierDetection === null ? null : new OutlierDetector(config.outlierDetection)
     this.#customProber = deps.prober
     this.meter = deps.meter ?? null
+    this.#flapWindow = deps.flapWindow ?? FLAP_WINDOW
+    this.#panicFlaps = new FlapLog(this.#flapWindow, FLAP_LINES)
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.budget = new RetryBudget(config.retry?.budget)
@@ -268,6 +285,21 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     return Math.max(1, Math.ceil((soonest === Infinity ? this.retryInterval : soonest) / 1000))
   }
 
+  /**
+   * AdmissionHost: a 503 `NO_TARGET`, logged at most once per
+   * NO_TARGET_LOG_INTERVAL with the refusals not logged since the last line
+   * and why each target is out (the route answers it without Fastify's
+   * error line per request).
+   */
+  refusedNoTarget (): void {
+    const now = this.now()
+    const suppressed = this.#noTargetLog.hit(now)
+    if (suppressed < 0) return
+    const targets = this.targets.map((t) => ({ target: t.url, causes: t.causes(now).map((c) => `${c.cause}: ${c.reason}`) }))
+    this.#log.warn({ upstream: this.name, reason: 'no_target', suppressed, targets },
+      `no target can take requests: answering 503 (logged at most once per ${NO_TARGET_LOG_INTERVAL / 1000}s; suppressed: refusals since the last line)`)
+  }
+
   /** ExchangeHost: a target for a retry, and a connection and ticket on it. */
   take (context: PickContext<Target>, broken: Target | null): Slot | null {
     const target = this.#balancer.pick(context)
@@ -321,14 +353,68 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   // ---------------------------------------------------------------- target state
 
-  /** TargetOwner: a target went out of rotation or came back, for one cause: logged once, and the panic state follows; the queue may move. */
+  /**
+   * TargetOwner: a target went out of rotation or came back, for one cause:
+   * logged once (warn out, info back; draining, a removal or a close, at
+   * info), with hysteresis: past the first two changes of a target within
+   * the flap window, the rest are summarised in one line at its end. The
+   * panic state follows; the queue may move.
+   */
   healthChanged (target: Target, cause: TargetHealthCause, event: DownEvent, reason: string): void {
     const fields = { upstream: this.name, target: target.url, cause, reason }
-    if (event === 'down') this.#log.warn(fields, `target out of rotation: ${cause}`)
-    else if (event === 'up') this.#log.info(fields, `target back in rotation: ${cause} cleared`)
-    else this.#log.debug(fields, `target still out of rotation: ${cause}, trial failed`)
+    if (cause === 'draining') {
+      this.#log.info(fields, 'target out of rotation: draining')
+    } else if (event === 'trial-failed') {
+      this.#log.debug(fields, `target still out of rotation: ${cause}, trial failed`)
+    } else if (!this.#flapsOf(target).change(this.now())) {
+      this.#armFlapSummary()
+    } else if (event === 'down') {
+      this.#log.warn(fields, `target out of rotation: ${cause}`)
+    } else {
+      // The 503s not logged yet end with the outage: this line tells how many there were.
+      const refused = this.#noTargetLog.take()
+      this.#log.info(refused === 0 ? fields : { ...fields, refused }, `target back in rotation: ${cause} cleared`)
+    }
     this.#updatePanic()
     this.#admission.drain()
+  }
+
+  #flapsOf (target: Target): FlapLog {
+    let flaps = this.#flaps.get(target)
+    if (flaps === undefined) this.#flaps.set(target, flaps = new FlapLog(this.#flapWindow, FLAP_LINES))
+    return flaps
+  }
+
+  /** Arms the timer of the next summary of changes not logged, unless one is armed. */
+  #armFlapSummary (): void {
+    if (this.#flapTimer !== null || this.closed) return
+    let due = this.#panicFlaps.due ?? Infinity
+    for (const t of this.targets) due = Math.min(due, this.#flaps.get(t)?.due ?? Infinity)
+    if (due === Infinity) return
+    this.#flapTimer = setTimeout(() => { this.#summariseFlaps() }, Math.max(0, due - this.now()))
+    this.#flapTimer.unref()
+  }
+
+  /** Logs the changes not logged in each window that ended, with the state now. */
+  #summariseFlaps (): void {
+    this.#flapTimer = null
+    const now = this.now()
+    const seconds = this.#flapWindow / 1000
+    for (const t of this.targets) {
+      const changes = this.#flaps.get(t)?.summary(now) ?? 0
+      if (changes === 0) continue
+      const causes = t.causes(now).map((c) => `${c.cause}: ${c.reason}`)
+      const fields = { upstream: this.name, target: t.url, changes, window: this.#flapWindow, causes }
+      if (causes.length > 0) this.#log.warn(fields, `target flapping: ${changes} more state changes within ${seconds}s; out of rotation now: ${causes.join(', ')}`)
+      else this.#log.info(fields, `target flapping: ${changes} more state changes within ${seconds}s; in rotation now`)
+    }
+    const changes = this.#panicFlaps.summary(now)
+    if (changes > 0) {
+      const fields = { upstream: this.name, changes, window: this.#flapWindow, panic: this.panic }
+      if (this.panic) this.#log.warn(fields, `panic flapping: ${changes} more changes within ${seconds}s; in panic now`)
+      else this.#log.info(fields, `panic flapping: ${changes} more changes within ${seconds}s; panic over now`)
+    }
+    this.#armFlapSummary()
   }
 
   /** TargetOwner: an attempt of the target's own ended. */
@@ -366,7 +452,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     }
     if (panic !== this.panic) {
       this.panic = panic
-      if (panic) this.#log.warn({ upstream: this.name, threshold }, 'panic: too few healthy targets, sending to all of them')
+      if (!this.#panicFlaps.change(this.now())) this.#armFlapSummary()
+      else if (panic) this.#log.warn({ upstream: this.name, threshold }, 'panic: too few healthy targets, sending to all of them')
       else this.#log.info({ upstream: this.name }, 'panic over')
     }
   }
@@ -574,8 +661,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     // The queue drains as connections free; whatever cannot be served by the end of its wait gets its 503 then.
     await this.#admission.whenEmpty()
     this.#admission.stop()
-    await Promise.all(this.targets.map(async (t) => { await t.drain() }))
-    this.#stopSweep()
+    await Promise.all(this.targets.map(async (t) => { await t.drain('closing') }))
+    this.#stopTimers()
   }
 
   /** Fails what waits in the queue with 503 `CLOSED`, ends what is in flight, closes every connection. */
@@ -584,12 +671,14 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#admission.failAll(() => err ?? this.#admission.closedError())
     for (const lease of this.#admission.live) lease.abort(err ?? new ClosedError(this.name))
     await this.#prober?.close()
-    await Promise.all(this.targets.map(async (t) => { await t.drain() }))
-    this.#stopSweep()
+    await Promise.all(this.targets.map(async (t) => { await t.drain('closing') }))
+    this.#stopTimers()
   }
 
-  #stopSweep (): void {
+  #stopTimers (): void {
     if (this.#sweepTimer !== null) clearTimeout(this.#sweepTimer)
     this.#sweepTimer = null
+    if (this.#flapTimer !== null) clearTimeout(this.#flapTimer)
+    this.#flapTimer = null
   }
 }

@@ -89,6 +89,18 @@ t.test('quick trials: with no target in rotation, spaced from a hundredth of ret
   t.equal(s.state.kind, 'up', 'a quick trial that passes brings it back')
 })
 
+t.test('the next trial: the end of the skip, or the next quick one while no target is in rotation; once trials run, the last one\'s start', async (t) => {
+  const { s } = machine()
+  t.equal(s.nextTrial(false), null, 'none while up')
+  s.fail(s.begin(0, false), 'connect', 'refused', 0)
+  t.equal(s.nextTrial(false), 1000, 'the end of the skip')
+  t.equal(s.nextTrial(true), 10, 'a quick one first, a hundredth of retryInterval after the skip began')
+  s.fail(s.begin(10, true), 'connect', 'refused', 11)
+  t.equal(s.nextTrial(true), 30, 'the next quick one twice as far from the last')
+  s.begin(1000, false)
+  t.equal(s.nextTrial(false), 1000, 'a trial runs: it began then')
+})
+
 t.test('an active check that connected ends a skip for failed connects, unless it began before the skip; one that passed lets a breaker\'s trials run at once', async (t) => {
   const { s } = machine()
   const early = s.epoch

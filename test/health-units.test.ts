@@ -67,7 +67,8 @@ function upstream (extra: Record<string, unknown>, n = 3, clock = { now: 0 }): {
   const { log, lines } = capture()
   const targets = Array.from({ length: n }, (_, i) => `http://127.0.0.1:${i + 1}`)
   const config = resolveOptions({ upstreams: { u: { targets, balance: 'round-robin', ...extra } } }).upstreams[0]
-  const up = new Upstream(config, { factory: fakeFactory(made), now: () => clock.now, random: seeded(9), log })
+  // flapWindow 0: each change is logged as it comes (the hysteresis is test/logs.test.ts's).
+  const up = new Upstream(config, { factory: fakeFactory(made), now: () => clock.now, random: seeded(9), log, flapWindow: 0 })
   return { up, made, lines }
 }
 

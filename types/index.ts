@@ -307,8 +307,12 @@ export interface TargetStats {
   state: 'up' | 'draining'
   /** Whether the balancer may pick it now. */
   available: boolean
-  /** Every cause keeping it out of rotation, with since and until when (ms since the epoch, null when open-ended). */
-  health: Array<{ cause: TargetHealthCause, since: number | null, until: number | null }>
+  /**
+   * Every cause keeping it out of rotation, with since and until when (ms
+   * since the epoch, null when open-ended) and why (`connect_refused`,
+   * `failures: status 503`, `status 500`, `removed`...).
+   */
+  health: Array<{ cause: TargetHealthCause, since: number | null, until: number | null, reason: string }>
   /** Its circuit breaker, with the successes and failures over its window; null when disabled. */
   breaker: { state: 'closed' | 'open' | 'half-open', ok: number, failed: number } | null
   /** Times it was ejected as an outlier. */
@@ -319,10 +323,13 @@ export interface TargetStats {
   latency: number
   failureRatio: number
   /**
-   * Set while the target is skipped after failed connects: since and until when
-   * (ms since the epoch), the failures in a row, and whether its one trial is in flight.
+   * Set while the target is skipped (after failed connects, or its breaker
+   * opened): since and until when (ms since the epoch), the failures in a row,
+   * whether a trial is in flight, and when the next trial may begin (ms since
+   * the epoch; earlier than `until` for a quick trial while no target is in
+   * rotation; in the past when one is due: the next request takes it).
    */
-  down: { since: number, until: number, failures: number, trial: boolean } | null
+  down: { since: number, until: number, failures: number, trial: boolean, nextTrial: number } | null
   /** Requests on this target now (sent, response not finished). */
   active: number
   /** Connections in use now (handed to a request, busy or about to be). */
@@ -345,6 +352,32 @@ export interface TargetStats {
   healthCheckFailures: number
   /** Milliseconds since the target was added. */
   age: number
+  /** What its attempts came to over the last minute (they decay out of it). */
+  window: TargetWindowStats
+}
+
+/**
+ * A target's attempts over the last minute, from a rolling window of
+ * one-second buckets. Attempts that a client's fault ended are not in it.
+ */
+export interface TargetWindowStats {
+  /** Seconds the window covers (60). */
+  seconds: number
+  /** Attempts that ended in the window. */
+  attempts: number
+  /** Attempts per second, the mean over the last 10 seconds. */
+  rate: number
+  /** Answers by status class. */
+  answers: { '1xx': number, '2xx': number, '3xx': number, '4xx': number, '5xx': number }
+  /** Attempts that failed with no answer: connect refused or timed out, DNS, TLS, reset, timeouts, a malformed answer. */
+  connectionErrors: number
+  /** Its attempts that failed (an error, or a retriable 5xx answer) and were retried on another target. */
+  retries: number
+  /** Latency (ms) under which half, and 99%, of the attempts ended (an upper bound within 26%); null with no attempt. */
+  p50: number | null
+  p99: number | null
+  /** Per second, oldest first (the current second last): attempts, and those that failed (5xx answers and connection errors). */
+  series: { requests: number[], failures: number[] }
 }
 
 export interface UpstreamStats {
