@@ -2,7 +2,7 @@ import t from 'tap'
 import http from 'node:http'
 import { once } from 'node:events'
 import { request } from 'undici'
-import Fastify from 'fastify'
+import Fastify, { LogController } from 'fastify'
 import type { FastifyServerOptions } from 'fastify'
 import sssonectorPool from '../lib/index.js'
 import { Upstream, NO_TARGET_LOG_INTERVAL } from '../lib/upstream.js'
@@ -209,11 +209,12 @@ t.test('Fastify\'s own lines per request: a route\'s logLevel quiets them; http-
   t.equal((await get(quiet.gw, '/own')).status, 200)
   t.equal(quiet.lines.matching(perRequest).length, 2, 'the app\'s other routes log as before')
 
+  // Fastify 5.12's form (its top-level disableRequestLogging is deprecated, FSTDEP023).
   const byFunction = await loggedGateway(t, { upstreams, routes: [{ prefix: '/api', upstream: 'a' }] }, {
-    disableRequestLogging: (req) => req.url.startsWith('/api/')
+    logController: new LogController({ disableRequestLogging: (req) => req.url.startsWith('/api/') })
   }, (app) => { app.get('/own', async () => 'own') })
   t.equal((await get(byFunction.gw, '/api/x')).status, 200)
-  t.equal(byFunction.lines.matching(perRequest).length, 0, 'Fastify\'s disableRequestLogging as a function of the request: none for the proxy routes')
+  t.equal(byFunction.lines.matching(perRequest).length, 0, 'Fastify\'s LogController with disableRequestLogging as a function of the request: none for the proxy routes')
   t.equal((await get(byFunction.gw, '/own')).status, 200)
   t.equal(byFunction.lines.matching(perRequest).length, 2, 'the others log')
 })

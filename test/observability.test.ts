@@ -2,7 +2,7 @@ import t from 'tap'
 import { Writable } from 'node:stream'
 import { request } from 'undici'
 import { Registry } from 'prom-client'
-import Fastify from 'fastify'
+import Fastify, { LogController } from 'fastify'
 import sssonectorPool from '../lib/index.js'
 import { Gate, eventually, refusedPort, startGateway, startUpstream } from './helpers/servers.js'
 import type { Gateway } from './helpers/servers.js'
@@ -138,7 +138,7 @@ t.test('logs: state changes once at warn and info, failed attempts with their ca
   const stream = new Writable({ write (chunk: Buffer, _enc, cb) { lines.push(JSON.parse(chunk.toString())); cb() } })
   const up = await startUpstream(t)
   const dead = `http://127.0.0.1:${await refusedPort()}`
-  const app = Fastify({ logger: { level: 'info', stream }, disableRequestLogging: true })
+  const app = Fastify({ logger: { level: 'info', stream }, logController: new LogController({ disableRequestLogging: true }) })
   t.teardown(() => app.close())
   await app.register(sssonectorPool, {
     upstreams: { a: { targets: [dead, up.url], balance: 'round-robin' } },
