@@ -9,6 +9,10 @@ import type { OpenTunnel } from './target.js'
 import { ClientAbortError, ConnectTimeoutError, HeadersTimeoutError, UpstreamStatusError, categorize, faultOf, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 import { stripResponseHeaders } from './forward.js'
+import { FrameEdges, closeFrame } from './frames.js'
+
+/** A tunnel closed by the gateway ends this long after its close frames at most, answered or not (ms). */
+export const CLOSE_GRACE = 1000
 
 const kUpgrade = Symbol('sssonector.upgrade')
 
@@ -64,6 +68,9 @@ export class Tunnel implements OpenTunnel {
   #timer: NodeJS.Timeout | null = null
   #started = 0
   #done = false
+  #closing = false
+  /** Frame edges each way, for a WebSocket (client to target, target to client); null for another protocol. */
+  #edges: [FrameEdges, FrameEdges] | null = null
   readonly #onClientGone: () => void
 
   constructor (upstream: Upstream, lease: TunnelLease, req: TunnelRequest) {
@@ -238,8 +245,17 @@ export class Tunnel implements OpenTunnel {
     const raw = res.rawHeaders
     for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
     client.write(`${out}\r\n`)
-    if (head.length > 0) client.write(head)
     const early = this.#req.upgrade.head
+    if (String(res.headers.upgrade).toLowerCase() === 'websocket') {
+      const up = new FrameEdges()
+      const down = new FrameEdges()
+      this.#edges = [up, down]
+      up.feed(early)
+      down.feed(head)
+      client.on('data', (chunk: Buffer) => { up.feed(chunk) })
+      socket.on('data', (chunk: Buffer) => { down.feed(chunk) })
+    }
+    if (head.length > 0) client.write(head)
     if (early.length > 0) socket.write(early)
     lease.opened(this)
     const close = (): void => { this.#closed() }
@@ -259,13 +275,46 @@ export class Tunnel implements OpenTunnel {
     client.resume()
   }
 
-  /** Closes the tunnel (idle, its target leaving, the app closing): both sockets end at once. */
-  close (_why: string): void {
-    this.#client.destroy()
-    this.#target?.destroy()
+  /**
+   * Closes the tunnel (idle, its target leaving, the app closing). A
+   * WebSocket gets a close frame 1001 (going away) each way where its bytes
+   * stand at a frame's end (always, but in the middle of a frame still being
+   * sent), then both sockets end; they are destroyed CLOSE_GRACE later if
+   * still open. Another protocol's sockets are destroyed at once.
+   */
+  close (why: string): void {
+    if (this.#closing || this.#done) return
+    this.#closing = true
+    const client = this.#client
+    const target = this.#target
+    const edges = this.#edges
+    if (target === null || edges === null) {
+      client.destroy()
+      target?.destroy()
+      return
+    }
+    client.unpipe(target)
+    target.unpipe(client)
+    client.pause()
+    target.pause()
+    const reason = why === 'idle' ? 'idle' : 'going away'
+    if (edges[0].atEdge) target.write(closeFrame(1001, reason, true))
+    if (edges[1].atEdge) client.write(closeFrame(1001, reason, false))
+    client.end()
+    target.end()
+    // Read what comes back (the peers' own close frames) so their FIN is seen.
+    client.resume()
+    target.resume()
+    const timer = setTimeout(() => { this.#closed(true) }, CLOSE_GRACE)
+    timer.unref()
+    const done = (): void => { if (client.closed && target.closed) clearTimeout(timer) }
+    client.once('close', done)
+    target.once('close', done)
   }
 
-  #closed (): void {
+  /** One side closed (or, `force`, the close's grace is over): both go; the slot goes back. While the gateway closes it, each side may finish its close first. */
+  #closed (force = false): void {
+    if (this.#closing && !force && !(this.#client.closed && this.#target?.closed !== false)) return
     this.#client.destroy()
     this.#target?.destroy()
     if (this.#done) return
