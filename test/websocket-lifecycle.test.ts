@@ -5,6 +5,7 @@ import { startGateway } from './helpers/servers.js'
 import type { Teardown } from './helpers/servers.js'
 import { closed, nextMessage, openWs, startWsUpstream } from './helpers/ws.js'
 import type { WsUpstream } from './helpers/ws.js'
+import { gateway, skip } from './fixtures/gateway-process.js'
 
 const wsUrl = (httpUrl: string, path: string): string => `${httpUrl.replace('http', 'ws')}${path}`
 
@@ -151,4 +152,27 @@ t.test('a target killed under open tunnels: its clients see a close, reconnect, 
   t.equal(stats.targets.find((x) => x.url === b.url)!.tunnels, 4)
   for (const ws of [...open.filter((o) => o.name === 'b'), ...again].map((o) => o.ws)) ws.close()
   await Promise.all([...open.filter((o) => o.name === 'b'), ...again].map(async (o) => await closed(o.ws)))
+})
+
+t.test('SIGTERM with open tunnels: they go on during the drain, get 1001 at its end, and the process exits 0 within the delay', { skip }, async (t) => {
+  const seen: number[] = []
+  const events = new EventEmitter()
+  const up = await named(t, 'up', seen, events)
+  const targetClosed = closes(events, 2)
+  const gw = await gateway(t, up.url, { delay: 1500, flags: 'websocket' })
+  const url = `ws://127.0.0.1:${gw.port}/chat`
+  const open = await Promise.all([land(url), land(url)])
+  const start = Date.now()
+  gw.child.kill('SIGTERM')
+  await gw.logged(/closing on signal/)
+  t.equal(await echo(open[0].ws, 'during the drain'), 'during the drain', 'a tunnel goes on during the drain')
+  const codes = await Promise.all(open.map(async (o) => await closed(o.ws)))
+  t.same(codes.map((c) => c.code), [1001, 1001], 'each client gets 1001')
+  const [code, signal] = await gw.exit
+  const took = Date.now() - start
+  t.equal(code, 0, 'exit 0')
+  t.equal(signal, null)
+  t.ok(took < 1500, `within the delay (${took} ms)`)
+  await targetClosed
+  t.same(seen, [1001, 1001], 'the target got 1001 for each')
 })
