@@ -9,6 +9,7 @@ import { startGateway } from './helpers/servers.js'
 import { closed, nextMessage, openWs, startWsUpstream } from './helpers/ws.js'
 import { FrameEdges, closeFrame } from '../lib/frames.js'
 import { underPrefixes } from '../lib/upgrade.js'
+import type { Upstream } from '../lib/upstream.js'
 
 const cert = readFileSync(new URL('./fixtures/cert.pem', import.meta.url))
 const key = readFileSync(new URL('./fixtures/key.pem', import.meta.url))
@@ -152,4 +153,38 @@ t.test('frame edges: headers split across chunks, 16- and 64-bit lengths, masked
   t.same(underPrefixes('/chatty', ['/chat']), false)
   t.same(underPrefixes('/t/42/ws', ['/t/:id']), true)
   t.same(underPrefixes('/anything', ['']), true)
+})
+
+t.test('another protocol than websocket is tunnelled too; tunnelIdle closes it by ending its sockets', async (t) => {
+  const server = http.createServer()
+  server.on('upgrade', (req, socket: net.Socket) => {
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: ${String(req.headers.upgrade)}\r\n\r\n`)
+    socket.pipe(socket)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => { await new Promise((resolve) => server.close(resolve)) })
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const gw = await startGateway(t, {
+    upstreams: { echo: { targets: [origin], timeouts: { tunnelIdle: '200ms' } } },
+    routes: [{ prefix: '/echo', upstream: 'echo', websocket: true }]
+  })
+  const client = net.connect(Number(new URL(gw.url).port), '127.0.0.1')
+  let got = ''
+  const gotEcho = new Promise<void>((resolve) => {
+    client.on('data', (c: Buffer) => {
+      got += c.toString()
+      if (got.endsWith('ping-raw')) resolve()
+    })
+  })
+  const gone = new Promise((resolve) => client.once('close', resolve))
+  client.write('GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo-proto\r\n\r\nping-raw')
+  await gotEcho
+  t.match(got, /^HTTP\/1\.1 101 Switching Protocols\r\n/, '101 passed on')
+  t.match(got, /Upgrade: echo-proto/i, 'with the target\'s Upgrade')
+  t.ok(got.endsWith('\r\n\r\nping-raw'), 'the bytes sent with the upgrade request reach the target and come back')
+  await gone
+  // The gateway's side of it closes a moment after the client's: until its lease is released.
+  await (gw.app.sssonector.upstream('echo') as Upstream).closeTunnels(10_000)
+  t.equal(gw.app.sssonector.upstream('echo').stats().upgrades.ok, 1)
+  t.equal(gw.app.sssonector.upstream('echo').stats().tunnels, 0, 'closed when idle, slot back')
 })
