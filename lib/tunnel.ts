@@ -11,6 +11,17 @@ import type { SssonectorError } from './errors.js'
 import { stripResponseHeaders } from './forward.js'
 import { FrameEdges, closeFrame } from './frames.js'
 
+/** Stands for the request once the tunnel is open (nothing reads it then). */
+const OPEN: TunnelRequest = Object.freeze({
+  upgrade: Object.freeze({ socket: null as unknown as Duplex, head: Buffer.alloc(0) }),
+  path: '',
+  method: '',
+  headers: [],
+  keepHost: false,
+  reply: null as unknown as FastifyReply,
+  fail: () => {}
+})
+
 /** Bytes of a client's kept before the 101 (its first frames); beyond them, its socket is paused. */
 const EARLY_LIMIT = 64 * 1024
 
@@ -64,7 +75,8 @@ export interface TunnelRequest {
 export class Tunnel implements OpenTunnel {
   readonly #upstream: Upstream
   readonly #lease: TunnelLease
-  readonly #req: TunnelRequest
+  /** What the upgrade needs until its 101; let go then, so an open tunnel keeps no request, reply or headers. */
+  #req: TunnelRequest
   readonly #client: Duplex
   #attempt: ClientRequest | null = null
   #target: Duplex | null = null
@@ -270,6 +282,8 @@ export class Tunnel implements OpenTunnel {
     for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
     client.write(`${out}\r\n`)
     const early = this.#early.length === 0 ? this.#req.upgrade.head : Buffer.concat([this.#req.upgrade.head, ...this.#early])
+    this.#early.length = 0
+    this.#req = OPEN
     if (String(res.headers.upgrade).toLowerCase() === 'websocket') {
       const up = new FrameEdges()
       const down = new FrameEdges()
