@@ -109,6 +109,7 @@ export class Tunnel implements OpenTunnel {
     client.on('data', this.#onEarly)
     client.once('end', this.#onClientGone)
     client.once('close', this.#onClientGone)
+    lease.watch(this)
   }
 
   /** Stops watching the client's socket for the handshake. */
@@ -295,7 +296,7 @@ export class Tunnel implements OpenTunnel {
     }
     if (head.length > 0) client.write(head)
     if (early.length > 0) socket.write(early)
-    lease.opened(this)
+    lease.opened()
     const close = (): void => { this.#closed() }
     client.once('close', close)
     socket.once('close', close)
@@ -325,8 +326,19 @@ export class Tunnel implements OpenTunnel {
     this.#closing = true
     const client = this.#client
     const target = this.#target
+    if (target === null) {
+      // Its upgrade is under way: it ends, and the client gets 503 CLOSED (nothing said of the target).
+      const attempt = this.#attempt
+      this.#attempt = null
+      this.#lease.result({ category: 'no_target', status: 0, latency: this.#latency() })
+      this.#finish(null)
+      this.#req.fail(this.#upstream.closedError() as SssonectorError)
+      // With an error, so its 'error' handler ends the attempt on its target.
+      attempt?.destroy(new ClientAbortError(`tunnel closed during its upgrade: ${why}`))
+      return
+    }
     const edges = this.#edges
-    if (target === null || edges === null) {
+    if (edges === null) {
       client.destroy()
       target?.destroy()
       return
