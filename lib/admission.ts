@@ -6,6 +6,8 @@ import { WaitQueue } from './queue.js'
 import type { Waiter } from './queue.js'
 import { Lease } from './lease.js'
 import type { LeaseOwner } from './lease.js'
+import { TunnelLease } from './tunnel-lease.js'
+import type { TunnelOwner } from './tunnel-lease.js'
 import { ClosedError, NoTargetError, PoolExhaustedError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 
@@ -13,7 +15,7 @@ import type { SssonectorError } from './errors.js'
 export interface LeaseWaiter extends Waiter<Lease>, PickContext<Target> {}
 
 /** What admission needs from the targets' side (the upstream implements it). */
-export interface AdmissionHost extends LeaseOwner {
+export interface AdmissionHost extends LeaseOwner, TunnelOwner {
   readonly closed: boolean
   /** A target for a new request: the balancer's pick with its context, or undefined. */
   pick: (context: PickContext<Target>) => Target | undefined
@@ -39,6 +41,9 @@ export class Admission {
   /** Requests admitted and not yet released. */
   active = 0
   admitted = 0
+  /** Tunnels granted (upgrade under way, or open) and not yet released. */
+  tunnels = 0
+  readonly #maxTunnels: number
   readonly rejected: Partial<Record<ErrorCategory, number>> = {}
   readonly #host: AdmissionHost
   readonly #queue = new WaitQueue<Lease>()
@@ -59,8 +64,9 @@ export class Admission {
   #live: Lease | null = null
   #onEmpty: Array<() => void> = []
 
-  constructor (host: AdmissionHost, opts: { maxQueue: number, queueTimeout: number, retryInterval: number, now: () => number }) {
+  constructor (host: AdmissionHost, opts: { maxQueue: number, queueTimeout: number, retryInterval: number, now: () => number, maxTunnels?: number }) {
     this.#host = host
+    this.#maxTunnels = opts.maxTunnels ?? Infinity
     this.#maxQueue = opts.maxQueue
     this.#queueTimeout = opts.queueTimeout
     this.#now = opts.now
@@ -106,6 +112,28 @@ export class Admission {
     w.deadline = this.#now() + this.#queueTimeout
     this.#queue.push(w)
     if (this.#timer === null) this.#arm(w.deadline)
+  }
+
+  /**
+   * A tunnel slot and a target for an upgrade, at once: upgrades do not
+   * queue. Throws 503 `CLOSED` once the upstream closes, 503 `POOL_EXHAUSTED`
+   * at `pool.maxTunnels`, 503 `NO_TARGET` when no target is in rotation.
+   */
+  tunnel (key: string | undefined): TunnelLease {
+    const host = this.#host
+    if (host.closed) throw this.closedError()
+    if (this.tunnels >= this.#maxTunnels) throw this.#reject(new PoolExhaustedError(host.name) as unknown as SssonectorError, 'pool_exhausted', this.#retryAfter)
+    const context: PickContext<Target> = { key, tunnel: true, shouldSelectAnotherHost: () => false }
+    const target = host.pick(context)
+    if (target === undefined) throw this.#noTarget()
+    this.tunnels++
+    target.tunnels++
+    return new TunnelLease(host, target, target.begin(), key)
+  }
+
+  /** A tunnel lease is over. */
+  tunnelReleased (): void {
+    this.tunnels--
   }
 
   /** A waiter whose client left: out of the queue at once. */

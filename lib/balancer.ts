@@ -4,8 +4,8 @@ import type { BalancePolicy } from '../types/index.js'
 export interface Pickable {
   readonly origin: string
   readonly weight: number
-  /** In rotation and able to take a request now: the one predicate every policy uses. */
-  canTake (): boolean
+  /** In rotation and able to take a request now (a tunnel: outside the connection caps): the one predicate every policy uses. */
+  canTake (tunnel?: boolean): boolean
   /** Requests outstanding on it now. */
   readonly outstanding: number
 }
@@ -21,6 +21,8 @@ export type Random = () => number
  */
 export interface PickContext<T extends Pickable = Pickable> {
   readonly key: string | undefined
+  /** A tunnel (a WebSocket upgrade): it holds a connection of its own, so the connection caps do not apply. */
+  readonly tunnel?: boolean
   shouldSelectAnotherHost (target: T): boolean
 }
 
@@ -38,7 +40,7 @@ export interface Balancer<T extends Pickable = Pickable> {
 
 /** Whether the request may go to this target now. */
 function fits<T extends Pickable> (t: T, context: PickContext<T> | undefined): boolean {
-  return t.canTake() && (context === undefined || !context.shouldSelectAnotherHost(t))
+  return context === undefined ? t.canTake() : t.canTake(context.tunnel === true) && !context.shouldSelectAnotherHost(t)
 }
 
 /** Tries a few random draws before scanning: O(1) while most targets can take requests. */

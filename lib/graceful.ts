@@ -134,7 +134,7 @@ function admit (req: IncomingMessage, res: ServerResponse): boolean {
 }
 
 /** Time kept at the end of `gracefulClose.delay` for `app.close()` and the exit, after the drain: a quarter of it, at most 1 s. */
-function closeMargin (delay: number): number {
+export function closeMargin (delay: number): number {
   return Math.min(1000, Math.floor(delay / 4))
 }
 

@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import { beginClose, closeOnSignal } from './graceful.js'
+import { beginClose, closeMargin, closeOnSignal } from './graceful.js'
 import Fastify from 'fastify'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import type { SssonectorDecorator, SssonectorOptions } from '../types/index.js'
@@ -9,6 +9,8 @@ import { registerRoute } from './proxy.js'
 import { Metrics } from './metrics.js'
 import { UnknownUpstreamError } from './errors.js'
 import { renderStatus } from './status.js'
+import { routeUpgrades } from './upgrade.js'
+import { DEFAULTS } from './options/defaults.js'
 
 export type * from '../types/index.js'
 export * as errors from './errors.js'
@@ -30,7 +32,8 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   metrics.watch(list)
   const names = Object.freeze([...upstreams.keys()])
 
-  const state = { closing: false }
+  // closeBy: when open tunnels are closed, once closing (ms since the epoch).
+  const state = { closing: false, closeBy: Infinity }
   const decorator: SssonectorDecorator = {
     names,
     get closing () { return state.closing },
@@ -43,6 +46,8 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   fastify.decorate('sssonector', decorator)
 
   for (const route of opts.routes) registerRoute(fastify, route, upstreams, state)
+  const wsRoutes = opts.routes.filter((r) => r.websocket)
+  if (wsRoutes.length > 0) routeUpgrades(fastify, wsRoutes.map((r) => `${fastify.prefix}${r.prefix ?? ''}`))
 
   const scrape = async (_request: FastifyRequest, reply: FastifyReply): Promise<string> => {
     reply.type(metrics.registry.contentType)
@@ -85,14 +90,18 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   })
 
   // Closing: health checks and outlier timers stop first, before in-flight requests drain.
+  const gracefulClose = opts.gracefulClose
+  const delay = gracefulClose === false ? DEFAULTS.gracefulClose.delay : gracefulClose.delay
   fastify.addHook('preClose', async () => {
     state.closing = true
     for (const u of list) u.stopHealth()
     beginClose(fastify)
+    // Open tunnels may go on until the close's delay, then are closed (the server's close waits for their sockets).
+    if (state.closeBy === Infinity) state.closeBy = Date.now() + delay
+    await Promise.all(list.map(async (u) => { await u.closeTunnels(state.closeBy - Date.now()) }))
   })
 
   let forget: (() => void) | null = null
-  const gracefulClose = opts.gracefulClose
   if (gracefulClose !== false) {
     fastify.addHook('onReady', async () => {
       forget = closeOnSignal({
@@ -100,7 +109,11 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
         delay: gracefulClose.delay,
         preStop: gracefulClose.preStop,
         inFlight: () => list.reduce((n, u) => n + u.active + u.pending, 0),
-        onSignal: () => { state.closing = true }
+        onSignal: () => {
+          state.closing = true
+          // The drain waits for the connections, tunnels among them; what is left at its end is closed.
+          state.closeBy = Date.now() + gracefulClose.delay - closeMargin(gracefulClose.delay)
+        }
       })
     })
   }

@@ -8,6 +8,7 @@ const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhauste
 const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_body', 'client_timeout', 'body_too_large', 'bad_request']
 // The categories a retry can follow: a failed connect, a reset, a malformed answer, a retriable status.
 const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']
+const UPGRADE_RESULTS: ReadonlyArray<keyof UpstreamStats['upgrades']> = ['ok', 'refused', 'failed', 'no_target', 'rejected']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
@@ -32,6 +33,8 @@ export interface Meter {
   retry (upstream: string, reason: ErrorCategory): void
   /** A target is gone: its series go too. */
   forget (upstream: string, target: string): void
+  /** A tunnel closed after `seconds` open. */
+  tunnelClosed (upstream: string, seconds: number): void
 }
 
 export interface MetricsOptions {
@@ -55,6 +58,7 @@ export class Metrics implements Meter {
   readonly #age: Histogram<'upstream' | 'target'>
   readonly #opened: Counter<'upstream' | 'target'>
   readonly #retries: Counter<'upstream' | 'reason'>
+  readonly #tunnelDuration: Histogram<'upstream'>
 
   constructor (opts: MetricsOptions) {
     const registry = this.registry = opts.registry ?? new Registry()
@@ -168,6 +172,34 @@ export class Metrics implements Meter {
       }
     })
     new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}tunnels_active`,
+      help: 'Tunnels (proxied WebSockets) open to each target now, their upgrade under way or done',
+      labelNames: ['upstream', 'target'],
+      aggregator: 'sum',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.tunnels)
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}upgrades_total`,
+      help: 'WebSocket (HTTP Upgrade) requests on the proxy routes, by result: ok (101, tunnel opened), refused (the target answered another status, passed on), failed (every attempt failed), no_target, rejected (maxTunnels reached, or closing)',
+      labelNames: ['upstream', 'result'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const result of UPGRADE_RESULTS) this.inc({ upstream: u.name, result }, u.upgrades[result])
+      }
+    })
+    this.#tunnelDuration = new Histogram({
+      name: `${prefix}tunnel_duration_seconds`,
+      help: 'How long each tunnel (proxied WebSocket) stayed open, from its 101 to its close',
+      labelNames: ['upstream'],
+      buckets: [0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400],
+      registers
+    })
+    new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_pending_requests`,
       help: 'Requests waiting in each upstream\'s queue for a connection',
       labelNames: ['upstream'],
@@ -275,6 +307,10 @@ export class Metrics implements Meter {
 
   retry (upstream: string, reason: ErrorCategory): void {
     this.#retries.inc({ upstream, reason })
+  }
+
+  tunnelClosed (upstream: string, seconds: number): void {
+    this.#tunnelDuration.observe({ upstream }, seconds)
   }
 
   forget (upstream: string, target: string): void {

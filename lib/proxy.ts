@@ -10,6 +10,9 @@ import { DEFAULTS } from './options/defaults.js'
 import type { Upstream } from './upstream.js'
 import type { Lease } from './lease.js'
 import type { LeaseWaiter } from './admission.js'
+import type { TunnelLease } from './tunnel-lease.js'
+import { Tunnel, upgradeOf } from './tunnel.js'
+import type { Upgrade } from './tunnel.js'
 import type { Target } from './target.js'
 import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
@@ -267,10 +270,17 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     return hashKey === undefined ? undefined : hashKey(request)
   }
 
-  /** Takes the request's slot (or its place in the queue); `done` once it has one. */
-  function acquire (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+  /** Takes the request's slot (or its place in the queue); `done` once it has one. An upgrade on a WebSocket route takes a tunnel instead. */
+  function acquire (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     const raw = request.raw as LeasedMessage
     const upstream = raw[kUpstream]!
+    if (route.websocket) {
+      const upgrade = upgradeOf(raw)
+      if (upgrade !== undefined) {
+        openTunnel(this, request, reply, upstream, upgrade)
+        return
+      }
+    }
     const w = new RouteWaiter(upstream, request, reply, done, keyOf(upstream, request))
     raw[kWaiter] = w
     upstream.acquire(w)
@@ -283,7 +293,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
    * route's own, takes the slot; with one, that runs first (auth, or a
    * `reply.from()` of its own), so a request it rejects takes no slot.
    */
-  function prepare (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, then: typeof acquire | null): void {
+  function prepare (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, then: typeof acquire | null): void {
     const raw = request.raw as LeasedMessage
     reply.raw.on('close', onResponseClose)
     // Pipelined behind an answer not yet written (Node gives it the socket later).
@@ -304,7 +314,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     const body = request.body as Readable | undefined | null
     if (body == null || typeof body.pipe !== 'function') {
       if (then === null) done()
-      else then(request, reply, done)
+      else then.call(scope, request, reply, done)
       return
     }
     const bufferBody = upstream.config.retry?.bufferBody ?? DEFAULTS.retry.bufferBody
@@ -318,12 +328,12 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       request.body = prefetched
       if (!(prefetched instanceof BufferedBody)) raw[kBody] = prefetched!
       if (then === null) done()
-      else then(request, reply, done)
+      else then.call(scope, request, reply, done)
     })
   }
 
   function admit (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    prepare(request, reply, done, acquire)
+    prepare(this, request, reply, done, acquire)
   }
 
   function prepareOnly (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
@@ -331,7 +341,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     // route's reply options (Host, X-Forwarded-*, errors as 502/503/504), as
     // the route's own handler passes them.
     (reply as unknown as { from: typeof routeFrom }).from = routeFrom
-    prepare(request, reply, done, null)
+    prepare(this, request, reply, done, null)
   }
 
   function routeFrom (this: FastifyReply, source?: string, opts?: object): FastifyReply {
@@ -339,36 +349,80 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     return from.call(this, source, opts === undefined ? replyOptions : opts)
   }
 
-  function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
-    const raw = request.raw as LeasedMessage
-    const lease = raw[kLease]
-    const upstream = raw[kUpstream]!
+  /**
+   * The headers the upstream sees, as a flat list (`host` first: each attempt
+   * fills in its target's unless `keepHost`), with X-Forwarded-*; the app's
+   * `rewriteRequestHeaders` has the last word. `given`: the Host of the
+   * target chosen, if one is.
+   */
+  function headerList (request: FastifyRequest, headers: Headers, given: string | undefined): { list: unknown[], keepHost: boolean } {
     const forwarded = {
       for: forwardedFor(headers['x-forwarded-for'], request.raw.socket.remoteAddress),
       proto: request.protocol,
       host: request.host
     }
-    let list: unknown[]
-    let keepHost = false
-    if (userRewriteRequestHeaders === undefined) {
-      list = forwardHeaders(headers, forwarded)
-    } else {
-      // The app's hook sees (and may change) every header that goes out, Host
-      // as the request's target has it (none before the pool chose one).
-      const given = lease === undefined ? undefined : lease.target.host
-      headers.host = given
-      if (forwarded.for !== null) headers['x-forwarded-for'] = forwarded.for
-      headers['x-forwarded-proto'] = forwarded.proto
-      headers['x-forwarded-host'] = forwarded.host
-      const out = userRewriteRequestHeaders(request, headers)
-      list = userHeaders(out)
-      // A Host of its own: every attempt sends it (as NGINX's proxy_set_header Host).
-      if (out.host !== undefined && out.host !== given) {
-        list[1] = String(out.host)
-        keepHost = true
-      }
+    if (userRewriteRequestHeaders === undefined) return { list: forwardHeaders(headers, forwarded), keepHost: false }
+    // The app's hook sees (and may change) every header that goes out, Host
+    // as the request's target has it (none before the pool chose one).
+    headers.host = given
+    if (forwarded.for !== null) headers['x-forwarded-for'] = forwarded.for
+    headers['x-forwarded-proto'] = forwarded.proto
+    headers['x-forwarded-host'] = forwarded.host
+    const out = userRewriteRequestHeaders(request, headers)
+    const list = userHeaders(out)
+    // A Host of its own: every attempt sends it (as NGINX's proxy_set_header Host).
+    if (out.host !== undefined && out.host !== given) {
+      list[1] = String(out.host)
+      return { list, keepHost: true }
     }
+    return { list, keepHost: false }
+  }
+
+  function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
+    const raw = request.raw as LeasedMessage
+    const lease = raw[kLease]
+    const upstream = raw[kUpstream]!
+    const { list, keepHost } = headerList(request, headers, lease === undefined ? undefined : lease.target.host)
     return new Carrier(lease, list, upstream, lease === undefined ? keyOf(upstream, request) : undefined, keepHost) as unknown as Headers
+  }
+
+  /**
+   * An upgrade on a `websocket: true` route, after the app's hooks: a tunnel
+   * slot and a target (or a 503 now), then the upgrade to the target, with
+   * failover before its 101 (see tunnel.ts). A path that escapes the rewrite
+   * prefix gets 400, as on the HTTP path.
+   */
+  function openTunnel (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, upstream: Upstream, upgrade: Upgrade): void {
+    let path: string
+    try {
+      path = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => { url: string } })
+        .fromParameters(request.url, request.params, scope.prefix).url
+    } catch (err) {
+      reply.send(err)
+      return
+    }
+    let lease: TunnelLease
+    try {
+      // Closing: no new tunnel (the open ones are closed at the end of the close's delay).
+      if (app.closing) throw upstream.closedError()
+      lease = upstream.tunnel(keyOf(upstream, request))
+    } catch (err) {
+      sendError(reply, err as SssonectorError)
+      return
+    }
+    const headers = { ...request.headers } as Headers
+    const { list, keepHost } = headerList(request, headers, lease.target.host)
+    list.push('connection', 'Upgrade')
+    if (request.headers.upgrade !== undefined) list.push('upgrade', request.headers.upgrade)
+    new Tunnel(upstream, lease, {
+      upgrade,
+      path,
+      method: request.method,
+      headers: list,
+      keepHost,
+      reply,
+      fail: (err) => { sendError(reply, err) }
+    }).start()
   }
 
   function rewriteHeaders (headers: Record<string, unknown>, request: FastifyRequest): Record<string, unknown> {

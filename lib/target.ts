@@ -31,6 +31,11 @@ export interface TargetOwner {
   observed: (target: Target, failed: boolean, latency: number) => void
 }
 
+/** An open tunnel on a target, which its target closes when it leaves (its drain time over). */
+export interface OpenTunnel {
+  close (why: string): void
+}
+
 /** What one attempt came to, put once into its target (Envoy's outlier `putResult`). */
 export interface AttemptResult {
   /** The failure's category; null when an answer came (its `status` tells). */
@@ -78,6 +83,12 @@ export class Target implements Pickable {
   active = 0
   /** Requests admitted with this target and not yet released. */
   leased = 0
+  /** Tunnels granted on this target (their upgrade under way, or open) and not yet released. */
+  tunnels = 0
+  /** The tunnels open on it (a few, long-lived: a Set is cheap here). */
+  readonly #open = new Set<OpenTunnel>()
+  readonly #tunnelDrain: number
+  #tunnelTimer: NodeJS.Timeout | null = null
   /** Attempts sent since start. */
   requests = 0
   /** Its own failed attempts, by category (5xx answers and clients' faults aside). */
@@ -130,6 +141,7 @@ export class Target implements Pickable {
     this.#owner = owner
     this.addedAt = owner.now()
     this.#pool = new TargetPool(resolved.origin, settings, limits, factory, owner.now, onFree)
+    this.#tunnelDrain = settings.timeouts.tunnelDrain
     this.breaker = breaker === null ? null : new CircuitBreaker(breaker, owner.now)
     this.#window = new RollingWindow(owner.now)
     const halfOpen = breaker?.halfOpenRequests ?? 1
@@ -179,7 +191,7 @@ export class Target implements Pickable {
    * ramping up. The one predicate every balancing policy uses. An ejection
    * whose time ran out ends here, on the request path.
    */
-  canTake (): boolean {
+  canTake (tunnel = false): boolean {
     if (this.#draining) return false
     const owner = this.#owner
     const panic = owner.panic
@@ -187,9 +199,10 @@ export class Target implements Pickable {
     if (!down.isUp && !down.canBegin(owner.now(), owner.quickRecovery)) return false
     if (this.ejectedUntil !== 0 && owner.now() >= this.ejectedUntil) this.#endEjection()
     if (!panic && (this.hcDown || this.ejectedUntil !== 0)) return false
-    if (!this.#pool.hasCapacity()) return false
+    // A tunnel holds a connection of its own, outside the pool and its caps.
+    if (!tunnel && !this.#pool.hasCapacity()) return false
     // On probation: one attempt at a time.
-    if (this.probation !== 0 && (this.active !== 0 || this.leased !== 0)) return false
+    if (this.probation !== 0 && (this.active !== 0 || this.leased !== 0 || this.tunnels !== 0)) return false
     // Slow start: a share that grows from 10% to all of its weight over `slowStart`.
     if (this.rampFrom !== 0) {
       const share = (owner.now() - this.rampFrom) / owner.slowStart
@@ -199,9 +212,26 @@ export class Target implements Pickable {
     return true
   }
 
-  /** Requests outstanding on it now (connections in use), for least request. */
+  /** Requests outstanding on it now (connections in use) and its tunnels, for least request. */
   get outstanding (): number {
-    return this.#pool.busy
+    return this.#pool.busy + this.tunnels
+  }
+
+  /** A tunnel's upgrade reached its 101: open until it closes, or until this target's drain time runs out. */
+  tunnelOpened (tunnel: OpenTunnel): void {
+    this.#open.add(tunnel)
+  }
+
+  /** A tunnel granted on it is over (its upgrade failed, or it closed). */
+  tunnelReleased (tunnel: OpenTunnel | null): void {
+    if (tunnel !== null) this.#open.delete(tunnel)
+    this.tunnels--
+    this.settle()
+  }
+
+  /** Closes every tunnel open on it now. */
+  closeTunnels (why: string): void {
+    for (const t of [...this.#open]) t.close(why)
   }
 
   /**
@@ -411,7 +441,9 @@ export class Target implements Pickable {
 
   /** Called whenever `active` or `leased` goes down. */
   settle (): void {
-    if (this.#onIdle !== null && this.active === 0 && this.leased === 0) {
+    if (this.#onIdle !== null && this.active === 0 && this.leased === 0 && this.tunnels === 0) {
+      if (this.#tunnelTimer !== null) clearTimeout(this.#tunnelTimer)
+      this.#tunnelTimer = null
       const fn = this.#onIdle
       this.#onIdle = null
       fn()
@@ -425,8 +457,17 @@ export class Target implements Pickable {
       this.#drainReason = reason
       this.#owner.healthChanged(this, 'draining', 'down', reason)
     }
-    if (this.active > 0 || this.leased > 0) {
-      await new Promise<void>((resolve) => { this.#onIdle = resolve })
+    if (this.active > 0 || this.leased > 0 || this.tunnels > 0) {
+      const idle = new Promise<void>((resolve) => { this.#onIdle = resolve })
+      // Its tunnels may go on for `timeouts.tunnelDrain`, then are closed.
+      if (this.tunnels > 0 && this.#tunnelTimer === null) {
+        this.#tunnelTimer = setTimeout(() => {
+          this.#tunnelTimer = null
+          this.closeTunnels(`target ${reason}: its tunnels' drain time is over`)
+        }, this.#tunnelDrain)
+        this.#tunnelTimer.unref()
+      }
+      await idle
     }
     await this.#pool.close()
   }
@@ -465,6 +506,7 @@ export class Target implements Pickable {
       latency: Math.round(this.latency * 10) / 10,
       failureRatio: Math.round(this.failureRatio * 1000) / 1000,
       active: this.active,
+      tunnels: this.tunnels,
       busy: pool.busy,
       idle: pool.idle.length,
       connections: pool.open,

@@ -1,6 +1,6 @@
 import { Dispatcher } from 'undici'
 import type {
-  ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
+  ErrorCategory, TargetHealthCause, SssonectorUpstream, TargetInput, UpgradeResult, UpstreamRequestOptions, UpstreamResponse, UpstreamStats
 } from '../types/index.js'
 import type { ResolvedUpstream } from './options/index.js'
 import { parseTarget } from './options/index.js'
@@ -14,6 +14,7 @@ import type { DownEvent } from './down-state.js'
 import { Admission } from './admission.js'
 import type { AdmissionHost, LeaseWaiter } from './admission.js'
 import type { Lease } from './lease.js'
+import type { TunnelLease } from './tunnel-lease.js'
 import type { Slot } from './exchange.js'
 import { RetryBudget } from './retry-policy.js'
 import { Lifecycle } from './lifecycle.js'
@@ -120,6 +121,10 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly meter: Meter | null
   /** Requests whose failure was the client's own, by category (they never touch a target's state). */
   readonly clientErrors: Partial<Record<ErrorCategory, number>> = {}
+  /** Upgrades by result. */
+  readonly upgrades: Record<UpgradeResult, number> = { ok: 0, refused: 0, failed: 0, no_target: 0, rejected: 0 }
+  /** Attempts an upgrade may make (TunnelOwner). */
+  readonly tunnelAttempts: number
   readonly #admission: Admission
   readonly #log: UpstreamLogger
   readonly #outliers: OutlierDetector | null
@@ -138,6 +143,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly #panicFlaps: FlapLog
   readonly #flapWindow: number
   #flapTimer: NodeJS.Timeout | null = null
+  #noTunnels: Array<() => void> = []
 
   constructor (config: ResolvedUpstream, deps: UpstreamDeps = {}) {
     super()
@@ -160,7 +166,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.budget = new RetryBudget(config.retry?.budget)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
-    this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now })
+    this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels })
+    this.tunnelAttempts = config.retry === null ? 1 : config.pool.maxRetries + 1
     this.#onFree = () => { this.#freed() }
     this.dispatcher = new UpstreamDispatcher(this)
     for (const t of config.targets) this.targets.push(this.#makeTarget(t))
@@ -226,6 +233,62 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     }
     this.acquire(w)
     return await w.promise
+  }
+
+  /**
+   * A tunnel lease for an upgrade (see Admission#tunnel): a slot apart from
+   * requests and a target in rotation, now or a 503 thrown; counted under
+   * `rejected`/`no_target` when refused.
+   */
+  tunnel (key?: string): TunnelLease {
+    try {
+      return this.#admission.tunnel(key)
+    } catch (err) {
+      this.upgraded((err as { code?: string }).code === 'FST_SSSONECTOR_NO_TARGET' ? 'no_target' : 'rejected')
+      throw err
+    }
+  }
+
+  /** TunnelOwner: a tunnel lease is over; its duration, if it opened, goes to the metrics. */
+  tunnelReleased (_lease: TunnelLease, opened: number): void {
+    this.#admission.tunnelReleased()
+    if (this.#admission.tunnels === 0 && this.#noTunnels.length > 0) {
+      const waiting = this.#noTunnels
+      this.#noTunnels = []
+      for (const fn of waiting) fn()
+    }
+    if (opened >= 0) this.meter?.tunnelClosed(this.name, (this.clock() - opened) / 1000)
+  }
+
+  /**
+   * Waits up to `ms` for the tunnels to end, then closes those still open
+   * (the app closing), and resolves once every tunnel lease is released.
+   */
+  async closeTunnels (ms: number): Promise<void> {
+    if (this.#admission.tunnels === 0) return
+    const none = new Promise<void>((resolve) => { this.#noTunnels.push(resolve) })
+    const timer = setTimeout(() => {
+      for (const t of this.targets) t.closeTunnels('closing')
+    }, Math.max(0, ms))
+    timer.unref()
+    await none
+    clearTimeout(timer)
+  }
+
+  /** A 503 `CLOSED` for an upgrade refused because the app is closing, counted. */
+  closedError (): Error {
+    this.upgraded('rejected')
+    return this.#admission.closedError()
+  }
+
+  /** Counts what an upgrade came to. */
+  upgraded (result: UpgradeResult): void {
+    this.upgrades[result]++
+  }
+
+  /** Tunnels granted and not yet released. */
+  get tunnels (): number {
+    return this.#admission.tunnels
   }
 
   /** LeaseOwner: a lease is over. */
@@ -650,6 +713,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       rejected: { ...a.rejected },
       clientErrors: { ...this.clientErrors },
       retriesActive: this.budget.active,
+      tunnels: a.tunnels,
+      upgrades: { ...this.upgrades },
       targets: this.targets.map((t) => t.stats(now))
     }
   }
@@ -668,6 +733,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   /** Fails what waits in the queue with 503 `CLOSED`, ends what is in flight, closes every connection. */
   protected async onDestroy (err: Error | null): Promise<void> {
     this.stopHealth()
+    for (const t of this.targets) t.closeTunnels('upstream destroyed')
     this.#admission.failAll(() => err ?? this.#admission.closedError())
     for (const lease of this.#admission.live) lease.abort(err ?? new ClosedError(this.name))
     await this.#prober?.close()

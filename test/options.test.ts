@@ -81,7 +81,12 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['route option the pool owns: undici', { ...ok, routes: [{ prefix: '/x', upstream: 'users', undici: {} }] }, /^routes\[0\]\.undici: \{\} is not allowed here: the pool owns/],
   ['route option the pool owns: http2', { ...ok, routes: [{ prefix: '/x', upstream: 'users', http2: true }] }, /^routes\[0\]\.http2: true is not allowed here/],
   ['route option the pool owns: base', { ...ok, routes: [{ prefix: '/x', upstream: 'users', base: 'http://x' }] }, /^routes\[0\]\.base: "http:\/\/x" is not allowed here/],
-  ['websocket', { ...ok, routes: [{ prefix: '/x', upstream: 'users', websocket: true }] }, /^routes\[0\]\.websocket: true is not allowed here: WebSocket proxying does not go through the pool yet/],
+  ['websocket not a boolean', { ...ok, routes: [{ prefix: '/x', upstream: 'users', websocket: 'yes' }] }, /^routes\[0\]\.websocket: "yes" is not a boolean/],
+  ['wsServerOptions, for a frame relay', { ...ok, routes: [{ prefix: '/x', upstream: 'users', websocket: true, wsServerOptions: {} }] }, /^routes\[0\]\.wsServerOptions: \{\} is not allowed here: a WebSocket route is a byte tunnel/],
+  ['wsUpstream: the targets serve upgrades', { ...ok, routes: [{ prefix: '/x', upstream: 'users', websocket: true, wsUpstream: 'ws://x' }] }, /^routes\[0\]\.wsUpstream: "ws:\/\/x" is not allowed here: the upstream's targets serve the WebSocket upgrades/],
+  ['pool.maxTunnels not an integer', { ...ok, pool: { maxTunnels: 1.5 } }, /^pool\.maxTunnels: 1\.5/],
+  ['timeouts.tunnelIdle not a duration', { ...ok, timeouts: { tunnelIdle: 'forever' } }, /^timeouts\.tunnelIdle: "forever" is not a duration/],
+  ['timeouts.tunnelDrain not a duration', { ...ok, upstreams: { users: { targets: [], timeouts: { tunnelDrain: -1 } } } }, /^upstreams\.users\.timeouts\.tunnelDrain: -1/],
   ['replyOptions.getUpstream', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { getUpstream: () => 'http://x' } }] }, /^routes\[0\]\.replyOptions\.getUpstream: \[Function getUpstream\] is not allowed here: the pool picks/],
   ['replyOptions.retryDelay', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { retryDelay: () => 1 } }] }, /^routes\[0\]\.replyOptions\.retryDelay: .* is not allowed here/],
   ['replyOptions.onError', { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { onError: () => {} } }] }, /^routes\[0\]\.replyOptions\.onError: .* is not allowed here/],
@@ -98,7 +103,7 @@ for (const [name, options, message] of bad) {
 // each fails registration with an error naming it (and RouteOptions lacks it: see test/types).
 const ROUTE_OWNED = [
   'undici', 'http', 'http2', 'base', 'globalAgent', 'destroyAgent', 'balancedPoolOptions', 'retryMethods', 'maxRetriesOn503',
-  'websocket', 'wsUpstream', 'wsHooks', 'wsReconnect', 'wsClientOptions', 'wsServerOptions'
+  'wsUpstream', 'wsHooks', 'wsReconnect', 'wsClientOptions', 'wsServerOptions'
 ]
 const REPLY_OWNED = ['getUpstream', 'retryDelay', 'retriesCount', 'maxRetriesOn503', 'onError']
 

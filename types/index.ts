@@ -50,6 +50,13 @@ export interface PoolOptions {
    * `max_connection_duration`), so connections move to new targets and addresses. @default off
    */
   maxConnectionAge?: Duration
+  /**
+   * WebSocket (and other HTTP Upgrade) tunnels open at once to one upstream,
+   * counted apart from requests and their connections (each tunnel holds a
+   * connection of its own to its target, outside the pool). An upgrade beyond
+   * it gets 503 `POOL_EXHAUSTED` with `Retry-After`; upgrades never queue. @default 10000
+   */
+  maxTunnels?: number
 }
 
 export interface HealthCheckOptions {
@@ -139,6 +146,17 @@ export interface TimeoutOptions {
    * `client_body_timeout`); `false` for none. @default '60s'
    */
   clientBody?: Duration | false
+  /**
+   * A tunnel (a proxied WebSocket) with no byte either way for this long is
+   * closed (HAProxy's `timeout tunnel`); `false` for none. @default '1h'
+   */
+  tunnelIdle?: Duration | false
+  /**
+   * How long the tunnels of a target being removed (`removeTarget`,
+   * `setTargets`) may go on before they are closed; new ones go to other
+   * targets at once. @default '10s'
+   */
+  tunnelDrain?: Duration
 }
 
 /** TLS settings for https targets. Certificates are always verified unless `rejectUnauthorized: false`. */
@@ -220,6 +238,12 @@ export interface RouteOptions extends Omit<FastifyHttpProxyOptions, PoolOwnedPro
   sticky?: (request: FastifyRequest) => string | undefined
   /** Largest request body in bytes; beyond it 413. @default the Fastify instance's bodyLimit */
   bodyLimit?: number
+  /**
+   * Proxies WebSocket (any HTTP Upgrade) requests on the route too, through the
+   * upstream's pool: a tunnel slot (`pool.maxTunnels`), the balancer, failover
+   * before the `101`, then a byte tunnel. @default false
+   */
+  websocket?: boolean
   /** Log level of the route's requests (Fastify's register option). @default the instance's */
   logLevel?: LogLevel
   /** @fastify/reply-from hooks, except those the pool owns (`PoolOwnedReplyOption`). */
@@ -332,6 +356,8 @@ export interface TargetStats {
   down: { since: number, until: number, failures: number, trial: boolean, nextTrial: number } | null
   /** Requests on this target now (sent, response not finished). */
   active: number
+  /** Tunnels (proxied WebSockets) open to this target now. */
+  tunnels: number
   /** Connections in use now (handed to a request, busy or about to be). */
   busy: number
   /** Idle keep-alive connections. */
@@ -380,6 +406,9 @@ export interface TargetWindowStats {
   series: { requests: number[], failures: number[] }
 }
 
+/** What an upgrade came to (see UpstreamStats#upgrades). */
+export type UpgradeResult = 'ok' | 'refused' | 'failed' | 'no_target' | 'rejected'
+
 export interface UpstreamStats {
   name: string
   balance: BalancePolicy
@@ -400,6 +429,15 @@ export interface UpstreamStats {
   clientErrors: Partial<Record<ErrorCategory, number>>
   /** Counted retries in flight, against the retry budget. */
   retriesActive: number
+  /** Tunnels (proxied WebSockets) open now, across the targets. */
+  tunnels: number
+  /**
+   * Upgrades since start, by result: `ok` (101, tunnel open), `refused` (the
+   * target answered something else, passed to the client), `failed` (every
+   * attempt failed: 502/504), `no_target` (no target in rotation: 503),
+   * `rejected` (`pool.maxTunnels` reached, or closing: 503).
+   */
+  upgrades: Record<UpgradeResult, number>
   targets: TargetStats[]
 }
 

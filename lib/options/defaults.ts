@@ -15,7 +15,8 @@ export const DEFAULTS = {
     maxQueue: 1000,
     queueTimeout: 2 * 1000, // 2s
     maxRequestsPerConnection: 0, // no limit
-    maxConnectionAge: 0 // off
+    maxConnectionAge: 0, // off
+    maxTunnels: 10_000
   },
   healthCheck: {
     path: undefined as string | undefined,
@@ -59,7 +60,9 @@ export const DEFAULTS = {
     headers: 30 * 1000, // 30s
     body: 30 * 1000, // 30s
     request: 0, // off
-    clientBody: 60 * 1000 // 60s (NGINX's client_body_timeout)
+    clientBody: 60 * 1000, // 60s (NGINX's client_body_timeout)
+    tunnelIdle: 60 * 60 * 1000, // 1h (HAProxy's timeout tunnel, as commonly set)
+    tunnelDrain: 10 * 1000 // 10s
   },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
   gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
@@ -79,6 +82,8 @@ export interface ResolvedPool {
   maxRequestsPerConnection: number
   /** ms; 0: off */
   maxConnectionAge: number
+  /** Tunnels open at once per upstream. */
+  maxTunnels: number
 }
 
 export interface ResolvedHealthCheck {
@@ -128,6 +133,10 @@ export interface ResolvedTimeouts {
   request: number
   /** The longest gap between two chunks of the client's request body; 0: off */
   clientBody: number
+  /** A tunnel with no byte either way for this long is closed; 0: off */
+  tunnelIdle: number
+  /** The tunnels of a target removed may go on this long. */
+  tunnelDrain: number
 }
 
 export interface ResolvedTarget {
@@ -165,6 +174,8 @@ export interface ResolvedRoute {
   upstream: string | ((request: FastifyRequest) => string) | Array<{ name: string, weight: number }>
   sticky: ((request: FastifyRequest) => string | undefined) | undefined
   bodyLimit: number | undefined
+  /** WebSocket upgrades are proxied on it. */
+  websocket: boolean
   /** The remaining @fastify/http-proxy options, passed through. */
   proxy: Record<string, unknown>
 }

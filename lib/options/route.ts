@@ -18,14 +18,16 @@ const ROUTE_PASS = [
   'disableRequestLogging', 'disableCache', 'cacheURLs', 'contentTypesToEncode', 'logLevel'
 ] as const
 /** Exactly the keys of RouteOptions (checked when built). */
-const ROUTE_KEYS = keysOf<RouteOptions>()('prefix', 'upstream', 'sticky', 'bodyLimit', ...ROUTE_PASS)
+const ROUTE_KEYS = keysOf<RouteOptions>()('prefix', 'upstream', 'sticky', 'bodyLimit', 'websocket', ...ROUTE_PASS)
 const SPLIT_KEYS = keysOf<WeightedUpstream>()('name', 'weight')
 
 // Options the pool owns, with what to use instead. Typed as every @fastify/http-proxy
 // option that RouteOptions leaves out: a key of http-proxy's type is either accepted
 // above or refused here, and an owned key that crept back into RouteOptions (and so
 // into ROUTE_KEYS) would be an excess key here; both fail the build.
-const WS = 'WebSocket proxying does not go through the pool yet'
+// A WebSocket route is a byte tunnel after the 101 (see README, WebSocket): the
+// gateway never decodes a frame, so the options of http-proxy's frame relay have nothing to act on.
+const WS_RELAY = 'a WebSocket route is a byte tunnel to the target after its 101 (the gateway reads no frame), so this frame relay option has nothing to act on'
 const POOL_RETRIES = 'the pool retries, on another target; use the upstream\'s retry options'
 const ROUTE_OWNED: Record<Exclude<HttpProxyOption, (typeof ROUTE_KEYS)[number]>, string> = {
   undici: 'the pool owns the upstream connections; use the upstream\'s pool and timeouts options',
@@ -37,12 +39,11 @@ const ROUTE_OWNED: Record<Exclude<HttpProxyOption, (typeof ROUTE_KEYS)[number]>,
   balancedPoolOptions: 'the pool owns the upstream connections and balances over the upstream\'s targets; use the upstream\'s balance and pool options',
   retryMethods: 'use the upstream\'s retry.methods',
   maxRetriesOn503: POOL_RETRIES,
-  websocket: `${WS}; register @fastify/http-proxy directly for WebSocket routes`,
-  wsUpstream: WS,
-  wsHooks: WS,
-  wsReconnect: WS,
-  wsClientOptions: WS,
-  wsServerOptions: WS
+  wsUpstream: 'the upstream\'s targets serve the WebSocket upgrades too (ws:// is http://, wss:// is https://); give a route of its own to another upstream for them',
+  wsHooks: `${WS_RELAY}; use Fastify hooks (onRequest, preHandler) on the upgrade request`,
+  wsReconnect: `${WS_RELAY}; a client whose tunnel closes reconnects, and the balancer gives it a target in rotation`,
+  wsClientOptions: `${WS_RELAY}; headers go to the target as on the HTTP path (replyOptions.rewriteRequestHeaders applies)`,
+  wsServerOptions: `${WS_RELAY}; subprotocols, permessage-deflate and message sizes are the client's and the target's, untouched`
 }
 
 // @fastify/reply-from hooks a route may pass in replyOptions: every key of RouteOptions['replyOptions'].
@@ -78,6 +79,7 @@ export function resolveRoute (value: unknown, i: number, names: Set<string>): Re
     if (!Array.isArray(upstream)) fail(`${path}.sticky`, value.sticky, 'is for a weighted split: give upstream as [{ name, weight }, ...]')
   }
   const bodyLimit = value.bodyLimit === undefined ? undefined : intAt(value.bodyLimit, `${path}.bodyLimit`, 0)
+  if (value.websocket !== undefined && typeof value.websocket !== 'boolean') fail(`${path}.websocket`, value.websocket, 'is not a boolean')
   if (value.rewritePrefix !== undefined && typeof value.rewritePrefix !== 'string') fail(`${path}.rewritePrefix`, value.rewritePrefix, 'is not a string')
   for (const key of FUNCTION_KEYS) {
     if (value[key] !== undefined && typeof value[key] !== 'function') fail(`${path}.${key}`, value[key], 'is not a function')
@@ -95,7 +97,7 @@ export function resolveRoute (value: unknown, i: number, names: Set<string>): Re
   }
   const proxy: Record<string, unknown> = {}
   for (const key of ROUTE_PASS) if (value[key] !== undefined) proxy[key] = value[key]
-  return { prefix, upstream, sticky: value.sticky as ResolvedRoute['sticky'], bodyLimit, proxy }
+  return { prefix, upstream, sticky: value.sticky as ResolvedRoute['sticky'], bodyLimit, websocket: value.websocket === true, proxy }
 }
 
 /** A route's upstream: a known name, a function of the request, or a weighted split of known names. */

@@ -45,13 +45,13 @@ export function parseTarget (value: unknown, path: string): ResolvedTarget {
 // ---------------------------------------------------------------- blocks
 
 // Each list is checked against its type in types/ (see keysOf): a key added there must be handled here.
-const POOL_KEYS = keysOf<PoolOptions>()('maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout', 'maxRequestsPerConnection', 'maxConnectionAge')
+const POOL_KEYS = keysOf<PoolOptions>()('maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout', 'maxRequestsPerConnection', 'maxConnectionAge', 'maxTunnels')
 const HC_KEYS = keysOf<HealthCheckOptions>()('path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus')
 const CB_KEYS = keysOf<CircuitBreakerOptions>()('consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests')
 const OD_KEYS = keysOf<OutlierDetectionOptions>()('interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor')
 const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody')
 const BUDGET_KEYS = keysOf<RetryBudget>()('percent', 'minConcurrent')
-const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'request', 'clientBody')
+const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'request', 'clientBody', 'tunnelIdle', 'tunnelDrain')
 const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
 /** The blocks the top level gives as defaults and an upstream may override. */
 export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls')
@@ -74,6 +74,7 @@ function checkPool (value: unknown, path: string): Partial<ResolvedPool> {
   if (o.queueTimeout !== undefined) out.queueTimeout = parseDuration(o.queueTimeout, `${path}.queueTimeout`)
   if (o.maxRequestsPerConnection !== undefined) out.maxRequestsPerConnection = intAt(o.maxRequestsPerConnection, `${path}.maxRequestsPerConnection`, 1)
   if (o.maxConnectionAge !== undefined) out.maxConnectionAge = positiveDuration(o.maxConnectionAge, `${path}.maxConnectionAge`)
+  if (o.maxTunnels !== undefined) out.maxTunnels = intAt(o.maxTunnels, `${path}.maxTunnels`, 0)
   return out
 }
 
@@ -174,6 +175,8 @@ function checkTimeouts (value: unknown, path: string): Partial<ResolvedTimeouts>
   if (o.body !== undefined) out.body = positiveDuration(o.body, `${path}.body`)
   if (o.request !== undefined) out.request = o.request === false ? 0 : positiveDuration(o.request, `${path}.request`)
   if (o.clientBody !== undefined) out.clientBody = o.clientBody === false ? 0 : positiveDuration(o.clientBody, `${path}.clientBody`)
+  if (o.tunnelIdle !== undefined) out.tunnelIdle = o.tunnelIdle === false ? 0 : positiveDuration(o.tunnelIdle, `${path}.tunnelIdle`)
+  if (o.tunnelDrain !== undefined) out.tunnelDrain = parseDuration(o.tunnelDrain, `${path}.tunnelDrain`)
   return out
 }
 
@@ -263,7 +266,8 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     maxQueue: poolIn.maxQueue ?? DEFAULTS.pool.maxQueue,
     queueTimeout: poolIn.queueTimeout ?? DEFAULTS.pool.queueTimeout,
     maxRequestsPerConnection: poolIn.maxRequestsPerConnection ?? DEFAULTS.pool.maxRequestsPerConnection,
-    maxConnectionAge: poolIn.maxConnectionAge ?? DEFAULTS.pool.maxConnectionAge
+    maxConnectionAge: poolIn.maxConnectionAge ?? DEFAULTS.pool.maxConnectionAge,
+    maxTunnels: poolIn.maxTunnels ?? DEFAULTS.pool.maxTunnels
   }
   if (pool.maxActivePerTarget > pool.maxActive) {
     fail(`${path}.pool.maxActivePerTarget`, pool.maxActivePerTarget, `is more than pool.maxActive (${pool.maxActive})`)

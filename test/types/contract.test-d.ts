@@ -90,8 +90,10 @@ void app.register(sssonectorPool, { upstreams: { users: { targets: [] } }, pool:
 void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', undici: {} }] })
 // @ts-expect-error the pool owns getUpstream
 void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', replyOptions: { getUpstream: () => '' } }] })
-// @ts-expect-error websocket does not go through the pool
+// websocket goes through the pool
 void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', websocket: true }] })
+// @ts-expect-error websocket is a boolean
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, routes: [{ prefix: '/', upstream: 'u', websocket: 'yes' }] })
 
 // Every option the pool owns is absent from RouteOptions: each line must fail to
 // compile. The value is `undefined`, which any optional key would take, so the
@@ -124,17 +126,16 @@ route({ prefix: '/', upstream: 'u', balancedPoolOptions: undefined })
 route({ prefix: '/', upstream: 'u', retryMethods: undefined })
 // @ts-expect-error the pool owns maxRetriesOn503
 route({ prefix: '/', upstream: 'u', maxRetriesOn503: undefined })
-// @ts-expect-error websocket does not go through the pool
 route({ prefix: '/', upstream: 'u', websocket: undefined })
-// @ts-expect-error wsUpstream does not go through the pool
+// @ts-expect-error wsUpstream: the upstream's targets serve the upgrades
 route({ prefix: '/', upstream: 'u', wsUpstream: undefined })
-// @ts-expect-error wsHooks does not go through the pool
+// @ts-expect-error wsHooks is for a frame relay
 route({ prefix: '/', upstream: 'u', wsHooks: undefined })
-// @ts-expect-error wsReconnect does not go through the pool
+// @ts-expect-error wsReconnect is for a frame relay
 route({ prefix: '/', upstream: 'u', wsReconnect: undefined })
-// @ts-expect-error wsClientOptions does not go through the pool
+// @ts-expect-error wsClientOptions is for a frame relay
 route({ prefix: '/', upstream: 'u', wsClientOptions: undefined })
-// @ts-expect-error wsServerOptions does not go through the pool
+// @ts-expect-error wsServerOptions is for a frame relay
 route({ prefix: '/', upstream: 'u', wsServerOptions: undefined })
 // @ts-expect-error the pool owns replyOptions.getUpstream
 reply({ getUpstream: undefined })
