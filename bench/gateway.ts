@@ -27,7 +27,8 @@ const builders: Record<GatewayKind, Builder> = {
   sssonector: async (app, config) => {
     const { default: sssonectorPool } = await import('../lib/index.js')
     await app.register(sssonectorPool, {
-      upstreams: { bench: { targets: config.targets } },
+      // the WebSocket benchmark opens up to 200,000 idle tunnels (WSBENCH_IDLE), past the default maxTunnels
+      upstreams: { bench: { targets: config.targets, ...(config.websocket === true ? { pool: { maxTunnels: 200_000 } } : {}) } },
       routes: [{ prefix: config.prefix, upstream: 'bench', ...(config.websocket === true ? { websocket: true } : {}) }],
       metrics: false,
       gracefulClose: false

@@ -57,7 +57,7 @@ const LOAD_PRIORITY = -10
 /** tunnels opened and closed on a fresh gateway before its memory is read */
 const MEMORY_WARMUP_TUNNELS = 200
 /** file descriptors a process needs beside its sockets */
-const FD_SPARE = 1024
+const FD_SPARE = 100
 
 interface WsArm {
   name: string
