@@ -2,11 +2,12 @@
 // be given a core, a priority and a file descriptor limit of its own): `ws`
 // clients, told what to do over IPC.
 //
-// - `echo`: opens `tunnels` WebSockets to `url`, then each keeps `window`
-//   messages of `bytes` bytes in flight (closed loop: a message is sent when an
-//   echo comes back), binary; after `warmup` seconds it counts the echoes for
-//   `duration` seconds, checks each echo's length and first byte, and closes
-//   every tunnel with 1000.
+// - `echo`: opens `tunnels` WebSockets to each of `urls` (two URLs: two
+//   gateways loaded at once, side by side), then each keeps `window` messages
+//   of `bytes` bytes in flight (closed loop: a message is sent when an echo
+//   comes back), binary; after `warmup` seconds it counts the echoes for
+//   `duration` seconds, checks each echo's length and first and last byte, and
+//   closes every tunnel with 1000.
 // - `open`: opens `count` WebSockets to `url`, `concurrency` handshakes at a
 //   time, and keeps them open and silent.
 // - `close`: closes the ones `open` opened, and answers once each is closed.
@@ -14,22 +15,37 @@
 import { WebSocket } from 'ws'
 
 export type ClientCommand =
-  | { type: 'echo', url: string, tunnels: number, bytes: number, window: number, warmup: number, duration: number }
+  | { type: 'echo', urls: string[], tunnels: number, bytes: number, window: number, warmup: number, duration: number }
   | { type: 'open', url: string, count: number, concurrency: number }
   | { type: 'close' }
 
-export interface EchoResult {
-  type: 'echo'
+/** What one URL's tunnels did. */
+export interface EchoGroup {
+  url: string
   /** echoes counted in the measured window */
   messages: number
-  /** the measured window, s */
-  seconds: number
+  /** echoes from the first message to the last, warm-up included */
+  total: number
   /** round trip of a message, ms: median and 99th percentile of the measured window */
   p50: number
   p99: number
-  /** echoes of the wrong length or content, closes before the end, errors */
+  /** echoes of the wrong length or content, closes before the end */
   errors: number
   firstError: string | null
+}
+
+export interface EchoResult {
+  type: 'echo'
+  /** the measured window, s */
+  seconds: number
+  /** one per URL, in order */
+  groups: EchoGroup[]
+}
+
+interface Group extends Omit<EchoGroup, 'p50' | 'p99'> {
+  sockets: WebSocket[]
+  rtts: Float64Array
+  n: number
 }
 
 export interface OpenResult {
@@ -90,57 +106,68 @@ function percentile (sorted: Float64Array, p: number): number {
 }
 
 async function echo (cmd: Extract<ClientCommand, { type: 'echo' }>): Promise<EchoResult> {
-  const sockets: WebSocket[] = []
+  const groups: Group[] = []
   try {
-    for (let i = 0; i < cmd.tunnels; i++) sockets.push(await connect(cmd.url))
+    for (const url of cmd.urls) {
+      const sockets: WebSocket[] = []
+      groups.push({ url, sockets, messages: 0, total: 0, rtts: new Float64Array(1 << 16), n: 0, errors: 0, firstError: null })
+      for (let i = 0; i < cmd.tunnels; i++) sockets.push(await connect(url))
+    }
   } catch (err) {
-    await closeAll(sockets)
+    await closeAll(groups.flatMap((g) => g.sockets))
     throw err
   }
-  // every tunnel's messages start with its own byte, so an echo on the wrong tunnel shows
-  const payloads = sockets.map((_, i) => Buffer.alloc(cmd.bytes, i % 251))
   let counting = false
   let sending = true
-  let messages = 0
-  let errors = 0
-  let firstError: string | null = null
-  let rtts = new Float64Array(1 << 16)
-  let n = 0
-  const fail = (why: string): void => {
-    errors++
-    firstError ??= why
-  }
   let inFlight = 0
   let drained: (() => void) | null = null
-  for (const [i, ws] of sockets.entries()) {
-    const payload = payloads[i]!
-    // send times of the messages in flight, oldest first
-    const sent: number[] = []
-    const send = (): void => {
-      sent.push(performance.now())
-      inFlight++
-      ws.send(payload, { binary: true })
+  /** each tunnel's send, by group */
+  const senders: Array<Array<() => void>> = []
+  for (const g of groups) {
+    const mine: Array<() => void> = []
+    senders.push(mine)
+    const fail = (why: string): void => {
+      g.errors++
+      g.firstError ??= why
     }
-    ws.on('message', (data: Buffer) => {
-      const at = sent.shift()
-      inFlight--
-      if (data.length !== cmd.bytes || data[0] !== payload[0] || data[data.length - 1] !== payload[0]) fail(`tunnel ${i}: an echo of ${data.length} bytes, not the ${cmd.bytes} sent`)
-      if (counting) {
-        messages++
-        if (at !== undefined) {
-          if (n === rtts.length) {
-            const bigger = new Float64Array(rtts.length * 2)
-            bigger.set(rtts)
-            rtts = bigger
-          }
-          rtts[n++] = performance.now() - at
-        }
+    for (const [i, ws] of g.sockets.entries()) {
+      // every tunnel's messages start with its own byte, so an echo on the wrong tunnel shows
+      const payload = Buffer.alloc(cmd.bytes, i % 251)
+      // send times of the messages in flight, oldest first
+      const sent: number[] = []
+      const send = (): void => {
+        sent.push(performance.now())
+        inFlight++
+        ws.send(payload, { binary: true })
       }
-      if (sending) send()
-      else if (inFlight === 0) drained?.()
-    })
-    ws.on('close', (code) => { if (sending) fail(`tunnel ${i} closed (${code}) during the run`) })
-    for (let k = 0; k < cmd.window; k++) send()
+      mine.push(send)
+      ws.on('message', (data: Buffer) => {
+        const at = sent.shift()
+        inFlight--
+        g.total++
+        if (data.length !== cmd.bytes || data[0] !== payload[0] || data[data.length - 1] !== payload[0]) fail(`tunnel ${i}: an echo of ${data.length} bytes, not the ${cmd.bytes} sent`)
+        if (counting) {
+          g.messages++
+          if (at !== undefined) {
+            if (g.n === g.rtts.length) {
+              const bigger = new Float64Array(g.rtts.length * 2)
+              bigger.set(g.rtts)
+              g.rtts = bigger
+            }
+            g.rtts[g.n++] = performance.now() - at
+          }
+        }
+        if (sending) send()
+        else if (inFlight === 0) drained?.()
+      })
+      ws.on('close', (code) => { if (sending) fail(`tunnel ${i} closed (${code}) during the run`) })
+    }
+  }
+  // the first messages go out on every group's tunnels in turn
+  for (let k = 0; k < cmd.window; k++) {
+    for (let i = 0; i < cmd.tunnels; i++) {
+      for (const mine of senders) mine[i]!()
+    }
   }
   await new Promise((resolve) => setTimeout(resolve, cmd.warmup * 1000))
   counting = true
@@ -156,9 +183,15 @@ async function echo (cmd: Extract<ClientCommand, { type: 'echo' }>): Promise<Ech
       setTimeout(resolve, 2000)
     })
   }
-  await closeAll(sockets)
-  const sorted = rtts.subarray(0, n).sort()
-  return { type: 'echo', messages, seconds, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), errors, firstError }
+  await closeAll(groups.flatMap((g) => g.sockets))
+  return {
+    type: 'echo',
+    seconds,
+    groups: groups.map((g) => {
+      const sorted = g.rtts.subarray(0, g.n).sort()
+      return { url: g.url, messages: g.messages, total: g.total, p50: percentile(sorted, 0.5), p99: percentile(sorted, 0.99), errors: g.errors, firstError: g.firstError }
+    })
+  }
 }
 
 const idle = new Set<WebSocket>()

@@ -13,8 +13,13 @@
 //    its echo), for each size of WSBENCH_SIZES (64 B and 16 KiB). The arms run
 //    interleaved, WSBENCH_ROUNDS rounds (3), the order turning each round; each
 //    run opens its tunnels, warms up WSBENCH_WARMUP s (1), counts echoes for
-//    WSBENCH_DURATION s (3) and closes them. http-proxy' is http-proxy again in
-//    a process of its own: its ratio to http-proxy is the noise.
+//    WSBENCH_DURATION s (3) and closes them; the gateway's CPU time over the
+//    run's echoes is its cost of a message. Then the plugin and http-proxy
+//    run side by side, both loaded at once on the gateway core they share (the
+//    one whose tunnels start first turning each round), so whatever the
+//    machine does meanwhile falls on both alike; and http-proxy beside
+//    http-proxy'. http-proxy' is http-proxy again in a process of its own: its
+//    ratio to http-proxy is the noise.
 // 2. Memory: for each gateway arm, a fresh gateway (--expose-gc) opens and
 //    closes 200 tunnels, then WSBENCH_IDLE tunnels (10,000; 0: skip) are opened
 //    through it and left idle; its RSS after two collections, before and
@@ -44,7 +49,7 @@ import { isChildMessage } from './protocol.js'
 import type { MemoryMessage, UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
-import type { ClientAnswer, ClientCommand, EchoResult, OpenResult } from './ws-client.js'
+import type { ClientAnswer, ClientCommand, EchoGroup, OpenResult } from './ws-client.js'
 import type { WsUpstreamConfig } from './ws-upstream.js'
 
 const HOST = '127.0.0.1'
@@ -74,6 +79,8 @@ const ARMS: WsArm[] = [
 const PLAIN = 'http-proxy'
 const PLAIN_AGAIN = "http-proxy'"
 const PLUGIN = 'sssonector'
+/** [A, B] loaded side by side; ratios are B / A */
+const DUELS: Array<[string, string]> = [[PLAIN, PLUGIN], [PLAIN, PLAIN_AGAIN]]
 
 interface Settings {
   tunnels: number
@@ -309,7 +316,19 @@ async function upstreamOpen (upstream: Child, want: number, timeout: number): Pr
 
 // ---------------------------------------------------------------- figures
 
-interface EchoRun extends EchoResult { round: number, rate: number }
+interface EchoRun extends Omit<EchoGroup, 'url'> {
+  round: number
+  seconds: number
+  /** echoes a second in the measured window */
+  rate: number
+  /** the gateway's CPU time (user + system) over every echo of the run, µs a message; null for the direct arm */
+  cpu: number | null
+}
+
+/** Two gateways loaded at once, each with its own tunnels: one round. */
+interface DuelRound { round: number, bytes: number, aRate: number, bRate: number }
+
+interface Duel { a: string, b: string, rounds: DuelRound[], error: string | null }
 
 interface ArmState {
   arm: WsArm
@@ -352,7 +371,7 @@ const x = (v: number | null): string => v === null ? '-' : `x${v.toFixed(3)}`
 
 // ---------------------------------------------------------------- the run
 
-async function echoPhase (settings: Settings, upstream: Child, client: Client, files: number): Promise<ArmState[]> {
+async function echoPhase (settings: Settings, upstream: Child, client: Client, files: number): Promise<{ states: ArmState[], duels: Duel[] }> {
   const states: ArmState[] = []
   for (const arm of settings.arms) {
     const state: ArmState = { arm, url: '', gateway: null, error: null, runs: new Map(settings.sizes.map((s) => [s, []])) }
@@ -380,11 +399,15 @@ async function echoPhase (settings: Settings, upstream: Child, client: Client, f
       for (const state of order) {
         if (state.error !== null) continue
         try {
-          const r = await client.run({ type: 'echo', url: state.url, tunnels: settings.tunnels, bytes, window: settings.window, warmup: settings.warmup, duration: settings.duration }, 'echo', runTimeout)
-          const rate = r.messages / r.seconds
-          state.runs.get(bytes)!.push({ ...r, round, rate })
-          console.log(`round ${round}/${settings.rounds} ${String(bytes).padStart(6)} B ${state.arm.name.padEnd(width)} ${rate.toFixed(0).padStart(7)} msg/s  p50 ${r.p50.toFixed(2)} ms  p99 ${r.p99.toFixed(2)} ms  errors ${r.errors}${r.firstError === null ? '' : ` (${r.firstError})`}`)
-          if (r.errors > 0) state.error = `round ${round}, ${bytes} B: ${r.errors} errors, the first: ${r.firstError ?? '?'}`
+          const before = state.gateway === null ? null : await ask(state.gateway, 'usage')
+          const r = await client.run({ type: 'echo', urls: [state.url], tunnels: settings.tunnels, bytes, window: settings.window, warmup: settings.warmup, duration: settings.duration }, 'echo', runTimeout)
+          const after = state.gateway === null ? null : await ask(state.gateway, 'usage')
+          const g = r.groups[0]!
+          const rate = g.messages / r.seconds
+          const cpu = before === null || after === null || g.total === 0 ? null : (after.cpuUser + after.cpuSystem - before.cpuUser - before.cpuSystem) / g.total
+          state.runs.get(bytes)!.push({ ...g, seconds: r.seconds, round, rate, cpu })
+          console.log(`round ${round}/${settings.rounds} ${String(bytes).padStart(6)} B ${state.arm.name.padEnd(width)} ${rate.toFixed(0).padStart(7)} msg/s  p50 ${g.p50.toFixed(2)} ms  p99 ${g.p99.toFixed(2)} ms  gateway CPU ${cpu === null ? '-' : `${cpu.toFixed(1)} µs`}/msg  errors ${g.errors}${g.firstError === null ? '' : ` (${g.firstError})`}`)
+          if (g.errors > 0) state.error = `round ${round}, ${bytes} B: ${g.errors} errors, the first: ${g.firstError ?? '?'}`
         } catch (err) {
           state.error = `round ${round}, ${bytes} B: ${firstLine(err)}`
           console.log(`round ${round}/${settings.rounds} ${String(bytes).padStart(6)} B ${state.arm.name.padEnd(width)} FAILED: ${firstLine(err)}`)
@@ -394,8 +417,41 @@ async function echoPhase (settings: Settings, upstream: Child, client: Client, f
       }
     }
   }
+  // Side by side: two gateways loaded at once, sharing the gateway core, so
+  // whatever the machine does meanwhile falls on both alike.
+  const duels: Duel[] = []
+  for (const [aName, bName] of DUELS) {
+    const a = states.find((s) => s.arm.name === aName)
+    const b = states.find((s) => s.arm.name === bName)
+    if (a === undefined || b === undefined) continue
+    const duel: Duel = { a: aName, b: bName, rounds: [], error: null }
+    duels.push(duel)
+    for (let round = 1; round <= settings.rounds && duel.error === null; round++) {
+      for (const bytes of settings.sizes) {
+        if (a.error !== null || b.error !== null) {
+          duel.error = 'an arm failed'
+          break
+        }
+        try {
+          // which one's tunnels open and start first turns round by round
+          const bFirst = round % 2 === 0
+          const r = await client.run({ type: 'echo', urls: bFirst ? [b.url, a.url] : [a.url, b.url], tunnels: settings.tunnels, bytes, window: settings.window, warmup: settings.warmup, duration: settings.duration }, 'echo', runTimeout)
+          const [ga, gb] = bFirst ? [r.groups[1]!, r.groups[0]!] : [r.groups[0]!, r.groups[1]!]
+          if (ga.errors + gb.errors > 0) throw new Error(`${ga.errors + gb.errors} errors, the first: ${ga.firstError ?? gb.firstError ?? '?'}`)
+          const d: DuelRound = { round, bytes, aRate: ga.messages / r.seconds, bRate: gb.messages / r.seconds }
+          duel.rounds.push(d)
+          console.log(`side by side ${round}/${settings.rounds} ${String(bytes).padStart(6)} B ${aName} ${d.aRate.toFixed(0)} msg/s, ${bName} ${d.bRate.toFixed(0)} msg/s: x${(d.bRate / d.aRate).toFixed(3)}`)
+        } catch (err) {
+          duel.error = `round ${round}, ${bytes} B: ${firstLine(err)}`
+          console.log(`side by side ${aName} and ${bName} FAILED: ${duel.error}`)
+          break
+        }
+        await sleep(PAUSE_BETWEEN_RUNS)
+      }
+    }
+  }
   await Promise.all(states.flatMap((s) => s.gateway === null ? [] : [stopChild(s.gateway)]))
-  return states
+  return { states, duels }
 }
 
 async function memoryPhase (settings: Settings, tunnels: number, upstream: Child, client: Client, files: number): Promise<MemoryFigures[]> {
@@ -467,7 +523,7 @@ async function main (): Promise<number> {
   const peerFiles = Math.max(need(idle, 1), need(settings.tunnels, 1))
 
   // bounded: every run, with generous slack, or it stops itself
-  const runs = settings.arms.length * settings.sizes.length * settings.rounds
+  const runs = (settings.arms.length + DUELS.length) * settings.sizes.length * settings.rounds
   const budget = (runs * (settings.warmup + settings.duration + 5) + settings.arms.length * (idle > 0 ? 30 + idle / 200 : 0) + 60) * 1000
   const watchdog = setTimeout(() => {
     process.stderr.write(`bench:ws: still running after ${Math.round(budget / 1000)} s, giving up\n`)
@@ -495,12 +551,13 @@ async function main (): Promise<number> {
   let upstream: Child | null = null
   let client: Client | null = null
   let states: ArmState[] = []
+  let duels: Duel[] = []
   let memory: MemoryFigures[] = []
   try {
     upstream = await startServer('upstream', './ws-upstream.js', { port: 0 }, peerFiles, false)
     client = await Client.start(peerFiles)
     console.log(`upstream: ws echo on ws://${HOST}:${upstream.port} (pid ${upstream.process.pid ?? '?'}), client pid ${client.child.process.pid ?? '?'}`)
-    states = await echoPhase(settings, upstream, client, gatewayFiles)
+    ;({ states, duels } = await echoPhase(settings, upstream, client, gatewayFiles))
     if (idle > 0) {
       console.log('')
       console.log(`memory: ${idle} idle tunnels through each gateway, a fresh one each (--expose-gc), after ${MEMORY_WARMUP_TUNNELS} opened and closed; ${settings.idleConcurrency} handshakes at a time`)
@@ -516,38 +573,68 @@ async function main (): Promise<number> {
   const byName = (name: string): ArmState | undefined => states.find((s) => s.arm.name === name)
   const checks: Array<{ target: string, measured: string, met: boolean | null }> = []
   const echoSummary: Array<Record<string, unknown>> = []
+  const duelRatios = (a: string, b: string, bytes: number): number[] =>
+    duels.find((d) => d.a === a && d.b === b)?.rounds.filter((r) => r.bytes === bytes && r.aRate > 0).map((r) => r.bRate / r.aRate) ?? []
+  const cpuRatios = (plain: EchoRun[], other: EchoRun[]): number[] => {
+    const out: number[] = []
+    for (const p of plain) {
+      const o = other.find((r) => r.round === p.round)
+      if (o?.cpu != null && p.cpu !== null && p.cpu > 0) out.push(o.cpu / p.cpu)
+    }
+    return out
+  }
+  const fmtRange = (values: number[]): string => values.length === 0 ? '-' : `${x(median(values))} (${range(values, 3)})`
   for (const bytes of settings.sizes) {
     console.log('')
-    console.log(`echo messages per second, ${bytes}-byte messages, ${settings.tunnels} tunnels x ${settings.window} in flight (median of ${settings.rounds} rounds, range)`)
+    console.log(`echo messages per second, ${bytes}-byte messages, ${settings.tunnels} tunnels x ${settings.window} in flight: median of ${settings.rounds} interleaved rounds, their range; ratios to http-proxy are medians of the rounds' ratios`)
     const plain = byName(PLAIN)?.runs.get(bytes) ?? []
-    const rows = [['arm', 'msg/s', 'range', 'p50 ms', 'p99 ms', 'vs http-proxy (median of rounds)', 'range', 'status']]
+    const rows = [['arm', 'msg/s', 'range', 'p50 ms', 'p99 ms', 'vs http-proxy (range)', 'gateway CPU µs/msg', 'CPU vs http-proxy (range)', 'side by side with http-proxy (range)', 'status']]
     for (const s of states) {
       const runs = s.runs.get(bytes)!
       const rates = runs.map((r) => r.rate)
-      const vs = s.arm.name === PLAIN ? [] : ratios(plain, runs)
+      const cpus = runs.flatMap((r) => r.cpu === null ? [] : [r.cpu])
+      const mine = s.arm.name !== PLAIN
+      const vs = mine ? ratios(plain, runs) : []
+      const cpuVs = mine ? cpuRatios(plain, runs) : []
+      const side = mine ? duelRatios(PLAIN, s.arm.name, bytes) : []
       rows.push([
         s.arm.name,
         (median(rates) ?? 0).toFixed(0),
         range(rates),
         (median(runs.map((r) => r.p50)) ?? Number.NaN).toFixed(2),
         (median(runs.map((r) => r.p99)) ?? Number.NaN).toFixed(2),
-        vs.length === 0 ? '-' : x(median(vs)),
-        vs.length === 0 ? '-' : range(vs, 3),
+        fmtRange(vs),
+        cpus.length === 0 ? '-' : `${(median(cpus) ?? 0).toFixed(1)} (${range(cpus, 1)})`,
+        fmtRange(cpuVs),
+        fmtRange(side),
         s.error === null ? 'ok' : 'FAILED'
       ])
-      echoSummary.push({ bytes, arm: s.arm.name, median: median(rates), min: Math.min(...rates), max: Math.max(...rates), vsPlain: median(vs), vsPlainRange: vs.length === 0 ? null : [Math.min(...vs), Math.max(...vs)], error: s.error })
+      echoSummary.push({
+        bytes,
+        arm: s.arm.name,
+        median: median(rates),
+        range: rates.length === 0 ? null : [Math.min(...rates), Math.max(...rates)],
+        vsPlain: median(vs),
+        vsPlainRange: vs.length === 0 ? null : [Math.min(...vs), Math.max(...vs)],
+        cpuPerMessage: median(cpus),
+        cpuVsPlain: median(cpuVs),
+        sideBySide: median(side),
+        sideBySideRange: side.length === 0 ? null : [Math.min(...side), Math.max(...side)],
+        error: s.error
+      })
     }
     console.log(table(rows))
     for (const s of states) if (s.error !== null) console.log(`${s.arm.name} FAILED: ${s.error}`)
+    for (const d of duels) if (d.error !== null) console.log(`side by side ${d.a} and ${d.b} FAILED: ${d.error}`)
     const plugin = byName(PLUGIN)
-    const noise = ratios(plain, byName(PLAIN_AGAIN)?.runs.get(bytes) ?? [])
-    const vs = plugin === undefined ? [] : ratios(plain, plugin.runs.get(bytes)!)
-    const noiseText = noise.length === 0 ? 'no A\'/A' : `A'/A ${x(median(noise))} (${range(noise, 3)})`
     if (plugin !== undefined) {
-      const m = median(vs)
+      const side = duelRatios(PLAIN, PLUGIN, bytes)
+      const noise = duelRatios(PLAIN, PLAIN_AGAIN, bytes)
+      const interleaved = ratios(plain, plugin.runs.get(bytes)!)
+      const m = median(side)
       checks.push({
-        target: `${bytes} B: msg/s at least plain http-proxy's`,
-        measured: plugin.error !== null ? 'the arm failed' : `${x(m)} (rounds ${range(vs, 3)}); ${noiseText}`,
+        target: `${bytes} B: msg/s at least plain http-proxy's (side by side)`,
+        measured: plugin.error !== null ? 'the arm failed' : `${fmtRange(side)}; A'/A side by side ${fmtRange(noise)}; interleaved ${fmtRange(interleaved)}; gateway CPU a message ${fmtRange(cpuRatios(plain, plugin.runs.get(bytes)!))}`,
         met: plugin.error !== null || m === null ? false : m >= 1
       })
     }
@@ -593,6 +680,7 @@ async function main (): Promise<number> {
     loadAverage: load,
     settings: { ...settings, arms: settings.arms.map((a) => a.name), idle, pinning },
     echo: echoSummary,
+    sideBySide: duels,
     runs: states.map((s) => ({ arm: s.arm.name, error: s.error, runs: Object.fromEntries(s.runs) })),
     memory: memory.map((m) => ({ ...m, rssPerTunnel: perTunnel(m, 'rss'), heapPerTunnel: perTunnel(m, 'heapUsed') })),
     targets: checks
