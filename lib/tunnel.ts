@@ -11,6 +11,9 @@ import type { SssonectorError } from './errors.js'
 import { stripResponseHeaders } from './forward.js'
 import { FrameEdges, closeFrame } from './frames.js'
 
+/** Bytes of a client's kept before the 101 (its first frames); beyond them, its socket is paused. */
+const EARLY_LIMIT = 64 * 1024
+
 /** A tunnel closed by the gateway ends this long after its close frames at most, answered or not (ms). */
 export const CLOSE_GRACE = 1000
 
@@ -72,6 +75,10 @@ export class Tunnel implements OpenTunnel {
   /** Frame edges each way, for a WebSocket (client to target, target to client); null for another protocol. */
   #edges: [FrameEdges, FrameEdges] | null = null
   readonly #onClientGone: () => void
+  readonly #onEarly: (chunk: Buffer) => void
+  /** The client's bytes read after its upgrade request, before the 101. */
+  readonly #early: Buffer[] = []
+  #earlyBytes = 0
 
   constructor (upstream: Upstream, lease: TunnelLease, req: TunnelRequest) {
     this.#upstream = upstream
@@ -79,9 +86,25 @@ export class Tunnel implements OpenTunnel {
     this.#req = req
     this.#client = req.upgrade.socket
     this.#onClientGone = () => { this.#clientGone() }
-    // Until the 101, the client's bytes (its first frames, if it sends them early) wait in its socket.
-    this.#client.pause()
-    this.#client.once('close', this.#onClientGone)
+    this.#onEarly = (chunk: Buffer) => {
+      this.#early.push(chunk)
+      this.#earlyBytes += chunk.length
+      if (this.#earlyBytes >= EARLY_LIMIT) this.#client.pause()
+    }
+    // Until the 101, the client's bytes (its first frames, if it sends them early) are kept, up to
+    // EARLY_LIMIT, then wait in its socket; reading them, the gateway sees the client leave.
+    const client = this.#client
+    client.on('data', this.#onEarly)
+    client.once('end', this.#onClientGone)
+    client.once('close', this.#onClientGone)
+  }
+
+  /** Stops watching the client's socket for the handshake. */
+  #unwatch (): void {
+    const client = this.#client
+    client.removeListener('data', this.#onEarly)
+    client.removeListener('end', this.#onClientGone)
+    client.removeListener('close', this.#onClientGone)
   }
 
   /** Sends the upgrade to the lease's target. */
@@ -236,7 +259,8 @@ export class Tunnel implements OpenTunnel {
     this.#upstream.upgraded('ok')
     this.#target = socket
     this.#attempt = null
-    client.removeListener('close', this.#onClientGone)
+    this.#unwatch()
+    client.pause()
     // The reply is over for Fastify: the socket is the tunnel's now.
     const reply = this.#req.reply
     reply.hijack()
@@ -245,7 +269,7 @@ export class Tunnel implements OpenTunnel {
     const raw = res.rawHeaders
     for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
     client.write(`${out}\r\n`)
-    const early = this.#req.upgrade.head
+    const early = this.#early.length === 0 ? this.#req.upgrade.head : Buffer.concat([this.#req.upgrade.head, ...this.#early])
     if (String(res.headers.upgrade).toLowerCase() === 'websocket') {
       const up = new FrameEdges()
       const down = new FrameEdges()
@@ -329,6 +353,7 @@ export class Tunnel implements OpenTunnel {
     this.#attempt = null
     this.#lease.result({ category: 'client_abort', status: 0, latency: this.#latency() })
     this.#finish(null)
+    this.#client.destroy()
     attempt?.destroy(new ClientAbortError('the client closed its connection during the upgrade'))
   }
 
@@ -337,7 +362,7 @@ export class Tunnel implements OpenTunnel {
     if (this.#done) return
     this.#done = true
     this.#clearTimer()
-    this.#client.removeListener('close', this.#onClientGone)
+    this.#unwatch()
     if (result !== null) this.#upstream.upgraded(result)
     this.#lease.release()
   }

@@ -122,7 +122,7 @@ t.test('every route option the pool owns fails register, naming it', async (t) =
 
 t.test('route keys: an unknown one names the allowed ones; inherited names are not keys of the tables', async (t) => {
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', toString: 1 }] },
-    /^routes\[0\]\.toString: unknown option \(allowed: prefix, upstream, sticky, bodyLimit, rewritePrefix, .*, logLevel\)$/)
+    /^routes\[0\]\.toString: unknown option \(allowed: prefix, upstream, sticky, bodyLimit, websocket, rewritePrefix, .*, logLevel\)$/)
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { rewriteHeader: () => ({}) } }] },
     /^routes\[0\]\.replyOptions\.rewriteHeader: unknown option \(allowed: queryString, contentType, onResponse, body, rewriteHeaders, rewriteRequestHeaders, method, timeout\)$/)
   await registerFails(t, { ...ok, routes: [{ prefix: '/x', upstream: 'users', replyOptions: { constructor: 1 } }] },
@@ -179,11 +179,12 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
     maxQueue: 1000,
     queueTimeout: 2000,
     maxRequestsPerConnection: 0,
-    maxConnectionAge: 0
+    maxConnectionAge: 0,
+    maxTunnels: 10000
   })
   t.equal(plain.balance, 'least-request')
   t.same(plain.targets, [{ url: 'http://127.0.0.1:1', origin: 'http://127.0.0.1:1', weight: 1 }])
-  t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0, clientBody: 60000 })
+  t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0, clientBody: 60000, tunnelIdle: 3600000, tunnelDrain: 10000 })
   t.same([...plain.retry!.methods], ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
   t.same([...plain.retry!.statusCodes], [502, 503, 504])
   t.same(plain.retry!.budget, { percent: 10, minConcurrent: 3 })
@@ -197,7 +198,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(tuned.pool.maxActive, 50, 'the rest of the block comes from the top level')
   t.equal(tuned.pool.idleTimeout, 30000)
   t.same(tuned.retry!.budget, { percent: 10, minConcurrent: 0 }, 'nested budget merged key by key')
-  t.same(tuned.timeouts, { connect: 100, headers: 1000, body: 30000, request: 0, clientBody: 60000 })
+  t.same(tuned.timeouts, { connect: 100, headers: 1000, body: 30000, request: 0, clientBody: 60000, tunnelIdle: 3600000, tunnelDrain: 10000 })
   t.equal(tuned.circuitBreaker, null)
   t.equal(tuned.targets[0].weight, 3)
 
@@ -237,6 +238,9 @@ t.test('connection reuse limits and the client body timeout: defaults, accepted 
   t.equal(accepted({}, { clientBody: '5s' }).timeouts.clientBody, 5000)
   t.equal(accepted({}, { clientBody: 100 }).timeouts.clientBody, 100)
   t.equal(accepted({}, { clientBody: false }).timeouts.clientBody, 0, 'false: none')
+  t.equal(accepted({}, { tunnelIdle: '2m' }).timeouts.tunnelIdle, 120000)
+  t.equal(accepted({}, { tunnelIdle: false }).timeouts.tunnelIdle, 0, 'tunnelIdle false: none')
+  t.equal(accepted({}, { tunnelDrain: '1s' }).timeouts.tunnelDrain, 1000)
 
   const r = resolveOptions({
     upstreams: {
@@ -257,7 +261,7 @@ t.test('connection reuse limits and the client body timeout: defaults, accepted 
   t.equal(adds.pool.maxRequestsPerConnection, 100)
   t.equal(adds.pool.maxConnectionAge, 60000)
   t.equal(adds.timeouts.clientBody, 2000)
-  t.same(adds.timeouts, { connect: 5000, headers: 30000, body: 30000, request: 0, clientBody: 2000 })
+  t.same(adds.timeouts, { connect: 5000, headers: 30000, body: 30000, request: 0, clientBody: 2000, tunnelIdle: 3600000, tunnelDrain: 10000 })
 })
 
 t.test('the caller\'s options are never mutated', async (t) => {
