@@ -92,7 +92,8 @@ interface Stall {
 /**
  * Sends 64 KiB binary messages on ws, WINDOW writes in flight, each completed
  * write letting the next one go, up to TOTAL. Resolves once every byte went
- * out, or once no write has completed for QUIET ms (then it sends no more).
+ * out, or once all WINDOW writes have waited QUIET ms with none completed
+ * (then it sends no more).
  */
 async function produce (ws: WebSocket): Promise<Stall> {
   const chunk = Buffer.alloc(MESSAGE, 0x5a)
@@ -109,7 +110,10 @@ async function produce (ws: WebSocket): Promise<Stall> {
     }
     const quiet = (): void => {
       clearTimeout(timer)
-      timer = setTimeout(() => settle(false), QUIET)
+      if (stopped) return
+      // stalled: every write of the window waiting, none completed for QUIET ms
+      // (a late turn of this process's own loop is not taken for one)
+      timer = setTimeout(() => { if (pending === WINDOW) settle(false); else quiet() }, QUIET)
     }
     const room = (): boolean => !stopped && pending < WINDOW && sent < TOTAL
     const pump = (): void => {
@@ -134,9 +138,8 @@ const mib = (bytes: number): string => (bytes / MiB).toFixed(1)
 
 /** What the stalled run must show: the sender held back by TCP, the gateway's RSS bounded. */
 function checkStall (t: Test, who: string, stall: Stall, before: Memory, after: Memory): void {
-  t.notOk(stall.finished, `${who} stopped short of 200 MB: it sent ${mib(stall.sent)} MiB before its writes stalled`)
-  t.equal(stall.pending, WINDOW, `${who}'s last ${WINDOW} writes were not completed: it was held back by its socket, not slow`)
-  t.ok(stall.bufferedAmount > 0, `${who} had ${mib(stall.bufferedAmount)} MiB waiting in its socket (bufferedAmount)`)
+  t.notOk(stall.finished, `${who} is held back short of 200 MB (${stall.finished ? 'it sent all of it' : `its last ${stall.pending} writes waited ${QUIET} ms and more, after ${mib(stall.sent)} MiB`})`)
+  t.ok(stall.bufferedAmount >= (WINDOW - 1) * MESSAGE, `${who} was held back by its socket, not slow: ${mib(stall.bufferedAmount)} MiB waiting in it (bufferedAmount)`)
   const grew = after.rss - before.rss
   t.ok(grew < BOUND, `the gateway's RSS grew ${mib(grew)} MiB (${mib(before.rss)} -> ${mib(after.rss)}) while it held a stalled stream of ${mib(stall.sent)} MiB: less than ${mib(BOUND)}`)
 }
