@@ -18,7 +18,7 @@
 //    run opens its tunnels, warms up WSBENCH_WARMUP s (1), counts echoes for
 //    WSBENCH_DURATION s (3) and closes them; the gateway's CPU time over the
 //    run's echoes is its cost of a message. Then the plugin and http-proxy
-//    run side by side, both loaded at once on the gateway core they share (the
+//    run side by side, both loaded at once on the cores they share (the
 //    one whose tunnels start first turning each round), so whatever the
 //    machine does meanwhile falls on both alike; and http-proxy beside
 //    http-proxy'. http-proxy' is http-proxy again in a process of its own: its
@@ -420,7 +420,7 @@ async function echoPhase (settings: Settings, upstream: Child, client: Client, f
       }
     }
   }
-  // Side by side: two gateways loaded at once, sharing the gateway core, so
+  // Side by side: two gateways loaded at once, sharing the same cores, so
   // whatever the machine does meanwhile falls on both alike.
   const duels: Duel[] = []
   for (const [aName, bName] of DUELS) {
