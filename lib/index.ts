@@ -10,6 +10,7 @@ import { Metrics } from './metrics.js'
 import { UnknownUpstreamError } from './errors.js'
 import { renderStatus } from './status.js'
 import { routeUpgrades } from './upgrade.js'
+import { CLOSE_GRACE } from './tunnel.js'
 import { DEFAULTS } from './options/defaults.js'
 
 export type * from '../types/index.js'
@@ -92,13 +93,17 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   // Closing: health checks and outlier timers stop first, before in-flight requests drain.
   const gracefulClose = opts.gracefulClose
   const delay = gracefulClose === false ? DEFAULTS.gracefulClose.delay : gracefulClose.delay
+  const pluginTimeout = fastify.initialConfig.pluginTimeout ?? 10_000
   fastify.addHook('preClose', async () => {
     state.closing = true
     for (const u of list) u.stopHealth()
     beginClose(fastify)
     // Open tunnels may go on until the close's delay, then are closed (the server's close waits for their sockets).
+    // A hook that outlasts Fastify's pluginTimeout fails the close: the wait ends before it, with time for the close frames.
     if (state.closeBy === Infinity) state.closeBy = Date.now() + delay
-    await Promise.all(list.map(async (u) => { await u.closeTunnels(state.closeBy - Date.now()) }))
+    const bound = pluginTimeout > 0 ? Math.max(0, pluginTimeout - CLOSE_GRACE - 500) : Infinity
+    const wait = Math.min(state.closeBy - Date.now(), bound)
+    await Promise.all(list.map(async (u) => { await u.closeTunnels(wait) }))
   })
 
   let forget: (() => void) | null = null

@@ -350,18 +350,19 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   }
 
   /**
-   * The headers the upstream sees, as a flat list (`host` first: each attempt
-   * fills in its target's unless `keepHost`), with X-Forwarded-*; the app's
-   * `rewriteRequestHeaders` has the last word. `given`: the Host of the
+   * The headers the upstream sees, as a flat list, `host` first: its value is
+   * '' (each attempt fills in its target's) unless the app's
+   * `rewriteRequestHeaders` set a Host of its own, sent on every attempt; then
+   * X-Forwarded-*; the app's hook has the last word. `given`: the Host of the
    * target chosen, if one is.
    */
-  function headerList (request: FastifyRequest, headers: Headers, given: string | undefined): { list: unknown[], keepHost: boolean } {
+  function headerList (request: FastifyRequest, headers: Headers, given: string | undefined): unknown[] {
     const forwarded = {
       for: forwardedFor(headers['x-forwarded-for'], request.raw.socket.remoteAddress),
       proto: request.protocol,
       host: request.host
     }
-    if (userRewriteRequestHeaders === undefined) return { list: forwardHeaders(headers, forwarded), keepHost: false }
+    if (userRewriteRequestHeaders === undefined) return forwardHeaders(headers, forwarded)
     // The app's hook sees (and may change) every header that goes out, Host
     // as the request's target has it (none before the pool chose one).
     headers.host = given
@@ -371,19 +372,16 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     const out = userRewriteRequestHeaders(request, headers)
     const list = userHeaders(out)
     // A Host of its own: every attempt sends it (as NGINX's proxy_set_header Host).
-    if (out.host !== undefined && out.host !== given) {
-      list[1] = String(out.host)
-      return { list, keepHost: true }
-    }
-    return { list, keepHost: false }
+    if (out.host !== undefined && out.host !== given) list[1] = String(out.host)
+    return list
   }
 
   function rewriteRequestHeaders (request: FastifyRequest, headers: Headers): Headers {
     const raw = request.raw as LeasedMessage
     const lease = raw[kLease]
     const upstream = raw[kUpstream]!
-    const { list, keepHost } = headerList(request, headers, lease === undefined ? undefined : lease.target.host)
-    return new Carrier(lease, list, upstream, lease === undefined ? keyOf(upstream, request) : undefined, keepHost) as unknown as Headers
+    const list = headerList(request, headers, lease === undefined ? undefined : lease.target.host)
+    return new Carrier(lease, list, upstream, lease === undefined ? keyOf(upstream, request) : undefined, list[1] !== '') as unknown as Headers
   }
 
   /**
@@ -411,7 +409,8 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       return
     }
     const headers = { ...request.headers } as Headers
-    const { list, keepHost } = headerList(request, headers, lease.target.host)
+    const list = headerList(request, headers, lease.target.host)
+    const keepHost = list[1] !== ''
     list.push('connection', 'Upgrade')
     if (request.headers.upgrade !== undefined) list.push('upgrade', request.headers.upgrade)
     new Tunnel(upstream, lease, {

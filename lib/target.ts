@@ -85,7 +85,7 @@ export class Target implements Pickable {
   leased = 0
   /** Tunnels granted on this target (their upgrade under way, or open) and not yet released. */
   tunnels = 0
-  /** The tunnels open on it (a few, long-lived: a Set is cheap here). */
+  /** Its tunnels, upgrade under way or open (long-lived: a Set is cheap here). */
   readonly #open = new Set<OpenTunnel>()
   readonly #tunnelDrain: number
   #tunnelTimer: NodeJS.Timeout | null = null
@@ -217,7 +217,7 @@ export class Target implements Pickable {
     return this.#pool.busy + this.tunnels
   }
 
-  /** A tunnel's upgrade reached its 101: open until it closes, or until this target's drain time runs out. */
+  /** A tunnel on it (its upgrade under way, or open): until it closes, or until this target's drain time runs out. */
   tunnelOpened (tunnel: OpenTunnel): void {
     this.#open.add(tunnel)
   }
@@ -229,7 +229,7 @@ export class Target implements Pickable {
     this.settle()
   }
 
-  /** Closes every tunnel open on it now. */
+  /** Closes every tunnel on it now (an upgrade under way is ended). */
   closeTunnels (why: string): void {
     for (const t of [...this.#open]) t.close(why)
   }

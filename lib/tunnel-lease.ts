@@ -21,7 +21,7 @@ export interface TunnelOwner {
  * grant as a request's `Lease` but with no pooled connection: the tunnel
  * opens a connection of its own. `result()` once per attempt (it feeds the
  * target's state like any attempt), `next()` moves to another target after a
- * failure before the `101` (failover), `opened()` once the tunnel is up,
+ * failure before the `101` (failover), `watch()` once its tunnel exists (its target can close it), `opened()` at the 101,
  * `release()` once it is over.
  */
 export class TunnelLease implements PickContext<Target> {
@@ -62,19 +62,24 @@ export class TunnelLease implements PickContext<Target> {
     tried.push(this.target)
     const target = this.#owner.pick(this)
     if (target === undefined) return false
-    this.target.tunnelReleased(null)
+    this.target.tunnelReleased(this.#open)
     target.tunnels++
+    if (this.#open !== null) target.tunnelOpened(this.#open)
     this.target = target
     this.#ticket = target.begin()
     this.attempts++
     return true
   }
 
-  /** The tunnel is open (101 passed on): its target closes it when it leaves. */
-  opened (tunnel: OpenTunnel): void {
+  /** The tunnel the lease is for, from its upgrade on: its target closes it when it leaves (its upgrade too, if still under way). */
+  watch (tunnel: OpenTunnel): void {
     this.#open = tunnel
-    this.#openedAt = this.#owner.clock()
     this.target.tunnelOpened(tunnel)
+  }
+
+  /** The tunnel is open (101 passed on): timed from now. */
+  opened (): void {
+    this.#openedAt = this.#owner.clock()
   }
 
   /** Gives the slot back, once. */

@@ -11,6 +11,17 @@ import type { SssonectorError } from './errors.js'
 import { stripResponseHeaders } from './forward.js'
 import { FrameEdges, closeFrame } from './frames.js'
 
+/** Stands for the request once the tunnel is open (nothing reads it then). */
+const OPEN: TunnelRequest = Object.freeze({
+  upgrade: Object.freeze({ socket: null as unknown as Duplex, head: Buffer.alloc(0) }),
+  path: '',
+  method: '',
+  headers: [],
+  keepHost: false,
+  reply: null as unknown as FastifyReply,
+  fail: () => {}
+})
+
 /** Bytes of a client's kept before the 101 (its first frames); beyond them, its socket is paused. */
 const EARLY_LIMIT = 64 * 1024
 
@@ -64,7 +75,8 @@ export interface TunnelRequest {
 export class Tunnel implements OpenTunnel {
   readonly #upstream: Upstream
   readonly #lease: TunnelLease
-  readonly #req: TunnelRequest
+  /** What the upgrade needs until its 101; let go then, so an open tunnel keeps no request, reply or headers. */
+  #req: TunnelRequest
   readonly #client: Duplex
   #attempt: ClientRequest | null = null
   #target: Duplex | null = null
@@ -97,6 +109,7 @@ export class Tunnel implements OpenTunnel {
     client.on('data', this.#onEarly)
     client.once('end', this.#onClientGone)
     client.once('close', this.#onClientGone)
+    lease.watch(this)
   }
 
   /** Stops watching the client's socket for the handshake. */
@@ -270,6 +283,8 @@ export class Tunnel implements OpenTunnel {
     for (let i = 0; i < raw.length; i += 2) out += `${raw[i]}: ${raw[i + 1]}\r\n`
     client.write(`${out}\r\n`)
     const early = this.#early.length === 0 ? this.#req.upgrade.head : Buffer.concat([this.#req.upgrade.head, ...this.#early])
+    this.#early.length = 0
+    this.#req = OPEN
     if (String(res.headers.upgrade).toLowerCase() === 'websocket') {
       const up = new FrameEdges()
       const down = new FrameEdges()
@@ -281,7 +296,7 @@ export class Tunnel implements OpenTunnel {
     }
     if (head.length > 0) client.write(head)
     if (early.length > 0) socket.write(early)
-    lease.opened(this)
+    lease.opened()
     const close = (): void => { this.#closed() }
     client.once('close', close)
     socket.once('close', close)
@@ -311,8 +326,19 @@ export class Tunnel implements OpenTunnel {
     this.#closing = true
     const client = this.#client
     const target = this.#target
+    if (target === null) {
+      // Its upgrade is under way: it ends, and the client gets 503 CLOSED (nothing said of the target).
+      const attempt = this.#attempt
+      this.#attempt = null
+      this.#lease.result({ category: 'no_target', status: 0, latency: this.#latency() })
+      this.#finish(null)
+      this.#req.fail(this.#upstream.closedError() as SssonectorError)
+      // With an error, so its 'error' handler ends the attempt on its target.
+      attempt?.destroy(new ClientAbortError(`tunnel closed during its upgrade: ${why}`))
+      return
+    }
     const edges = this.#edges
-    if (target === null || edges === null) {
+    if (edges === null) {
       client.destroy()
       target?.destroy()
       return

@@ -188,3 +188,39 @@ t.test('another protocol than websocket is tunnelled too; tunnelIdle closes it b
   t.equal(gw.app.sssonector.upstream('echo').stats().upgrades.ok, 1)
   t.equal(gw.app.sssonector.upstream('echo').stats().tunnels, 0, 'closed when idle, slot back')
 })
+
+t.test('app.close() ends an upgrade still under way at the end of its delay: the client gets 503, the target nothing against it', async (t) => {
+  const server = http.createServer()
+  let arrived!: () => void
+  const upgradeArrived = new Promise<void>((resolve) => { arrived = resolve })
+  const held: net.Socket[] = []
+  server.on('upgrade', (_req, socket: net.Socket) => {
+    held.push(socket)
+    socket.resume()
+    socket.once('end', () => { socket.destroy() })
+    arrived()
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const s of held) s.destroy()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const gw = await startGateway(t, {
+    upstreams: { chat: { targets: [origin] } },
+    routes: [{ prefix: '/chat', upstream: 'chat', websocket: true }],
+    gracefulClose: { delay: '300ms' }
+  })
+  const answer = refusal(wsUrl(gw.url, '/chat'))
+  await upgradeArrived
+  const start = Date.now()
+  await gw.app.close()
+  const e = await answer
+  t.equal(e.statusCode, 503)
+  t.match(JSON.parse(e.body), { code: 'FST_SSSONECTOR_CLOSED' })
+  t.ok(Date.now() - start < 3000, 'at the end of the delay, not at timeouts.headers (30 s)')
+  const stats = gw.app.sssonector.upstream('chat').stats()
+  t.same(stats.targets[0].errors, {}, 'nothing against the target')
+  t.equal(stats.tunnels, 0)
+  t.equal(stats.upgrades.rejected, 1)
+})

@@ -176,3 +176,40 @@ t.test('SIGTERM with open tunnels: they go on during the drain, get 1001 at its 
   await targetClosed
   t.same(seen, [1001, 1001], 'the target got 1001 for each')
 })
+
+t.test('setTargets drains the tunnels of the targets it drops, as removeTarget does', async (t) => {
+  const a = await named(t, 'a')
+  const b = await named(t, 'b')
+  const gw = await startGateway(t, {
+    upstreams: { chat: { targets: [a.url, b.url], balance: 'round-robin', timeouts: { tunnelDrain: '300ms' } } },
+    routes: [{ prefix: '/chat', upstream: 'chat', websocket: true }]
+  })
+  const open = [await land(wsUrl(gw.url, '/chat')), await land(wsUrl(gw.url, '/chat'))]
+  const onA = open.find((o) => o.name === 'a')!.ws
+  const onB = open.find((o) => o.name === 'b')!.ws
+  const set = gw.app.sssonector.upstream('chat').setTargets([b.url])
+  const later = await land(wsUrl(gw.url, '/chat'))
+  t.equal(later.name, 'b', 'a new tunnel goes to the target kept')
+  t.same(await closed(onA), { code: 1001, reason: 'going away' }, 'the dropped target\'s tunnel gets 1001 at the end of tunnelDrain')
+  await set
+  t.equal(await echo(onB, 'kept'), 'kept', 'the kept target\'s tunnel goes on')
+  t.same(gw.app.sssonector.upstream('chat').stats().targets.map((x) => [x.url, x.tunnels]), [[b.url, 2]])
+  onB.close()
+  later.ws.close()
+  await Promise.all([closed(onB), closed(later.ws)])
+})
+
+t.test('app.close() with open tunnels ends its wait before Fastify\'s pluginTimeout would fail the close', async (t) => {
+  const up = await named(t, 'up')
+  const gw = await startGateway(t, {
+    upstreams: { chat: { targets: [up.url] } },
+    routes: [{ prefix: '/chat', upstream: 'chat', websocket: true }]
+  }, undefined, { pluginTimeout: 2500 })
+  const { ws } = await land(wsUrl(gw.url, '/chat'))
+  const start = Date.now()
+  const gone = closed(ws)
+  await gw.app.close()
+  const took = Date.now() - start
+  t.same(await gone, { code: 1001, reason: 'going away' })
+  t.ok(took >= 900 && took < 2500, `closed after pluginTimeout less 1.5 s, not the 10 s delay, and without an error (${took} ms)`)
+})
