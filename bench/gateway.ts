@@ -1,4 +1,4 @@
-// A gateway for the benchmark, run in its own process by run.ts: Fastify on
+// A gateway for the benchmark, run in its own process by run.ts (and ws.ts): Fastify on
 // 127.0.0.1:0 (logger off) proxying the scenario's prefix to its targets,
 // either with plain @fastify/http-proxy or with this plugin.
 import Fastify from 'fastify'
@@ -13,22 +13,23 @@ const builders: Record<GatewayKind, Builder> = {
   'http-proxy': async (app, config) => {
     const { default: proxy } = await import('@fastify/http-proxy')
     if (config.targets.length === 1) {
-      await app.register(proxy, { upstream: config.targets[0]!, prefix: config.prefix })
+      await app.register(proxy, { upstream: config.targets[0]!, prefix: config.prefix, websocket: config.websocket === true })
     } else {
       // http-proxy takes one upstream URL: balance several with undici's
       // BalancedPool (every target then sees the first target's Host)
       const { BalancedPool } = await import('undici')
       const pool = new BalancedPool(config.targets)
       app.addHook('onClose', async () => { await pool.close() })
-      await app.register(proxy, { upstream: config.targets[0]!, undici: pool, prefix: config.prefix })
+      await app.register(proxy, { upstream: config.targets[0]!, undici: pool, prefix: config.prefix, websocket: config.websocket === true })
     }
   },
   // loaded only in its own child, so a plugin that fails to load fails this arm alone
   sssonector: async (app, config) => {
     const { default: sssonectorPool } = await import('../lib/index.js')
     await app.register(sssonectorPool, {
-      upstreams: { bench: { targets: config.targets } },
-      routes: [{ prefix: config.prefix, upstream: 'bench' }],
+      // the WebSocket benchmark opens up to 200,000 idle tunnels (WSBENCH_IDLE), past the default maxTunnels
+      upstreams: { bench: { targets: config.targets, ...(config.websocket === true ? { pool: { maxTunnels: 200_000 } } : {}) } },
+      routes: [{ prefix: config.prefix, upstream: 'bench', ...(config.websocket === true ? { websocket: true } : {}) }],
       metrics: false,
       gracefulClose: false
     })

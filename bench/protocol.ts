@@ -25,6 +25,22 @@ export interface UsageMessage {
   connections?: number
   /** requests received so far (servers that count them) */
   requests?: number
+  /** connections open now (servers that count them) */
+  open?: number
+}
+
+/**
+ * A child's answer to `{ type: 'memory' }`: what it holds now, after two
+ * collections when it runs with --expose-gc. Bytes.
+ */
+export interface MemoryMessage {
+  type: 'memory'
+  rss: number
+  heapUsed: number
+  external: number
+  arrayBuffers: number
+  /** whether the figures follow a full collection */
+  collected: boolean
 }
 
 /** Sent by a child started in standby: it waits for `{ type: 'listen' }` before listening. */
@@ -32,20 +48,20 @@ export interface StandbyMessage {
   type: 'standby'
 }
 
-export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage | StandbyMessage
+export type ChildMessage = ReadyMessage | FailedMessage | UsageMessage | StandbyMessage | MemoryMessage
 
-export type ParentMessage = { type: 'usage' } | { type: 'stop' } | { type: 'listen' }
+export type ParentMessage = { type: 'usage' } | { type: 'stop' } | { type: 'listen' } | { type: 'memory' }
 
 export function isChildMessage (value: unknown): value is ChildMessage {
   if (typeof value !== 'object' || value === null) return false
   const type = (value as { type?: unknown }).type
-  return type === 'ready' || type === 'failed' || type === 'usage' || type === 'standby'
+  return type === 'ready' || type === 'failed' || type === 'usage' || type === 'standby' || type === 'memory'
 }
 
 export function isParentMessage (value: unknown): value is ParentMessage {
   if (typeof value !== 'object' || value === null) return false
   const type = (value as { type?: unknown }).type
-  return type === 'usage' || type === 'stop' || type === 'listen'
+  return type === 'usage' || type === 'stop' || type === 'listen' || type === 'memory'
 }
 
 /** Sends a message to the parent, if there still is one. */
@@ -54,7 +70,7 @@ export function toParent (message: ChildMessage): void {
 }
 
 /** The usage numbers of this process, as sent to the parent. */
-export function usage (connections?: number, requests?: number): UsageMessage {
+export function usage (connections?: number, requests?: number, open?: number): UsageMessage {
   const cpu = process.cpuUsage()
   return {
     type: 'usage',
@@ -62,8 +78,22 @@ export function usage (connections?: number, requests?: number): UsageMessage {
     cpuUser: cpu.user,
     cpuSystem: cpu.system,
     ...(connections !== undefined ? { connections } : {}),
-    ...(requests !== undefined ? { requests } : {})
+    ...(requests !== undefined ? { requests } : {}),
+    ...(open !== undefined ? { open } : {})
   }
+}
+
+/** What this process holds now; collected twice first when `gc` is exposed (--expose-gc). */
+export async function memory (): Promise<MemoryMessage> {
+  const gc = (globalThis as { gc?: () => void }).gc
+  if (gc !== undefined) {
+    gc()
+    // a turn of the loop between the two, for what the first one's finalizers let go
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+  }
+  const m = process.memoryUsage()
+  return { type: 'memory', rss: m.rss, heapUsed: m.heapUsed, external: m.external, arrayBuffers: m.arrayBuffers, collected: gc !== undefined }
 }
 
 /** Tells the parent this child is in standby, and resolves on its `listen` message. */
@@ -91,12 +121,15 @@ export interface Started {
   connections?: () => number
   /** requests received so far, reported with the usage numbers */
   requests?: () => number
+  /** connections open now, reported with the usage numbers */
+  open?: () => number
 }
 
 export function childMain<T> (start: (config: T) => Promise<Started>): void {
   let close: (() => Promise<void>) | null = null
   let connections: (() => number) | undefined
   let requests: (() => number) | undefined
+  let open: (() => number) | undefined
   let stopping = false
 
   const stop = (): void => {
@@ -111,7 +144,8 @@ export function childMain<T> (start: (config: T) => Promise<Started>): void {
   process.on('SIGTERM', stop)
   process.on('message', (message: unknown) => {
     if (!isParentMessage(message)) return
-    if (message.type === 'usage') toParent(usage(connections?.(), requests?.()))
+    if (message.type === 'usage') toParent(usage(connections?.(), requests?.(), open?.()))
+    else if (message.type === 'memory') memory().then(toParent, () => {})
     else if (message.type === 'stop') stop()
   })
 
@@ -126,6 +160,7 @@ export function childMain<T> (start: (config: T) => Promise<Started>): void {
     close = started.close
     connections = started.connections
     requests = started.requests
+    open = started.open
     if (stopping) {
       stopping = false
       stop()

@@ -170,6 +170,8 @@ export interface GatewayConfig {
   kind: GatewayKind
   targets: string[]
   prefix: string
+  /** proxy WebSocket upgrades on the prefix too (http-proxy's `websocket: true`; bench/ws.ts) */
+  websocket?: boolean
 }
 
 /** The config an upstream child gets as its argv[2], in JSON. */
