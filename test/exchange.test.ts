@@ -2,7 +2,7 @@ import t from 'tap'
 import type { Dispatcher } from 'undici'
 import { Upstream } from '../lib/upstream.js'
 import { resolveOptions } from '../lib/options/index.js'
-import { FakeClient, fakeFactory, nextDispatch } from './helpers/fake-client.js'
+import { FakeClient, dispatchAt, dispatchCount, fakeFactory } from './helpers/fake-client.js'
 import { admit, send, settled } from './helpers/leases.js'
 
 function upstream (extra: Record<string, unknown> = {}, n = 2): { up: Upstream, made: FakeClient[] } {
@@ -73,12 +73,14 @@ t.test('a retriable 503 is kept while its retry is tried, and passed on as it ca
   const lease = admit(up)!
   const r = recorder()
   send(lease, r)
+  // The retries' dispatches, counted from here (a backoff may end before the test looks).
+  const first = dispatchCount()
   made[0].complete(503, Buffer.from('busy'), { 'x-from': 'upstream' })
   await settled()
   // One target, which just answered 503: the retry looks again after backoffs, finds it again (a tried target
   // may be taken after a backoff), and it answers 503 once more, until the attempts run out.
   for (let i = 0; i < 3; i++) {
-    const client = await nextDispatch()
+    const client = await dispatchAt(first + i)
     client.complete(503, Buffer.from(`busy ${i}`), { 'x-from': 'upstream' })
     await settled()
   }

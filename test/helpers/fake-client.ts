@@ -47,6 +47,7 @@ export class FakeClient extends EventEmitter implements ConnectionClient {
 
   dispatch (opts: Dispatcher.DispatchOptions, handler: Handler): boolean {
     if (this.inflight.length > 0) throw new Error('two attempts at once on one connection')
+    dispatchLog.push(this)
     queueMicrotask(() => { dispatches.emit('dispatch', this) })
     if (this.destroyed) {
       fail(handler, null, Object.assign(new Error('The client is destroyed'), { code: 'UND_ERR_DESTROYED' }))
@@ -115,9 +116,20 @@ export function fakeFactory (made: FakeClient[]): ConnectionFactory {
 
 /** Tells of every attempt dispatched on a stand-in client. */
 const dispatches = new EventEmitter()
+/** Every stand-in client an attempt was dispatched on, in order (a dispatch is logged as it happens). */
+const dispatchLog: FakeClient[] = []
 
-/** Resolves with the next stand-in client an attempt is dispatched on. */
-export async function nextDispatch (): Promise<FakeClient> {
-  const [client] = await once(dispatches, 'dispatch') as [FakeClient]
-  return client
+/** How many attempts were dispatched so far: the index the next one will have. */
+export function dispatchCount (): number {
+  return dispatchLog.length
+}
+
+/**
+ * Resolves with the client of the n-th dispatch (0-based, see dispatchCount),
+ * at once when it already happened: a retry whose backoff fired while the
+ * test awaited something else is not missed.
+ */
+export async function dispatchAt (n: number): Promise<FakeClient> {
+  while (dispatchLog.length <= n) await once(dispatches, 'dispatch')
+  return dispatchLog[n]
 }
