@@ -6,6 +6,7 @@ import { readFileSync } from 'node:fs'
 import type { AddressInfo } from 'node:net'
 import { WebSocket, WebSocketServer } from 'ws'
 import { startGateway } from './helpers/servers.js'
+import type { Teardown } from './helpers/servers.js'
 import { closed, nextMessage, openWs, startWsUpstream } from './helpers/ws.js'
 import { FrameEdges, closeFrame } from '../lib/frames.js'
 import { underPrefixes } from '../lib/upgrade.js'
@@ -16,6 +17,26 @@ const key = readFileSync(new URL('./fixtures/key.pem', import.meta.url))
 const wsUrl = (httpUrl: string, path: string): string => `${httpUrl.replace('http', 'ws')}${path}`
 const refusal = async (url: string): Promise<{ statusCode: number, headers: Record<string, string>, body: string }> =>
   await openWs(url).then(() => { throw new Error('opened') }, (e: { statusCode: number, headers: Record<string, string>, body: string }) => e)
+
+/** A target that takes upgrade requests and never answers them, holding their sockets (reading, it sees the gateway's end). */
+async function holdingTarget (t: Teardown): Promise<{ origin: string, held: net.Socket[], upgradeArrived: Promise<void> }> {
+  const server = http.createServer()
+  let arrived!: () => void
+  const upgradeArrived = new Promise<void>((resolve) => { arrived = resolve })
+  const held: net.Socket[] = []
+  server.on('upgrade', (_req, socket: net.Socket) => {
+    held.push(socket)
+    socket.resume()
+    socket.once('end', () => { socket.destroy() })
+    arrived()
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(async () => {
+    for (const s of held) s.destroy()
+    await new Promise((resolve) => server.close(resolve))
+  })
+  return { origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, held, upgradeArrived }
+}
 
 t.test('an https target: the upgrade goes over TLS with the upstream\'s tls options (a self-signed certificate refused without tls.ca)', async (t) => {
   const server = https.createServer({ cert, key })
@@ -70,23 +91,7 @@ t.test('a target that never answers the upgrade: timeouts.headers ends it with 5
 })
 
 t.test('a client that leaves during the upgrade frees its slot and says nothing of the target', async (t) => {
-  const server = http.createServer()
-  let arrived!: () => void
-  const upgradeArrived = new Promise<void>((resolve) => { arrived = resolve })
-  const held: net.Socket[] = []
-  server.on('upgrade', (_req, socket: net.Socket) => {
-    held.push(socket)
-    // Reading, it sees the gateway's end.
-    socket.resume()
-    socket.once('end', () => { socket.destroy() })
-    arrived()
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const s of held) s.destroy()
-    await new Promise((resolve) => server.close(resolve))
-  })
-  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { origin, held, upgradeArrived } = await holdingTarget(t)
   const gw = await startGateway(t, {
     upstreams: { chat: { targets: [origin] } },
     routes: [{ prefix: '/chat', upstream: 'chat', websocket: true }]
@@ -190,22 +195,7 @@ t.test('another protocol than websocket is tunnelled too; tunnelIdle closes it b
 })
 
 t.test('app.close() ends an upgrade still under way at the end of its delay: the client gets 503, the target nothing against it', async (t) => {
-  const server = http.createServer()
-  let arrived!: () => void
-  const upgradeArrived = new Promise<void>((resolve) => { arrived = resolve })
-  const held: net.Socket[] = []
-  server.on('upgrade', (_req, socket: net.Socket) => {
-    held.push(socket)
-    socket.resume()
-    socket.once('end', () => { socket.destroy() })
-    arrived()
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(async () => {
-    for (const s of held) s.destroy()
-    await new Promise((resolve) => server.close(resolve))
-  })
-  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const { origin, upgradeArrived } = await holdingTarget(t)
   const gw = await startGateway(t, {
     upstreams: { chat: { targets: [origin] } },
     routes: [{ prefix: '/chat', upstream: 'chat', websocket: true }],
