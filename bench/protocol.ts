@@ -177,3 +177,23 @@ function fail (err: unknown): void {
   if (process.send !== undefined && process.connected) process.send({ type: 'failed', error } satisfies FailedMessage, exit)
   else exit()
 }
+
+/**
+ * Asks a child to stop (a `stop` message over IPC, else SIGTERM) and waits for
+ * its exit; past `timeout` ms it is killed by its PID.
+ */
+export async function stopProcess (cp: import('node:child_process').ChildProcess, timeout: number): Promise<void> {
+  const exited = new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      cp.kill('SIGKILL')
+      resolve()
+    }, timeout)
+    cp.once('exit', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+  })
+  if (cp.connected) cp.send({ type: 'stop' }, () => {})
+  else cp.kill('SIGTERM')
+  await exited
+}

@@ -35,7 +35,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage } from './protocol.js'
+import { isChildMessage, stopProcess } from './protocol.js'
 import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
 import { runAtRate, stopAllRate } from './open-loop.js'
@@ -337,19 +337,7 @@ async function procPeakRss (pid: number | undefined): Promise<number | null> {
 async function stopChild (child: Child): Promise<void> {
   const cp = child.process
   if (child.exit === null) {
-    const exited = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        cp.kill('SIGKILL')
-        resolve()
-      }, STOP_TIMEOUT)
-      cp.once('exit', () => {
-        clearTimeout(timer)
-        resolve()
-      })
-    })
-    if (cp.connected) cp.send({ type: 'stop' }, () => {})
-    else cp.kill('SIGTERM')
-    await exited
+    await stopProcess(cp, STOP_TIMEOUT)
   }
   children.delete(cp)
 }

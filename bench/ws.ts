@@ -48,7 +48,7 @@ import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage } from './protocol.js'
+import { isChildMessage, stopProcess } from './protocol.js'
 import type { MemoryMessage, UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
@@ -256,19 +256,7 @@ async function ask (child: Child, type: 'usage' | 'memory'): Promise<UsageMessag
 async function stopChild (child: Child): Promise<void> {
   const cp = child.process
   if (child.exit === null && cp.exitCode === null && cp.signalCode === null) {
-    const exited = new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        cp.kill('SIGKILL')
-        resolve()
-      }, STOP_TIMEOUT)
-      cp.once('exit', () => {
-        clearTimeout(timer)
-        resolve()
-      })
-    })
-    if (cp.connected) cp.send({ type: 'stop' }, () => {})
-    else cp.kill('SIGTERM')
-    await exited
+    await stopProcess(cp, STOP_TIMEOUT)
   }
   children.delete(cp)
 }
