@@ -16,7 +16,8 @@
 // Environment: COST_REQUESTS (N, 4000), COST_WARMUP (W, 4000),
 // COST_CONNECTIONS (8), COST_BODY (bytes: POSTs with a body that large, 0: GETs),
 // COST_ANSWER (bytes of each answer, 100), COST_ARMS (http-proxy,sssonector; also
-// http-proxy-balanced,sssonector-balanced), COST_KEEP (1: keep the callgrind
+// http-proxy-balanced,sssonector-balanced, and bare, bare-balanced: the bare
+// Node proxy of bench/bare.ts), COST_KEEP (1: keep the callgrind
 // files, for callgrind_annotate).
 import { spawn, spawnSync } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
@@ -41,7 +42,9 @@ const ARMS: CostArm[] = [
   { name: 'http-proxy', kind: 'http-proxy', targets: 1 },
   { name: 'sssonector', kind: 'sssonector', targets: 1 },
   { name: 'http-proxy-balanced', kind: 'http-proxy', targets: 3 },
-  { name: 'sssonector-balanced', kind: 'sssonector', targets: 3 }
+  { name: 'sssonector-balanced', kind: 'sssonector', targets: 3 },
+  { name: 'bare', kind: 'bare', targets: 1 },
+  { name: 'bare-balanced', kind: 'bare', targets: 3 }
 ]
 
 function intFromEnv (name: string, fallback: number, min: number, max: number): number {

@@ -1,15 +1,17 @@
 // A gateway for the benchmark, run in its own process by run.ts (and ws.ts): Fastify on
 // 127.0.0.1:0 (logger off) proxying the scenario's prefix to its targets,
-// either with plain @fastify/http-proxy or with this plugin.
+// either with plain @fastify/http-proxy or with this plugin; or the bare Node
+// proxy (bare.ts), with no framework.
 import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
 import type { AddressInfo } from 'node:net'
 import { childMain } from './protocol.js'
+import { startBare } from './bare.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
 
 type Builder = (app: FastifyInstance, config: GatewayConfig) => Promise<void>
 
-const builders: Record<GatewayKind, Builder> = {
+const builders: Record<Exclude<GatewayKind, 'bare'>, Builder> = {
   'http-proxy': async (app, config) => {
     const { default: proxy } = await import('@fastify/http-proxy')
     if (config.targets.length === 1) {
@@ -37,6 +39,7 @@ const builders: Record<GatewayKind, Builder> = {
 }
 
 childMain<GatewayConfig>(async (config) => {
+  if (config.kind === 'bare') return await startBare(config.targets)
   const build = builders[config.kind]
   if (build === undefined) throw new Error(`unknown gateway kind ${JSON.stringify(config.kind)}`)
   const app = Fastify({ logger: false })

@@ -5,7 +5,7 @@
 // behaviour, one case in upstream.ts.
 
 /** The gateways a child process can run (see gateway.ts). */
-export type GatewayKind = 'http-proxy' | 'sssonector'
+export type GatewayKind = 'http-proxy' | 'sssonector' | 'bare'
 
 export interface ArmDefinition {
   name: string
@@ -23,7 +23,9 @@ export const arms: readonly ArmDefinition[] = [
   { name: 'sssonector', description: 'Fastify + fastify-sssonector, one target', via: 'sssonector', targets: 'one' },
   { name: 'http-proxy-balanced', description: 'Fastify + @fastify/http-proxy over undici BalancedPool, three targets', via: 'http-proxy', targets: 'all' },
   { name: "http-proxy-balanced'", description: 'the same as http-proxy-balanced, in a process of its own: the noise figure', via: 'http-proxy', targets: 'all' },
-  { name: 'sssonector-balanced', description: 'Fastify + fastify-sssonector, three targets, default options', via: 'sssonector', targets: 'all' }
+  { name: 'sssonector-balanced', description: 'Fastify + fastify-sssonector, three targets, default options', via: 'sssonector', targets: 'all' },
+  { name: 'bare', description: 'node:http + an undici Pool, no framework (bench/bare.ts), one target: Node\'s ceiling', via: 'bare', targets: 'one' },
+  { name: 'bare-balanced', description: 'node:http + one undici Pool per target, round robin, three targets: Node\'s ceiling', via: 'bare', targets: 'all' }
 ]
 
 /** What one upstream child does with each request (see upstream.ts). */
@@ -81,7 +83,9 @@ export interface Scenario {
 }
 
 const SMALL = 100
-const ONE_TARGET = ['direct', 'http-proxy', 'sssonector', "http-proxy'"]
+const ONE_TARGET = ['direct', 'http-proxy', 'sssonector', 'bare', "http-proxy'"]
+/** The plugin against plain http-proxy, and against the bare Node proxy (its ceiling). */
+const ONE_TARGET_PAIRS: Array<[string, string]> = [['http-proxy', 'sssonector'], ['bare', 'sssonector']]
 const THREE_TARGETS = ['http-proxy-balanced', 'sssonector-balanced', "http-proxy-balanced'"]
 const BALANCED_PAIR: Array<[string, string]> = [['http-proxy-balanced', 'sssonector-balanced']]
 const BALANCED_NOISE: [string, string] = ['http-proxy-balanced', "http-proxy-balanced'"]
@@ -103,8 +107,8 @@ export const scenarios: readonly Scenario[] = [
     targets: [ok, ok, ok],
     prefix: '/',
     request: { method: 'GET', path: '/hello' },
-    arms: ['direct', 'http-proxy', 'sssonector', 'http-proxy-balanced', 'sssonector-balanced', "http-proxy'"],
-    pairs: [['http-proxy', 'sssonector'], ...BALANCED_PAIR],
+    arms: ['direct', 'http-proxy', 'sssonector', 'bare', 'http-proxy-balanced', 'sssonector-balanced', 'bare-balanced', "http-proxy'"],
+    pairs: [...ONE_TARGET_PAIRS, ...BALANCED_PAIR, ['bare-balanced', 'sssonector-balanced']],
     noise: ['http-proxy', "http-proxy'"],
     rate: true,
     duels: [['http-proxy', 'sssonector'], ['http-proxy-balanced', 'sssonector-balanced'], ['http-proxy', "http-proxy'"]]
@@ -147,7 +151,7 @@ export const scenarios: readonly Scenario[] = [
       body: 'x'.repeat(64 * 1024)
     },
     arms: ONE_TARGET,
-    pairs: [['http-proxy', 'sssonector']],
+    pairs: ONE_TARGET_PAIRS,
     noise: ['http-proxy', "http-proxy'"],
     duels: [['http-proxy', 'sssonector'], ['http-proxy', "http-proxy'"]]
   },
@@ -158,7 +162,7 @@ export const scenarios: readonly Scenario[] = [
     prefix: '/',
     request: { method: 'GET', path: '/big' },
     arms: ONE_TARGET,
-    pairs: [['http-proxy', 'sssonector']],
+    pairs: ONE_TARGET_PAIRS,
     noise: ['http-proxy', "http-proxy'"],
     duels: [['http-proxy', 'sssonector'], ['http-proxy', "http-proxy'"]],
     connections: 10
