@@ -85,7 +85,9 @@ export class Lease implements ExchangeRecord {
     const conn = this.#conn
     if (conn === null || this.released) {
       // One dispatch per lease: a second one (a caller's own retry) gets a lease of its own.
-      handler.onError?.(new PoolExhaustedError(this.#owner.name))
+      const err = new PoolExhaustedError(this.#owner.name)
+      if (typeof handler.onResponseError === 'function') handler.onResponseError(undefined as unknown as Dispatcher.DispatchController, err)
+      else handler.onError?.(err)
       return false
     }
     this.#conn = null

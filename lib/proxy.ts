@@ -16,10 +16,12 @@ import type { Upgrade } from './tunnel.js'
 import type { Target } from './target.js'
 import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
-import { forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
+import { connectionListed, forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
 import { BufferedBody, prefetch } from './request-body.js'
 import { kKeepHost } from './exchange.js'
 import { hash32 } from './balancer.js'
+import { Relay, hasOnSend } from './relay.js'
+import type { RelayRoute } from './relay.js'
 
 const kLease = Symbol('sssonector.lease')
 const kWaiter = Symbol('sssonector.waiter')
@@ -90,6 +92,29 @@ class RouteDispatcher extends Dispatcher {
   // reply-from never closes a dispatcher it was given; the upstream's lifecycle is the plugin's.
   override async close (): Promise<void> {}
   override async destroy (): Promise<void> {}
+}
+
+/**
+ * A destination path as the upstream receives it: as given when it is plain
+ * (what nearly every request has), else as WHATWG URL parsing leaves it (dot
+ * segments resolved, characters a path may not hold percent-encoded), as
+ * reply-from sends it.
+ */
+const PLAIN_PATH = /^\/[\w\-.~!$&'()*+,;=:@/%]*$/
+const DOT_SEGMENT = /\/(\.|%2e)/i
+
+function upstreamPath (dest: string): string {
+  if (PLAIN_PATH.test(dest) && !DOT_SEGMENT.test(dest)) return dest
+  return new URL(dest.startsWith('//') ? '.' + dest : dest, PLACEHOLDER).pathname
+}
+
+/** Headers without `Connection` and those it names, as reply-from hands them to an app's `rewriteRequestHeaders`. */
+function withoutConnection (headers: Headers): Headers {
+  const connection = headers.connection
+  if (connection === undefined) return headers
+  delete headers.connection
+  for (const name of connectionListed(connection)) delete headers[name]
+  return headers
 }
 
 /** Chooses a route's upstream per request: its name, the app's function, or a weighted split (sticky by key). */
@@ -436,6 +461,50 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     sendError(reply, toUpstreamError(error.cause ?? error))
   }
 
+  /**
+   * The route's handler (in place of @fastify/http-proxy's call to
+   * `reply.from()`), once http-proxy has rewritten and checked the path: the
+   * request goes out on its lease and the answer comes back through a Relay,
+   * with no URL, header object or stream built on the way. reply-from still
+   * serves the reply options only it implements (`onResponse`, `queryString`,
+   * `method`, `body`, `contentType`), a body the app parsed, and a
+   * `reply.from()` the app calls itself.
+   */
+  const logRequests = userOpts.disableRequestLogging === false
+  let relayRoute: RelayRoute | null = null
+  const timeout = userReply.timeout as number | undefined
+  function forward (request: FastifyRequest, reply: FastifyReply, dest: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] }): unknown {
+    const raw = request.raw as LeasedMessage
+    const lease = raw[kLease]
+    const body = request.body as (Readable & { buffer?: Buffer }) | null | undefined
+    if (lease === undefined || (body != null && typeof body.pipe !== 'function')) {
+      return (reply as unknown as { from: (source: string, opts: object) => unknown }).from(dest, options)
+    }
+    if (logRequests) request.log.info({ source: dest }, 'fetching from remote server')
+    const url = raw.url!
+    const q = url.indexOf('?')
+    const path = q === -1 ? upstreamPath(dest) : upstreamPath(dest) + url.slice(q)
+    const headers = userRewriteRequestHeaders === undefined ? request.headers as Headers : withoutConnection({ ...request.headers } as Headers)
+    const list = headerList(request, headers, lease.target.host)
+    const opts: Dispatcher.DispatchOptions & { [kKeepHost]?: boolean } = {
+      origin: lease.target.origin,
+      path,
+      method: raw.method as Dispatcher.HttpMethod,
+      headers: list as string[],
+      body: body == null ? null : body instanceof BufferedBody ? body.buffer : body
+    }
+    if (timeout !== undefined) {
+      opts.headersTimeout = timeout
+      opts.bodyTimeout = timeout
+    }
+    if (list[1] !== '') opts[kKeepHost] = true
+    relayRoute ??= { rewriteHeaders: options.rewriteHeaders, fail: sendError, logRequests }
+    lease.dispatch(opts, new Relay(relayRoute, request, reply, !hasOnSend(request)))
+    return undefined
+  }
+  const lean = userOpts.handler === undefined && userReply.onResponse === undefined && userReply.queryString === undefined &&
+    userReply.method === undefined && userReply.body === undefined && userReply.contentType === undefined
+
   const replyOptions = {
     ...userReply,
     rewriteRequestHeaders,
@@ -453,6 +522,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     undici: dispatcher,
     disableRequestLogging: userOpts.disableRequestLogging ?? true,
     preHandler: (userPreHandler === undefined ? admit : [prepareOnly, userPreHandler, acquire]) as preHandlerHookHandler,
+    ...(lean ? { handler: forward } : {}),
     replyOptions
   } as unknown as Parameters<typeof httpProxy>[1]
   // In a scope of its own, where the refusals the upstream logs are answered without a line per request.
