@@ -14,6 +14,16 @@ const NOT_FORWARDED = new Set([
 
 /** Response headers never passed to the client. */
 const HOP_BY_HOP_RESPONSE = ['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'proxy-authenticate', 'transfer-encoding']
+const HOP_BY_HOP_RESPONSE_SET: ReadonlySet<string> = new Set(HOP_BY_HOP_RESPONSE)
+
+/**
+ * Whether a response header describes only the upstream's connection: a
+ * hop-by-hop one, or one its `Connection` header names (`listed`, from
+ * `connectionListed`).
+ */
+export function hopByHopResponse (name: string, listed: readonly string[]): boolean {
+  return HOP_BY_HOP_RESPONSE_SET.has(name) || (listed.length !== 0 && listed.includes(name))
+}
 
 const NONE: readonly string[] = Object.freeze([])
 

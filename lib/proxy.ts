@@ -498,7 +498,12 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       opts.bodyTimeout = timeout
     }
     if (list[1] !== '') opts[kKeepHost] = true
-    relayRoute ??= { rewriteHeaders: options.rewriteHeaders, fail: sendError, logRequests }
+    relayRoute ??= {
+      rewriteHeaders: options.rewriteHeaders,
+      get verbatim () { return userRewriteHeaders === undefined && !app.closing },
+      fail: sendError,
+      logRequests
+    }
     lease.dispatch(opts, new Relay(relayRoute, request, reply, !hasOnSend(request)))
     return undefined
   }

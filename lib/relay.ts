@@ -3,6 +3,7 @@ import type { IncomingHttpHeaders, ServerResponse } from 'node:http'
 import type { Dispatcher } from 'undici'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ProtocolError, toUpstreamError } from './errors.js'
+import { connectionListed, hopByHopResponse } from './forward.js'
 import type { SssonectorError } from './errors.js'
 
 type Controller = Dispatcher.DispatchController
@@ -52,6 +53,12 @@ function sanitize (headers: Headers): void {
 export interface RelayRoute {
   /** Rewrites the upstream's headers in place or returns new ones (hop-by-hop rules, Location, the app's hook). */
   rewriteHeaders: (headers: Headers, request: FastifyRequest) => Headers
+  /**
+   * Whether an answer with no `Location` may go out with the upstream's headers
+   * as they came, its hop-by-hop ones left out: `rewriteHeaders` would change
+   * nothing else (no hook of the app's, the app not closing).
+   */
+  readonly verbatim: boolean
   /** Answers a failure that came before the answer's head (502/503/504 with its code). */
   fail: (reply: FastifyReply, err: SssonectorError) => void
   /** Logs what reply-from logs when a route turns request logging on. */
@@ -138,15 +145,25 @@ export class Relay implements Dispatcher.DispatchHandler {
       return
     }
     if (this.#route.logRequests) request.log.info('response received')
-    let headers = this.#route.rewriteHeaders(upstreamHeaders as Headers, request)
     // An HTTP/1.1 connection whose request body was not read cannot carry another request.
-    if (!request.raw.complete) headers.connection = 'close'
+    const close = !request.raw.complete
+    this.#started = true
+    if (this.#direct && this.#route.verbatim && upstreamHeaders.location === undefined) {
+      try {
+        reply.raw.writeHead(statusCode, this.#verbatim(statusCode, upstreamHeaders as Headers, close))
+        reply.hijack()
+        return
+      } catch {
+        // A value Node refuses (one the app set): the general path below cleans it.
+      }
+    }
+    let headers = this.#route.rewriteHeaders(upstreamHeaders as Headers, request)
+    if (close) headers.connection = 'close'
     // No content on a 204 (RFC 9110 8.6), as Fastify answers it.
     if (statusCode === 204) {
       delete headers['content-length']
       delete headers['content-type']
     }
-    this.#started = true
     if (!this.#direct) {
       reply.code(statusCode)
       reply.headers(headers as Record<string, string | number | string[] | undefined>)
@@ -156,16 +173,40 @@ export class Relay implements Dispatcher.DispatchHandler {
       return
     }
     const res = reply.raw
-    const list = this.#list(headers)
     try {
-      res.writeHead(statusCode, list)
+      res.writeHead(statusCode, this.#list(headers))
     } catch {
-      // A value Node refuses (a control character): dropped, as @fastify/http-proxy drops it.
+      // A value Node refuses (a control character an app's hook put in): dropped, as @fastify/http-proxy drops it.
       headers = { ...headers }
       sanitize(headers)
       res.writeHead(statusCode, this.#list(headers))
     }
     reply.hijack()
+  }
+
+  /**
+   * The head's fields as a flat list, the upstream's headers as they came but
+   * the hop-by-hop ones (and, on a 204, Content-Length and Content-Type); the
+   * app's own first, where the upstream sends none of the same name.
+   */
+  #verbatim (statusCode: number, headers: Headers, close: boolean): string[] {
+    const list: string[] = []
+    const listed = connectionListed(headers.connection)
+    const own = replyHeaders(this.#reply)
+    for (const name in own) {
+      const value = own[name]
+      if (value === undefined || (close && name === 'connection')) continue
+      if (name !== 'set-cookie' && headers[name] !== undefined && !hopByHopResponse(name, listed)) continue
+      push(list, name, value)
+    }
+    for (const name in headers) {
+      const value = headers[name]
+      if (value === undefined || hopByHopResponse(name, listed)) continue
+      if (statusCode === 204 && (name === 'content-length' || name === 'content-type')) continue
+      push(list, name, value)
+    }
+    if (close) list.push('connection', 'close')
+    return list
   }
 
   /** The head's fields as a flat list: the app's own, then the upstream's (the upstream's win, Set-Cookie adds up: as Fastify's `reply.header()`). */
