@@ -16,7 +16,7 @@ import { scrape, value } from './helpers/scrape.js'
 /**
  * Two upstreams sharing one log of arrivals by request id (`x-id`): the n-th
  * arrival of a request (1: its first attempt, 2: its hedge) is held `x-hold-n`
- * ms (`forever`: never answered), every arrival at upstream `a` `x-hold-a`
+ * ms (`forever`: never answered) or its connection reset after `x-reset-n` ms, every arrival at upstream `a` `x-hold-a`
  * ms, and answered `x-status-n` (200 by default), with who answered and what
  * it read.
  */
@@ -45,6 +45,11 @@ async function startPair (t: Test): Promise<Pair> {
       if (res.destroyed) return
       res.writeHead(status, { 'content-type': 'application/json' })
       res.end(JSON.stringify({ from: name, n, body: body.toString() }))
+    }
+    const reset = req.headers[`x-reset-${n}`] as string | undefined
+    if (reset !== undefined) {
+      setTimeout(() => { req.socket.destroy() }, Number(reset))
+      return
     }
     if (hold === 'forever') return
     if (hold === undefined) send()
@@ -129,6 +134,25 @@ t.test('a retriable 5xx of the first attempt while the hedge runs is set aside: 
   const s = statsOf(gw)
   t.same(s.hedges, { sent: 1, won: 1, cancelled: 0, denied: 0 })
   t.equal(s.targets[0].window.answers['5xx'], 1, 'the 503 is its target\'s')
+})
+
+t.test('the first attempt failing while the hedge runs: the hedge goes on alone and answers; the failure is its target\'s', async (t) => {
+  const pair = await startPair(t)
+  const gw = await startGateway(t, options(pair, { delay: 5 }))
+  const r = await get(gw, { 'x-reset-1': '40', 'x-hold-2': '120' })
+  t.same(r.json, { from: 'b', n: 2, body: '' })
+  t.equal(pair.total(), 2, 'no third attempt')
+  const s = statsOf(gw)
+  t.same(s.hedges, { sent: 1, won: 1, cancelled: 0, denied: 0 })
+  t.same(s.targets[0].errors, { reset: 1 })
+})
+
+t.test('with no other target to take it, no hedge', async (t) => {
+  const pair = await startPair(t)
+  const gw = await startGateway(t, { upstreams: { u: { targets: [pair.a.url], hedge: { delay: 5 } } }, routes: [{ prefix: '/', upstream: 'u' }] })
+  const r = await get(gw, { 'x-hold-1': '40' })
+  t.same([r.json.from, r.json.n], ['a', 1])
+  t.same(statsOf(gw).hedges, { sent: 0, won: 0, cancelled: 0, denied: 0 })
 })
 
 t.test('the client leaving ends both attempts: both connections closed, neither target blamed, nothing counted cancelled', async (t) => {
