@@ -172,6 +172,18 @@ t.test('the client leaving ends both attempts: both connections closed, neither 
   t.equal(s.active, 0)
 })
 
+t.test('timeouts.request ends both attempts: 504, both connections closed', async (t) => {
+  const pair = await startPair(t)
+  const gw = await startGateway(t, options(pair, { delay: 5 }, { timeouts: { request: 150 } }))
+  const res = await request(`${gw.url}/x`, { headers: { 'x-id': 'late', 'x-hold-1': 'forever', 'x-hold-2': 'forever' }, dispatcher: gw.agent })
+  await res.body.text()
+  t.equal(res.statusCode, 504)
+  t.equal(pair.total(), 2, 'the first attempt and its hedge')
+  await pair.a.socketsAtMost(0)
+  await pair.b.socketsAtMost(0)
+  t.same(statsOf(gw).hedges, { sent: 1, won: 0, cancelled: 0, denied: 0 })
+})
+
 t.test('non-idempotent requests are never hedged', async (t) => {
   const pair = await startPair(t)
   const gw = await startGateway(t, options(pair, { delay: 5 }))
