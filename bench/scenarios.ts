@@ -26,7 +26,8 @@ export const arms: readonly ArmDefinition[] = [
   { name: 'http-proxy-balanced', description: 'Fastify + @fastify/http-proxy over undici BalancedPool, three targets', via: 'http-proxy', targets: 'all' },
   { name: "http-proxy-balanced'", description: 'the same as http-proxy-balanced, in a process of its own: the noise figure', via: 'http-proxy', targets: 'all' },
   { name: 'sssonector-balanced', description: 'Fastify + fastify-sssonector, three targets, default options', via: 'sssonector', targets: 'all' },
-  { name: 'sssonector-hedged', description: "Fastify + fastify-sssonector, three targets, hedge: {} (delay 'p95', budget 5%)", via: 'sssonector', targets: 'all', upstream: { hedge: {} } }
+  { name: 'sssonector-hedged', description: "Fastify + fastify-sssonector, three targets, hedge: {} (delay 'p95', budget 5%)", via: 'sssonector', targets: 'all', upstream: { hedge: {} } },
+  { name: 'sssonector-hedged-p99', description: "Fastify + fastify-sssonector, three targets, hedge: { delay: 'p99' } (budget 5%)", via: 'sssonector', targets: 'all', upstream: { hedge: { delay: 'p99' } } }
 ]
 
 /** What one upstream child does with each request (see upstream.ts). */
@@ -147,8 +148,8 @@ export const scenarios: readonly Scenario[] = [
     targets: [stalls, stalls, stalls],
     prefix: '/',
     request: { method: 'GET', path: '/hello' },
-    arms: ['http-proxy-balanced', 'sssonector-balanced', 'sssonector-hedged', "http-proxy-balanced'"],
-    pairs: [...BALANCED_PAIR, ['http-proxy-balanced', 'sssonector-hedged']],
+    arms: ['http-proxy-balanced', 'sssonector-balanced', 'sssonector-hedged', 'sssonector-hedged-p99', "http-proxy-balanced'"],
+    pairs: [...BALANCED_PAIR, ['http-proxy-balanced', 'sssonector-hedged'], ['http-proxy-balanced', 'sssonector-hedged-p99']],
     noise: BALANCED_NOISE,
     rate: true
   },
