@@ -68,6 +68,8 @@ export interface Summary {
   upstreamConnections: number | null
   /** each target's share of the requests the targets received, pooled over the rounds */
   targetShare: number[] | null
+  /** requests the targets received per answer the client got, pooled over the rounds (1 plus retries and hedges) */
+  upstreamPerAnswer: number | null
   /** the fixed-rate generator's lag, p99.9, worst of the rounds */
   lagP999: number | null
   peakRssKiB: number | null
@@ -218,6 +220,19 @@ function shareOf (runs: Run[]): number[] | null {
   return sums === null || all === null || all === 0 ? null : sums.map((n) => n / all)
 }
 
+/** Requests the targets received per answer, pooled over runs; null when a run lacks counts. */
+function perAnswer (runs: Run[]): number | null {
+  let received = 0
+  let answers = 0
+  for (const r of runs) {
+    const n = total(r.upstreamRequests)
+    if (n === null) return null
+    received += n
+    answers += r.responses
+  }
+  return answers > 0 ? received / answers : null
+}
+
 /** 2xx over answers, errors and dropped requests, pooled over runs. */
 function successOf (runs: Run[]): number | null {
   let ok = 0
@@ -260,6 +275,7 @@ export function summarize (arm: ArmRecord, phase: Phase): Summary {
     gatewayCpuPerResponse: pick((r) => r.gatewayCpuPerResponse),
     upstreamConnections: pick((r) => r.upstreamConnections),
     targetShare: shareOf(runs),
+    upstreamPerAnswer: perAnswer(runs),
     lagP999: lags.length > 0 ? Math.max(...lags) : null,
     peakRssKiB: arm.peakRssKiB
   }
@@ -373,6 +389,8 @@ export function scenarioLines (figures: ScenarioFigures, rounds: number, rate: {
     ]))
     out.push(`(fixed rate: ${rate.rate} requests a second for ${rate.duration} s, open loop, latency from the moment each request was due; medians of ${rounds} rounds)`)
   }
+  const perAnswerLine = [...summaries, ...rateSummaries].filter((s) => s.upstreamPerAnswer !== null).map((s) => `${s.arm}${s.phase === 'rate' ? ' at rate' : ''} ${fmt(s.upstreamPerAnswer, 4)}`)
+  if (perAnswerLine.length > 0) out.push(`upstream requests per answer (1 + retries and hedges): ${perAnswerLine.join(', ')}`)
   for (const a of arms) {
     if (a.warmupRequests !== null && a.warmupRequests.length > 1) out.push(`${a.name}: requests per target during the warm-up ${a.warmupRequests.join('/')}`)
   }
@@ -474,6 +492,22 @@ export function targetChecks (results: ScenarioFigures[]): TargetCheck[] {
   add('flaky target: success >= 99.9%', pair('flaky', 'sssonector-balanced')?.successPlugin ?? null, (v) => v >= 0.999, pct)
   const flakyP99 = rateP99Of('flaky', 'sssonector-balanced')
   add('flaky target: p99 <= 2x steady p99 (fixed rate)', steadyP99 === null || flakyP99 === null ? null : flakyP99 / steadyP99, (v) => v <= 2, x)
+  // Hedging (issue 19): every target answers 1% of its requests 100 ms late.
+  const perAnswerOf = (arm: string, phase: Phase): number | null => {
+    const r = results.find((x) => x.name === 'stalls' && x.error === null)
+    return (phase === 'rate' ? r?.rateSummaries : r?.summaries)?.find((s) => s.arm === arm && s.status === 'ok')?.upstreamPerAnswer ?? null
+  }
+  const unhedged = rateP99Of('stalls', 'sssonector-balanced')
+  for (const [arm, setting] of [['sssonector-hedged', 'defaults'], ['sssonector-hedged-p99', "'p99'"]] as const) {
+    const hedged = rateP99Of('stalls', arm)
+    add(`stalls, hedge ${setting}: p99 falls >= 5x (fixed rate)`, unhedged === null || hedged === null || hedged === 0 ? null : unhedged / hedged, (v) => v >= 5, x)
+    add(`stalls, hedge ${setting}: p99 <= 1/5 of plain http-proxy (fixed rate)`, pair('stalls', arm)?.rateP99.median ?? null, (v) => v <= 0.2, x)
+    for (const phase of ['rate', 'saturated'] as const) {
+      const withHedges = perAnswerOf(arm, phase)
+      const without = perAnswerOf('sssonector-balanced', phase)
+      add(`stalls, hedge ${setting}: <= 5% more upstream requests (${phase === 'rate' ? 'fixed rate' : 'saturated'})`, withHedges === null || without === null ? null : withHedges / without - 1, (v) => v <= 0.05, (v) => `${(v * 100).toFixed(2)}%`)
+    }
+  }
   for (const scenario of ['post64k', 'big']) {
     const p = pair(scenario, 'sssonector')
     add(`${scenario}: req/s >= 0.95 of plain (side by side)`, sideBySide(scenario), (v) => v >= 0.95, x)

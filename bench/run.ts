@@ -21,8 +21,8 @@
 //   npm run bench
 //   BENCH_SCENARIOS=steady,slow BENCH_ROUNDS=7 npm run bench
 //
-// Environment: BENCH_SCENARIOS (all: steady, dead, dying, slow, flaky, post64k,
-// big), BENCH_DURATION (s per run; 3, dying 5), BENCH_CONNECTIONS (50, big 10),
+// Environment: BENCH_SCENARIOS (all: steady, dead, dying, slow, flaky, stalls,
+// post64k, big), BENCH_DURATION (s per run; 3, dying 5), BENCH_CONNECTIONS (50, big 10),
 // BENCH_PIPELINING (1), BENCH_ROUNDS (3), BENCH_WARMUP (s per arm, 1),
 // BENCH_RATE (requests/s of the fixed-rate runs, 1000; 0: none),
 // BENCH_RATE_DURATION (s, 6), BENCH_RATE_CONNECTIONS (most connections of the
@@ -574,7 +574,7 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
         arm.urls = armTargets
         continue
       }
-      const config: GatewayConfig = { kind: definition.via, targets: armTargets, prefix: scenario.prefix }
+      const config: GatewayConfig = { kind: definition.via, targets: armTargets, prefix: scenario.prefix, ...(definition.upstream === undefined ? {} : { upstream: definition.upstream }) }
       try {
         arm.gateway = await startChild(`gateway ${definition.name}`, './gateway.js', config)
         arm.urls = [`http://${HOST}:${arm.gateway.port}`]
@@ -713,6 +713,7 @@ function describeTarget (spec: TargetSpec): string {
     case 'dead': return 'dead'
     case 'slow': return `${spec.bodyBytes} B after ${spec.delayMs} ms`
     case 'flaky': return `${spec.status} to 1 in ${spec.every}`
+    case 'stalls': return `1 in ${spec.every} after ${spec.delayMs} ms`
   }
 }
 

@@ -14,6 +14,8 @@ export interface ArmDefinition {
   via: 'direct' | GatewayKind
   /** `one`: the scenario's first target (always a healthy one); `all`: every target */
   targets: 'one' | 'all'
+  /** the plugin's upstream options beyond its targets (a sssonector arm) */
+  upstream?: Record<string, unknown>
 }
 
 export const arms: readonly ArmDefinition[] = [
@@ -25,7 +27,9 @@ export const arms: readonly ArmDefinition[] = [
   { name: "http-proxy-balanced'", description: 'the same as http-proxy-balanced, in a process of its own: the noise figure', via: 'http-proxy', targets: 'all' },
   { name: 'sssonector-balanced', description: 'Fastify + fastify-sssonector, three targets, default options', via: 'sssonector', targets: 'all' },
   { name: 'bare', description: 'node:http + an undici Pool, no framework (bench/bare.ts), one target: Node\'s ceiling', via: 'bare', targets: 'one' },
-  { name: 'bare-balanced', description: 'node:http + one undici Pool per target, round robin, three targets: Node\'s ceiling', via: 'bare', targets: 'all' }
+  { name: 'bare-balanced', description: 'node:http + one undici Pool per target, round robin, three targets: Node\'s ceiling', via: 'bare', targets: 'all' },
+  { name: 'sssonector-hedged', description: "Fastify + fastify-sssonector, three targets, hedge: {} (delay 'p95', budget 5%)", via: 'sssonector', targets: 'all', upstream: { hedge: {} } },
+  { name: 'sssonector-hedged-p99', description: "Fastify + fastify-sssonector, three targets, hedge: { delay: 'p99' } (budget 5%)", via: 'sssonector', targets: 'all', upstream: { hedge: { delay: 'p99' } } }
 ]
 
 /** What one upstream child does with each request (see upstream.ts). */
@@ -35,6 +39,8 @@ export type UpstreamBehaviour =
   | { kind: 'slow', bodyBytes: number, delayMs: number }
   /** answers `status` to one request in `every`, the others as `ok` */
   | { kind: 'flaky', bodyBytes: number, status: number, every: number }
+  /** answers one request in `every` after `delayMs`, the others as `ok` */
+  | { kind: 'stalls', bodyBytes: number, every: number, delayMs: number }
 
 /** One target of a scenario: an upstream child, or a port nothing listens on. */
 export type TargetSpec = UpstreamBehaviour | { kind: 'dead' }
@@ -90,6 +96,7 @@ const THREE_TARGETS = ['http-proxy-balanced', 'sssonector-balanced', "http-proxy
 const BALANCED_PAIR: Array<[string, string]> = [['http-proxy-balanced', 'sssonector-balanced']]
 const BALANCED_NOISE: [string, string] = ['http-proxy-balanced', "http-proxy-balanced'"]
 const ok = { kind: 'ok', bodyBytes: SMALL } as const
+const stalls = { kind: 'stalls', bodyBytes: SMALL, every: 100, delayMs: 100 } as const
 /** What the scenarios with one odd target among three share. */
 const ONE_OF_THREE = {
   prefix: '/',
@@ -140,6 +147,17 @@ export const scenarios: readonly Scenario[] = [
     ...ONE_OF_THREE
   },
   {
+    name: 'stalls',
+    description: 'every target answers 1% of its requests (one in 100) 100 ms late',
+    targets: [stalls, stalls, stalls],
+    prefix: '/',
+    request: { method: 'GET', path: '/hello' },
+    arms: ['http-proxy-balanced', 'sssonector-balanced', 'sssonector-hedged', 'sssonector-hedged-p99', "http-proxy-balanced'"],
+    pairs: [...BALANCED_PAIR, ['http-proxy-balanced', 'sssonector-hedged'], ['http-proxy-balanced', 'sssonector-hedged-p99']],
+    noise: BALANCED_NOISE,
+    rate: true
+  },
+  {
     name: 'post64k',
     description: 'POST with a 64 KiB body, read in full by the upstream, small answer',
     targets: [ok],
@@ -174,6 +192,8 @@ export interface GatewayConfig {
   kind: GatewayKind
   targets: string[]
   prefix: string
+  /** the plugin's upstream options beyond its targets (ArmDefinition#upstream) */
+  upstream?: Record<string, unknown>
   /** proxy WebSocket upgrades on the prefix too (http-proxy's `websocket: true`; bench/ws.ts) */
   websocket?: boolean
 }

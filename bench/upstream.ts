@@ -40,6 +40,21 @@ function handlerFor (behaviour: UpstreamBehaviour): Handler {
         })
       }
     }
+    case 'stalls': {
+      const send = answer(behaviour.bodyBytes)
+      let n = 0
+      return (req, res) => {
+        const late = ++n % behaviour.every === 0
+        afterBody(req, () => {
+          if (!late) {
+            send(res)
+            return
+          }
+          const timer = setTimeout(() => { if (!res.destroyed) send(res) }, behaviour.delayMs)
+          res.once('close', () => { clearTimeout(timer) })
+        })
+      }
+    }
     case 'flaky': {
       const good = answer(behaviour.bodyBytes)
       const bad = answer(32, behaviour.status)

@@ -7,6 +7,7 @@ import type { Target } from './target.js'
 import type { Connection } from './connection-pool.js'
 import type { Ticket } from './down-state.js'
 import type { PickContext } from './balancer.js'
+import type { Hedging } from './hedge-policy.js'
 import { retryAfterError, retryAfterStatus } from './retry-policy.js'
 import type { RetryBudget, RetryVerdict } from './retry-policy.js'
 import { fullJitter } from './backoff.js'
@@ -37,6 +38,11 @@ function onHeadersTimeout (attempt: Attempt): void {
   else attempt.controller.abort(err)
 }
 
+/** The hedge delay is over (see Exchange#sendHedge). */
+function onHedgeDelay (exchange: Exchange): void {
+  exchange.sendHedge()
+}
+
 type Handler = Dispatcher.DispatchHandler
 type Controller = Dispatcher.DispatchController
 type Options = Dispatcher.DispatchOptions & { origin: string | URL }
@@ -53,6 +59,8 @@ export interface ExchangeHost {
   readonly name: string
   readonly config: ResolvedUpstream
   readonly budget: RetryBudget
+  /** Hedged requests, null when off. */
+  readonly hedge: Hedging | null
   /** Requests active now, against which the retry budget is measured. */
   readonly active: number
   now: () => number
@@ -202,13 +210,23 @@ class Attempt implements Handler {
   /** Its own headers timer (see PRECISE_HEADERS_BELOW), and the error it fired with before undici started the request. */
   headersTimer: NodeJS.Timeout | null = null
   timedOut: Error | null = null
+  /** A hedge: the second attempt, sent while the first still ran. */
+  readonly hedge: boolean
 
-  constructor (exchange: Exchange, slot: Slot, now: number) {
+  constructor (exchange: Exchange, slot: Slot, now: number, hedge: boolean) {
     this.exchange = exchange
     this.target = slot.target
     this.conn = slot.conn
     this.ticket = slot.ticket
     this.startedAt = now
+    this.hedge = hedge
+  }
+
+  /** Ends it from outside: aborted through its controller, or as soon as undici starts it. */
+  cancel (reason: Error): void {
+    this.#stopHeadersTimer()
+    if (this.controller === null) this.timedOut = reason
+    else this.controller.abort(reason)
   }
 
   /** Times the answer's headers itself, to the millisecond. */
@@ -295,6 +313,9 @@ export class Exchange implements PickContext<Target> {
   readonly #current: boolean
   #controller: ExchangeController | null = null
   #attempt: Attempt | null = null
+  /** A hedge in flight beside `#attempt`, racing it to the first answer. */
+  #hedge: Attempt | null = null
+  #hedgeTimer: NodeJS.Timeout | null = null
   #tried: Target[] | null = null
   /** After a backoff, a target already tried may be taken again. */
   #allowTried = false
@@ -368,7 +389,9 @@ export class Exchange implements PickContext<Target> {
       this.failBefore(slot, this.#aborted)
       return
     }
-    this.#run(slot)
+    this.#run(slot, false)
+    const hedging = this.#host.hedge
+    if (hedging !== null) this.#armHedge(hedging, slot.target)
   }
 
   /** Fails the exchange before its first attempt (its request body could not be read). */
@@ -378,7 +401,7 @@ export class Exchange implements PickContext<Target> {
     this.#fail(toUpstreamError(err))
   }
 
-  #run (slot: Slot): void {
+  #run (slot: Slot, hedge: boolean): void {
     const host = this.#host
     const o = this.#opts
     // The target decides the origin and the Host, whatever the caller's URL said (a Host of the route's own aside).
@@ -387,8 +410,9 @@ export class Exchange implements PickContext<Target> {
     const headersTimeout = this.#headersTimeout
     o.headersTimeout = headersTimeout
     o.bodyTimeout = this.#bodyTimeout
-    const attempt = new Attempt(this, slot, host.clock())
-    this.#attempt = attempt
+    const attempt = new Attempt(this, slot, host.clock(), hedge)
+    if (hedge) this.#hedge = attempt
+    else this.#attempt = attempt
     this.#record.attempts++
     slot.target.attemptStarted()
     if (headersTimeout > 0 && headersTimeout < PRECISE_HEADERS_BELOW) attempt.timeHeaders(headersTimeout)
@@ -402,6 +426,7 @@ export class Exchange implements PickContext<Target> {
   }
 
   onAttemptHeaders (attempt: Attempt, controller: Controller, status: number, headers: IncomingHttpHeaders, statusText: string): void {
+    if (this.#hedge !== null && this.#race(attempt, controller, status)) return
     if (attempt !== this.#attempt || this.#done) return
     // 1xx (103 Early Hints): not passed on; the final answer follows.
     if (status < 200) return
@@ -423,6 +448,7 @@ export class Exchange implements PickContext<Target> {
     }
     this.#started = true
     this.#record.status = status
+    if (attempt.hedge) this.#host.hedge!.won++
     if (this.#controller !== null) {
       this.#controller.target = controller
       this.#inner.onResponseStart?.(this.#controller, status, headers, statusText)
@@ -473,6 +499,7 @@ export class Exchange implements PickContext<Target> {
   }
 
   onAttemptError (attempt: Attempt, err: Error): void {
+    if (this.#hedge !== null && this.#raceFailed(attempt, err)) return
     if (attempt.bodyless && attempt === this.#attempt) {
       // Its answer was complete; undici closed the connection after it (a Content-Length it could not match, say).
       this.#endAttempt(attempt, false, null, false)
@@ -542,14 +569,19 @@ export class Exchange implements PickContext<Target> {
   }
 
   #endAttempt (attempt: Attempt, reusable: boolean, category: ErrorCategory | null, retried: boolean): void {
-    const host = this.#host
-    const target = attempt.target
     this.#attempt = null
     if (this.#controller !== null) this.#controller.target = null
     if (this.#counted) {
       this.#counted = false
-      host.budget.active--
+      this.#host.budget.active--
     }
+    this.#settle(attempt, reusable, category, retried)
+  }
+
+  /** An attempt's end, into its target (connection, result) and the record. */
+  #settle (attempt: Attempt, reusable: boolean, category: ErrorCategory | null, retried: boolean): void {
+    const host = this.#host
+    const target = attempt.target
     if (reusable) {
       target.putConnectionAfterTurn(attempt.conn)
     } else {
@@ -635,7 +667,99 @@ export class Exchange implements PickContext<Target> {
       this.#host.budget.active++
     }
     this.#lastTried = slot.target
-    this.#run(slot)
+    this.#run(slot, false)
+  }
+
+  // ---------------------------------------------------------------- hedging
+
+  /** Arms the hedge of the first attempt when the request may be hedged: an idempotent method, and no body or a buffered one. */
+  #armHedge (hedging: Hedging, target: Target): void {
+    const body = this.#opts.body
+    if (this.#done || !hedging.methods.has(this.#opts.method) || !(body == null || typeof body === 'string' || body instanceof Uint8Array)) return
+    const delay = hedging.delayFor(target)
+    if (delay === null) return
+    this.#hedgeTimer = setTimeout(onHedgeDelay, delay, this)
+    this.#hedgeTimer.unref()
+  }
+
+  /**
+   * The hedge delay is over: while the first attempt still has no answer, a
+   * second goes to another target, within the hedge budget, through the
+   * retries' machinery (`host.take`). The two race (see #race).
+   */
+  sendHedge (): void {
+    this.#hedgeTimer = null
+    const first = this.#attempt
+    if (this.#done || this.#aborted !== null || first === null || first.status !== 0 || this.#record.attempts !== 1) return
+    const host = this.#host
+    const hedging = host.hedge!
+    if (!hedging.allows()) return
+    const tried = this.#tried ??= []
+    tried.push(first.target)
+    const slot = host.take(this, null)
+    if (slot === null) return
+    hedging.spend()
+    this.#run(slot, true)
+  }
+
+  /**
+   * Response headers while a hedge races the first attempt: the first answer
+   * wins, the other attempt is cancelled. A retriable 5xx is set aside (cut,
+   * see #raceFailed): the other attempt goes on as its retry. True when the
+   * event ends here.
+   */
+  #race (attempt: Attempt, controller: Controller, status: number): boolean {
+    const hedge = this.#hedge!
+    const first = this.#attempt!
+    if ((attempt !== hedge && attempt !== first) || status < 200) return true
+    if (status >= 500 && this.#retriesStatus(status)) {
+      attempt.status = status
+      attempt.cut = new UpstreamStatusError(status)
+      controller.abort(attempt.cut)
+      return true
+    }
+    this.#hedge = null
+    this.#attempt = attempt
+    this.#lastTried = attempt.target
+    this.#host.hedge!.cancelled++
+    this.#cancel(attempt === hedge ? first : hedge)
+    return false
+  }
+
+  /**
+   * An attempt failed while a hedge races the first: the other goes on alone,
+   * in its place (it is the retry). Its failure is its target's as usual. True
+   * when the event ends here.
+   */
+  #raceFailed (attempt: Attempt, err: Error): boolean {
+    const hedge = this.#hedge!
+    const first = this.#attempt!
+    if (attempt !== hedge && attempt !== first) return true
+    const other = attempt === hedge ? first : hedge
+    const cut = attempt.cut !== null && err === attempt.cut
+    const e = cut ? err as unknown as SssonectorError : this.#failure(err)
+    const category: ErrorCategory = cut ? 'http_5xx' : e.category
+    this.#hedge = null
+    this.#attempt = other
+    this.#lastTried = other.target
+    if (this.#controller !== null) this.#controller.target = other.controller
+    this.#tried!.push(attempt.target)
+    this.#last = e
+    this.#settle(attempt, false, category, faultOf(category) === 'target')
+    return true
+  }
+
+  /**
+   * Cancels the attempt that lost the race: aborted through its controller,
+   * its connection closed (its answer may still be on the way: never back in
+   * the pool), its result not its target's (it was not a failure).
+   */
+  #cancel (loser: Attempt): void {
+    loser.cancel(new Error('another attempt of the request answered first'))
+    const target = loser.target
+    target.putConnection(loser.conn, false)
+    target.attemptEnded()
+    target.abandon(loser.ticket)
   }
 
   /** A retry that could not happen: a kept answer goes to the caller as it came; otherwise the last failure does. */
@@ -683,7 +807,10 @@ export class Exchange implements PickContext<Target> {
       this.#fail(toUpstreamError(reason))
       return
     }
+    // (the first attempt's failure may hand its place to the hedge at once: both are ended)
+    const hedge = this.#hedge
     this.#attempt?.controller?.abort(reason)
+    hedge?.cancel(reason)
   }
 
   #complete (rawTrailers: Buffer[] | null, trailers: IncomingHttpHeaders): void {
@@ -704,8 +831,10 @@ export class Exchange implements PickContext<Target> {
     this.#done = true
     if (this.#wait !== null) clearTimeout(this.#wait)
     if (this.#deadline !== null) clearTimeout(this.#deadline)
+    if (this.#hedgeTimer !== null) clearTimeout(this.#hedgeTimer)
     this.#wait = null
     this.#deadline = null
+    this.#hedgeTimer = null
     this.#record.ended()
     return true
   }

@@ -10,6 +10,7 @@ const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_bod
 const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']
 const UPGRADE_RESULTS: ReadonlyArray<keyof UpstreamStats['upgrades']> = ['ok', 'refused', 'failed', 'no_target', 'rejected']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
+const HEDGE_EVENTS = ['sent', 'won', 'cancelled', 'denied'] as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
 export interface StatsSource {
@@ -198,6 +199,19 @@ export class Metrics implements Meter {
       labelNames: ['upstream'],
       buckets: [0.1, 1, 10, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400],
       registers
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}hedges_total`,
+      help: 'Hedged requests, of upstreams with hedge on, by event (each a count of its own): sent, won (requests the hedge answered), cancelled (attempts that lost the race), denied (by the hedge budget)',
+      labelNames: ['upstream', 'event'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) {
+          const h = u.hedges
+          if (h !== null) for (const event of HEDGE_EVENTS) this.inc({ upstream: u.name, event }, h[event])
+        }
+      }
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}pool_pending_requests`,

@@ -44,6 +44,11 @@ export class RollingWindow {
   readonly #counts = new Uint32Array(WINDOW_SECONDS * FIELDS)
   readonly #latency = new Uint32Array(WINDOW_SECONDS * LATENCY_BUCKETS)
   readonly #max = new Float64Array(WINDOW_SECONDS)
+  /** A quantile read on the request path (hedging): the second it was read in, which one, its value; and the sums it was read from. */
+  #qSecond = -Infinity
+  #q = -1
+  #qValue = 0
+  readonly #sums = new Uint32Array(LATENCY_BUCKETS)
 
   constructor (now: () => number) {
     this.#now = now
@@ -66,6 +71,39 @@ export class RollingWindow {
     if (retried) this.#counts[slot * FIELDS + RETRIES]++
     this.#latency[slot * LATENCY_BUCKETS + latencyBucket(latency)]++
     if (latency > this.#max[slot]) this.#max[slot] = latency
+  }
+
+  /**
+   * The latency (ms) under which a fraction q of the window's attempts ended
+   * (as `snapshot()` reads p99), or null while it holds fewer than `min`. For
+   * the request path: a value is read at most once a second per q, then kept
+   * for the rest of that second; allocates nothing.
+   */
+  quantile (q: number, min: number): number | null {
+    const now = this.#now()
+    const current = Math.floor(now / 1000)
+    if (current === this.#qSecond && q === this.#q) return this.#qValue
+    const sums = this.#sums.fill(0)
+    let total = 0
+    let max = 0
+    for (let k = 0; k < WINDOW_SECONDS; k++) {
+      const second = current - k
+      const slot = ((second % WINDOW_SECONDS) + WINDOW_SECONDS) % WINDOW_SECONDS
+      if (this.#second[slot] !== second) continue
+      const base = slot * LATENCY_BUCKETS
+      for (let b = 0; b < LATENCY_BUCKETS; b++) {
+        const n = this.#latency[base + b]
+        sums[b] += n
+        total += n
+      }
+      if (this.#max[slot] > max) max = this.#max[slot]
+    }
+    // Too few to tell: asked again on the next request (a target warming up gets its value as soon as it has one).
+    if (total < min) return null
+    this.#qSecond = current
+    this.#q = q
+    this.#qValue = quantile(sums, total, q, max)!
+    return this.#qValue
   }
 
   /** The last 60 seconds, summed; per second for the series (oldest first, the current second last). Reads only. */
@@ -115,7 +153,7 @@ export class RollingWindow {
 }
 
 /** The latency (ms) under which a fraction q of `total` attempts ended: its bucket's upper bound, never above the largest seen; null for none. */
-function quantile (histogram: number[], total: number, q: number, max: number): number | null {
+function quantile (histogram: ArrayLike<number>, total: number, q: number, max: number): number | null {
   if (total === 0) return null
   const rank = Math.max(1, Math.ceil(q * total))
   // The histogram holds `total` attempts: the rank is reached within it.

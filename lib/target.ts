@@ -398,6 +398,11 @@ export class Target implements Pickable {
     this.#owner.healthChanged(this, 'ejected', 'up', 'ejection time over, on probation')
   }
 
+  /** The latency (ms) under which a fraction q of its attempts in the last minute ended; null with fewer than `min` (see RollingWindow#quantile). */
+  latencyQuantile (q: number, min: number): number | null {
+    return this.#window.quantile(q, min)
+  }
+
   /** The epoch of its down state now, for an active probe about to start. */
   probeStarted (): number {
     return this.#down.epoch

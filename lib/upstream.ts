@@ -17,6 +17,7 @@ import type { Lease } from './lease.js'
 import type { TunnelLease } from './tunnel-lease.js'
 import type { Slot } from './exchange.js'
 import { RetryBudget } from './retry-policy.js'
+import { Hedging } from './hedge-policy.js'
 import { Lifecycle } from './lifecycle.js'
 import { ClosedError, OptionsError, UnknownTargetError, faultOf } from './errors.js'
 import { HealthChecker, httpProber } from './health-checker.js'
@@ -109,6 +110,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly targets: Target[] = []
   readonly limits: SharedLimits
   readonly budget: RetryBudget
+  /** Hedged requests (ExchangeHost), null when off. */
+  readonly hedge: Hedging | null
   readonly random: Random
   readonly now: () => number
   /** Attempts' durations are measured on it (monotonic, sub-millisecond). */
@@ -165,6 +168,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.budget = new RetryBudget(config.retry?.budget)
+    this.hedge = config.hedge === null ? null : new Hedging(config.hedge)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
     this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels })
     this.tunnelAttempts = config.retry === null ? 1 : config.pool.maxRetries + 1
@@ -715,6 +719,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       retriesActive: this.budget.active,
       tunnels: a.tunnels,
       upgrades: { ...this.upgrades },
+      hedges: this.hedge?.stats() ?? null,
       targets: this.targets.map((t) => t.stats(now))
     }
   }

@@ -196,6 +196,30 @@ export interface UpstreamOptions extends UpstreamDefaults {
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
   hashKey?: (request: FastifyRequest) => string
+  /** Hedged requests (Envoy's hedge policy); `false` or absent: off. @default off */
+  hedge?: HedgeOptions | false
+}
+
+/**
+ * Hedged requests: an idempotent request (`retry.methods`) with no body or a
+ * buffered one that has no response headers after `delay` gets a second
+ * attempt on another target; the first answer wins, the other attempt is
+ * cancelled (its connection closed) and not counted against its target.
+ */
+export interface HedgeOptions {
+  /**
+   * How long the first attempt may wait for its response headers: a duration,
+   * or a percentile of its target's latency over the last minute (`'p95'`,
+   * `'p99'`, `'p99.9'`; no hedge while that target has fewer than 20 attempts
+   * in its window). @default 'p95'
+   */
+  delay?: Duration | `p${number}`
+  /**
+   * Hedges sent at most this percent of the requests that may be hedged (a
+   * token bucket: each such request adds budget/100 of a hedge, 10 kept in
+   * reserve at most, one at start). @default 5
+   */
+  budget?: number
 }
 
 /**
@@ -438,6 +462,13 @@ export interface UpstreamStats {
    * `rejected` (`pool.maxTunnels` reached, or closing: 503).
    */
   upgrades: Record<UpgradeResult, number>
+  /**
+   * Hedged requests since start (null when `hedge` is off): hedges `sent`;
+   * `won`, requests the hedge answered; `cancelled`, attempts that lost the
+   * race (the first attempt or the hedge) and were cancelled; `denied`, hedges
+   * the budget refused.
+   */
+  hedges: { sent: number, won: number, cancelled: number, denied: number } | null
   targets: TargetStats[]
 }
 

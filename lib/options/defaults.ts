@@ -55,6 +55,8 @@ export const DEFAULTS = {
     budget: { percent: 20, minConcurrent: 3 },
     bufferBody: 64 * 1024 // 64 KiB
   },
+  // "The Tail at Scale": a backup request after the 95th percentile adds about 5% load.
+  hedge: { delay: 'p95', budget: 5 },
   timeouts: {
     connect: 5 * 1000, // 5s
     headers: 30 * 1000, // 30s
@@ -125,6 +127,17 @@ export interface ResolvedRetry {
   bufferBody: number
 }
 
+export interface ResolvedHedge {
+  /** ms, when `quantile` is null */
+  delay: number
+  /** 0 to 1: the delay is this quantile of the target's recent latency; null: `delay` */
+  quantile: number | null
+  /** percent of the requests that may be hedged */
+  budget: number
+  /** the methods that may be hedged (the retry policy's, or RFC 9110's idempotent ones when retry is off) */
+  methods: Set<string>
+}
+
 export interface ResolvedTimeouts {
   connect: number
   headers: number
@@ -163,6 +176,8 @@ export interface ResolvedUpstream {
   slowStart: number
   /** null: disabled */
   retry: ResolvedRetry | null
+  /** null: off */
+  hedge: ResolvedHedge | null
   timeouts: ResolvedTimeouts
   tls: TlsOptions
 }

@@ -2,12 +2,12 @@
 // outlierDetection, retry, timeouts, tls), and the merge of the top level's blocks
 // (defaults) under an upstream's own, key by key.
 import type {
-  BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
+  BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
   TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions
 } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type {
-  ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
+  ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
   ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
 import { arrayAt, boolAt, fail, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
@@ -55,7 +55,7 @@ const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'req
 const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
 /** The blocks the top level gives as defaults and an upstream may override. */
 export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls')
-const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', ...DEFAULT_KEYS)
+const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
 const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
 const HTTP_METHOD = /^[A-Z]+$/
 
@@ -165,6 +165,33 @@ function checkRetry (value: unknown, path: string): PartialRetry | false {
   }
   if (o.bufferBody !== undefined) out.bufferBody = intAt(o.bufferBody, `${path}.bufferBody`, 0, 64 * 1024 * 1024)
   return out
+}
+
+const HEDGE_KEYS = keysOf<HedgeOptions>()('delay', 'budget')
+const PERCENTILE = /^p(\d+(?:\.\d+)?)$/
+
+/** The hedge block: `false` or absent for none; its delay a duration or a percentile (`'p95'`). */
+function checkHedge (value: unknown, path: string, retry: ResolvedRetry | null): ResolvedHedge | null {
+  if (value === undefined || value === false) return null
+  const o = objectAt(value, path, HEDGE_KEYS)
+  const d = DEFAULTS.hedge
+  const delayIn = o.delay ?? d.delay
+  let delay = 0
+  let quantile: number | null = null
+  const p = typeof delayIn === 'string' ? PERCENTILE.exec(delayIn.trim()) : null
+  if (p !== null) {
+    const n = Number(p[1])
+    if (!(n > 0 && n < 100)) fail(`${path}.delay`, delayIn, 'is not a percentile between p0 and p100 (such as "p95", "p99.9")')
+    quantile = Math.round(n * 1e6) / 1e8
+  } else {
+    delay = positiveDuration(delayIn, `${path}.delay`)
+  }
+  let budget: number = d.budget
+  if (o.budget !== undefined) {
+    budget = numberAt(o.budget, `${path}.budget`, 0, 100)
+    if (budget === 0) fail(`${path}.budget`, o.budget, 'must be more than 0 (hedge: false turns hedging off)')
+  }
+  return { delay, quantile, budget, methods: retry?.methods ?? new Set(DEFAULTS.retry.methods) }
 }
 
 function checkTimeouts (value: unknown, path: string): Partial<ResolvedTimeouts> {
@@ -327,6 +354,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
 
   const timeouts: ResolvedTimeouts = { ...DEFAULTS.timeouts, ...top.timeouts, ...own.timeouts }
   const tls: TlsOptions = { ...top.tls, ...own.tls }
+  const hedge = checkHedge(o.hedge, `${path}.hedge`, retry)
 
   return {
     name,
@@ -340,6 +368,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     panicThreshold,
     slowStart,
     retry,
+    hedge,
     timeouts,
     tls
   }

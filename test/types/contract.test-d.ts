@@ -174,3 +174,11 @@ async function use (): Promise<void> {
   await users.request({ method: 'GET' })
 }
 void use
+
+// Hedged requests: per upstream, a duration or a percentile.
+void app.register(sssonectorPool, { upstreams: { u: { targets: [], hedge: { delay: 'p95', budget: 5 } } } })
+void app.register(sssonectorPool, { upstreams: { u: { targets: [], hedge: { delay: '20ms' } } } })
+void app.register(sssonectorPool, { upstreams: { u: { targets: [], hedge: false } } })
+// @ts-expect-error a delay is a duration or a percentile
+void app.register(sssonectorPool, { upstreams: { u: { targets: [], hedge: { delay: 'soon' } } } })
+expectType<{ sent: number, won: number, cancelled: number, denied: number } | null>(app.sssonector.upstream('u').stats().hedges)
