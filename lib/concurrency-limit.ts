@@ -36,7 +36,10 @@ const SAMPLE_CAP = 2048
  *   gradient = clamp(minRtt * (1 + buffer) / sampleRtt, 0.5, 2)
  *   limit    = clamp(limit * gradient + sqrt(limit * gradient), minLimit, maxLimit)
  *
- * (the square root is the headroom that lets the limit probe upwards). The
+ * (the square root is the headroom that lets the limit probe upwards). It
+ * grows only while it is used: not in a window whose requests in flight
+ * never reached half of it (Netflix's Gradient2), so a quiet spell does not
+ * leave it far above what the upstream was shown to take. The
  * minimum RTT is measured at the start and again every `minRttInterval`
  * (jittered): the limit drops to `minLimit`, the next `minRttRequests`
  * samples (of requests that began in the measurement) give the minimum RTT,
@@ -71,6 +74,8 @@ export class ConcurrencyLimit {
   /** The limit to come back to once the measurement ends. */
   #resume: number
   #floorWindows = 0
+  /** The most requests in flight a sample of this window saw. */
+  #peak = 0
 
   constructor (settings: ConcurrencyLimitSettings, now: number, random: Random) {
     this.#s = settings
@@ -84,12 +89,14 @@ export class ConcurrencyLimit {
   }
 
   /**
-   * A request ended `now` after `latency` ms. Returns whether the limit rose
-   * (waiting requests may go).
+   * A request ended `now` after `latency` ms, with `inFlight` requests in
+   * flight (itself included). Returns whether the limit rose (waiting
+   * requests may go).
    */
-  record (latency: number, now: number): boolean {
+  record (latency: number, now: number, inFlight: number): boolean {
     const before = this.limit
     if (!this.measuring && now >= this.#nextMeasure) this.#startMeasure(now)
+    if (inFlight > this.#peak) this.#peak = inFlight
     if (now - latency >= this.#epoch) this.#keep(latency)
     if (this.measuring) {
       if (this.#seen >= this.#s.minRttRequests) this.#endMeasure(now)
@@ -122,12 +129,14 @@ export class ConcurrencyLimit {
     this.#resume = this.limit
     this.limit = this.#s.minLimit
     this.#seen = 0
+    this.#peak = 0
     this.#epoch = now
     this.#floorWindows = 0
   }
 
   #endMeasure (now: number): void {
     this.minRtt = this.#take()
+    this.#peak = 0
     this.measurements++
     this.measuring = false
     this.limit = this.#resume
@@ -144,9 +153,13 @@ export class ConcurrencyLimit {
     const buffered = this.minRtt * (1 + s.minRttBuffer / 100)
     // A sample of 0 ms (a clock too coarse) is as fast as can be.
     const gradient = this.gradient = sample <= 0 ? MAX_GRADIENT : Math.min(MAX_GRADIENT, Math.max(MIN_GRADIENT, buffered / sample))
+    const used = this.#peak * 2 >= this.limit
+    this.#peak = 0
     const scaled = this.limit * gradient
     const before = this.limit
-    this.limit = Math.min(s.maxLimit, Math.max(s.minLimit, Math.floor(scaled + Math.sqrt(scaled))))
+    const next = Math.min(s.maxLimit, Math.max(s.minLimit, Math.floor(scaled + Math.sqrt(scaled))))
+    if (next > before && !used) return
+    this.limit = next
     if (before === s.minLimit && this.limit === s.minLimit) {
       if (++this.#floorWindows >= FLOOR_WINDOWS) this.#nextMeasure = now
     } else {

@@ -488,7 +488,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   observed (target: Target, failed: boolean, latency: number): void {
     this.#outliers?.record(target, failed, latency)
     // The adaptive limit samples answers (a failure's latency says little of the load); a raised limit lets the queue move.
-    if (!failed && this.#limit?.record(latency, this.clock()) === true) this.#admission.drain()
+    if (!failed && this.#limit?.record(latency, this.clock(), this.#admission.active) === true) this.#admission.drain()
   }
 
   /** TargetOwner: a target back from an ejection made its probation attempts. */

@@ -55,7 +55,7 @@ class Model {
       // Completions in 10 ms: the in-flight requests over their latency (at least one).
       const done = Math.max(1, Math.round((k * 10) / this.latency))
       const latency = this.latency
-      for (let i = 0; i < done; i++) this.limit.record(latency, this.now)
+      for (let i = 0; i < done; i++) this.limit.record(latency, this.now, k)
       if (this.now % 100 === 0) this.limits.push(this.limit.limit)
     }
   }
@@ -108,38 +108,48 @@ t.test('the limit never goes under minLimit; stuck there for five windows, the m
 t.test('the minimum RTT is measured again every minRttInterval plus jitter, at minLimit, then the limit comes back', async (t) => {
   const l = new ConcurrencyLimit({ ...SETTINGS, minRttInterval: 1000, minRttRequests: 10 }, 0, half)
   t.equal(l.limit, 3, 'it starts at minLimit')
-  for (let i = 1; i <= 10; i++) l.record(10, i)
+  for (let i = 1; i <= 10; i++) l.record(10, i, l.limit)
   t.equal(l.measuring, false)
   t.equal(l.minRtt, 10)
   // Windows at the minimum RTT: the limit grows.
   let now = 10
   while (now < 900) {
     now += 10
-    for (let i = 0; i < 5; i++) l.record(10, now)
+    for (let i = 0; i < 5; i++) l.record(10, now, l.limit)
   }
   // Due at 10 + 1000 + 1000 * 15% * 0.5 = 1085: not at 1080.
-  l.record(10, 1080)
+  l.record(10, 1080, l.limit)
   t.equal(l.measuring, false, 'not yet due at 1080 ms')
   const grown = l.limit
   t.ok(grown > 50, `the limit grew to ${grown}`)
-  l.record(10, 1085)
+  l.record(10, 1085, l.limit)
   t.equal(l.measuring, true, 'due at 1085 ms: the measurement starts')
   t.equal(l.limit, 3, 'the limit is minLimit while it lasts')
   // A request that began before the measurement (and is slow) is not counted.
-  l.record(500, 1090)
-  for (let i = 0; i < 9; i++) l.record(12, 1100 + i)
+  l.record(500, 1090, l.limit)
+  for (let i = 0; i < 9; i++) l.record(12, 1100 + i, l.limit)
   t.equal(l.measuring, true, 'nine samples of the measurement and one from before: not done')
-  t.equal(l.record(12, 1110), true, 'the tenth ends it, and the limit rose')
+  t.equal(l.record(12, 1110, l.limit), true, 'the tenth ends it, and the limit rose')
   t.equal(l.minRtt, 12, 'the minimum RTT of the samples that began within it')
   t.equal(l.limit, grown, 'the limit is back where it was')
 })
 
+t.test('the limit grows only while used: not past what twice the requests in flight would need', async (t) => {
+  const m = new Model({}, 1000, 20, 5)
+  m.run(5000)
+  t.ok(m.limit.limit >= 5, `the limit covers the 5 offered: ${m.limit.limit}`)
+  t.ok(m.limit.limit <= 2 * 5 + Math.ceil(Math.sqrt(2 * 5 * 2)) + 2, `and stops soon past twice them, latency flat: ${m.limit.limit}`)
+  m.offered = 500
+  m.run(3000)
+  t.ok(m.limit.limit >= 500, `used, it grows again: ${m.limit.limit}`)
+})
+
 t.test('a window with no completed request leaves the limit as it was', async (t) => {
   const l = new ConcurrencyLimit({ ...SETTINGS, minRttRequests: 1 }, 0, half)
-  l.record(10, 1)
+  l.record(10, 1, l.limit)
   t.equal(l.minRtt, 10)
-  t.equal(l.record(10, 150), true, 'the first window moves it up')
+  t.equal(l.record(10, 150, l.limit), true, 'the first window moves it up')
   const limit = l.limit
-  t.equal(l.record(10, 10_000), true, 'a sample long after: one window, one step, from the same limit')
+  t.equal(l.record(10, 10_000, l.limit), true, 'a sample long after: one window, one step, from the same limit')
   t.equal(l.limit, Math.floor(limit * 1.25 + Math.sqrt(limit * 1.25)))
 })
