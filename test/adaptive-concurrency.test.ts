@@ -7,6 +7,7 @@ import { resolveOptions } from '../lib/options/index.js'
 import type { SssonectorOptions } from '../types/index.js'
 import type { Test } from 'tap'
 import { startGateway, startUpstream } from './helpers/servers.js'
+import { scrape, value } from './helpers/scrape.js'
 import type { Teardown, Upstream } from './helpers/servers.js'
 
 // ---------------------------------------------------------------- options
@@ -147,9 +148,10 @@ const ADAPTIVE = { sampleWindow: '100ms', minRttRequests: 10, jitter: 0, minLimi
 t.test(`offered ${OFFERED} at once against a capacity of ${CAPACITY}, with no queue: the limit settles below the offered concurrency and the excess gets a fast 503 POOL_EXHAUSTED`, async (t) => {
   const up = await capacityUpstream(t)
   const gw = await startGateway(t, {
-    upstreams: { a: { targets: [up.url], pool: { maxQueue: 0 }, retry: false, adaptiveConcurrency: ADAPTIVE } },
-    routes: [{ prefix: '/', upstream: 'a' }]
-  }, undefined, { connectionTimeout: 0 })
+    upstreams: { a: { targets: [up.url], pool: { maxQueue: 0 }, retry: false, adaptiveConcurrency: ADAPTIVE }, b: { targets: [up.url] } },
+    routes: [{ prefix: '/', upstream: 'a' }],
+    status: { path: '/status' }
+  })
   const { statuses, codes, limits } = await offer(gw.url, gw.agent, up, () => gw.app.sssonector.upstream('a').stats().adaptiveConcurrency!.limit)
   const s = gw.app.sssonector.upstream('a').stats()
   const refused = statuses.get(503) ?? 0
@@ -162,6 +164,21 @@ t.test(`offered ${OFFERED} at once against a capacity of ${CAPACITY}, with no qu
   t.ok(up.maxInflight < OFFERED, `the upstream never held the ${OFFERED} offered at once: at most ${up.maxInflight}`)
   t.ok(median(limits) < OFFERED, `the limit settled below the offered concurrency: median ${median(limits)}, last ${s.adaptiveConcurrency!.limit}`)
   t.ok(s.adaptiveConcurrency!.minRtt !== null && s.adaptiveConcurrency!.measurements >= 1, 'the minimum RTT was measured')
+
+  // Visible: the metrics and the status page read the same stats() (nothing moves between them: no request in flight).
+  const a = gw.app.sssonector.upstream('a').stats().adaptiveConcurrency!
+  const text = await scrape(`${gw.url}/metrics`, gw.agent)
+  t.equal(value(text, 'sssonector_adaptive_concurrency_limit', { upstream: 'a' }), a.limit, 'the limit in the metrics')
+  t.equal(value(text, 'sssonector_adaptive_concurrency_limited_total', { upstream: 'a' }), a.limited, 'the requests held back in the metrics')
+  t.equal(value(text, 'sssonector_adaptive_concurrency_min_rtt_seconds', { upstream: 'a' }), a.minRtt! / 1000, 'the minimum RTT in the metrics, in seconds')
+  t.equal(value(text, 'sssonector_adaptive_concurrency_measuring_min_rtt', { upstream: 'a' }), a.measuringMinRtt ? 1 : 0)
+  t.equal(value(text, 'sssonector_adaptive_concurrency_limit', { upstream: 'b' }), undefined, 'no series for an upstream without it')
+  t.equal(gw.app.sssonector.upstream('b').stats().adaptiveConcurrency, null)
+  const html = await (await request(`${gw.url}/status`, { dispatcher: gw.agent, headers: { accept: 'text/html' } })).body.text()
+  const section = (name: string): string => html.slice(html.indexOf(`data-upstream="${name}"`), html.indexOf('</h2>', html.indexOf(`data-upstream="${name}"`)))
+  t.match(section('a'), `adaptive limit ${a.limit}`, 'the status page shows the limit in the upstream\'s heading')
+  t.match(section('a'), `${a.limited} limited`)
+  t.notMatch(section('b'), 'adaptive limit', 'and nothing for an upstream without it')
 })
 
 t.test(`offered ${OFFERED} at once against a capacity of ${CAPACITY}, with a queue: the excess waits at the gateway, and every request is served`, async (t) => {
@@ -177,6 +194,26 @@ t.test(`offered ${OFFERED} at once against a capacity of ${CAPACITY}, with a que
   t.equal(s.rejected.pool_exhausted, undefined, 'none refused')
   t.ok(up.maxInflight < OFFERED, `the upstream never held the ${OFFERED} offered at once: at most ${up.maxInflight}`)
   t.ok(median(limits) < OFFERED, `the limit settled below the offered concurrency: median ${median(limits)}, last ${s.adaptiveConcurrency!.limit}`)
+})
+
+t.test('failures are not sampled: 5xx answers leave the minimum RTT unmeasured, answers then measure it', async (t) => {
+  let status = 500
+  const up = await startUpstream(t, (_req, res) => { res.statusCode = status; res.end('x') })
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [up.url], retry: false, circuitBreaker: false, outlierDetection: false, adaptiveConcurrency: { minRttRequests: 5 } } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const send = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) await (await request(`${gw.url}/x`, { dispatcher: gw.agent })).body.dump()
+  }
+  await send(10)
+  let a = gw.app.sssonector.upstream('a').stats().adaptiveConcurrency!
+  t.same([a.measuringMinRtt, a.measurements, a.minRtt], [true, 0, null], 'ten 500s: still measuring, nothing measured')
+  status = 200
+  await send(5)
+  a = gw.app.sssonector.upstream('a').stats().adaptiveConcurrency!
+  t.same([a.measuringMinRtt, a.measurements], [false, 1], 'five answers: measured')
+  t.ok(a.minRtt !== null && a.minRtt > 0, `min RTT ${a.minRtt} ms`)
 })
 
 t.test('without adaptiveConcurrency, the same load reaches the upstream whole (the contrast the limit makes)', async (t) => {
