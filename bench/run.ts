@@ -713,6 +713,7 @@ function describeTarget (spec: TargetSpec): string {
     case 'dead': return 'dead'
     case 'slow': return `${spec.bodyBytes} B after ${spec.delayMs} ms`
     case 'flaky': return `${spec.status} to 1 in ${spec.every}`
+    case 'capacity': return `${spec.capacity} at a time, ${spec.serviceMs} ± ${spec.spreadMs} ms each`
   }
 }
 

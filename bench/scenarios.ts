@@ -33,6 +33,12 @@ export type UpstreamBehaviour =
   | { kind: 'slow', bodyBytes: number, delayMs: number }
   /** answers `status` to one request in `every`, the others as `ok` */
   | { kind: 'flaky', bodyBytes: number, status: number, every: number }
+  /**
+   * a fixed concurrency capacity: serves `capacity` requests at a time, each
+   * for `serviceMs` ± `spreadMs` (uniform), and queues the rest itself (FIFO),
+   * so its latency grows with the requests sent to it (bench/concurrency.ts)
+   */
+  | { kind: 'capacity', bodyBytes: number, capacity: number, serviceMs: number, spreadMs: number }
 
 /** One target of a scenario: an upstream child, or a port nothing listens on. */
 export type TargetSpec = UpstreamBehaviour | { kind: 'dead' }
@@ -172,6 +178,8 @@ export interface GatewayConfig {
   prefix: string
   /** proxy WebSocket upgrades on the prefix too (http-proxy's `websocket: true`; bench/ws.ts) */
   websocket?: boolean
+  /** the plugin's options for its upstream, over the defaults (bench/concurrency.ts) */
+  upstream?: Record<string, unknown>
 }
 
 /** The config an upstream child gets as its argv[2], in JSON. */

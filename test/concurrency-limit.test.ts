@@ -144,12 +144,13 @@ t.test('the limit grows only while used: not past what twice the requests in fli
   t.ok(m.limit.limit >= 500, `used, it grows again: ${m.limit.limit}`)
 })
 
-t.test('a window with no completed request leaves the limit as it was', async (t) => {
+t.test('a window with no completed request leaves the limit as it was: quiet time between answers is no step', async (t) => {
   const l = new ConcurrencyLimit({ ...SETTINGS, minRttRequests: 1 }, 0, half)
-  l.record(10, 1, l.limit)
+  l.record(10, 1, 3)
   t.equal(l.minRtt, 10)
-  t.equal(l.record(10, 150, l.limit), true, 'the first window moves it up')
+  t.equal(l.record(10, 150, 3), true, 'the first window moves it up')
   const limit = l.limit
-  t.equal(l.record(10, 10_000, l.limit), true, 'a sample long after: one window, one step, from the same limit')
+  t.equal(limit, Math.floor(3 * 1.25 + Math.sqrt(3 * 1.25)))
+  t.equal(l.record(10, 10_000, limit), true, 'an answer long after: one window, one step, from the same limit')
   t.equal(l.limit, Math.floor(limit * 1.25 + Math.sqrt(limit * 1.25)))
 })
