@@ -1,6 +1,7 @@
 import t from 'tap'
 import { ConcurrencyLimit } from '../lib/concurrency-limit.js'
 import type { ConcurrencyLimitSettings } from '../lib/concurrency-limit.js'
+import { seeded } from './helpers/random.js'
 
 const SETTINGS: ConcurrencyLimitSettings = {
   sampleWindow: 100,
@@ -153,4 +154,16 @@ t.test('a window with no completed request leaves the limit as it was: quiet tim
   t.equal(limit, Math.floor(3 * 1.25 + Math.sqrt(3 * 1.25)))
   t.equal(l.record(10, 10_000, limit), true, 'an answer long after: one window, one step, from the same limit')
   t.equal(l.limit, Math.floor(limit * 1.25 + Math.sqrt(limit * 1.25)))
+})
+
+t.test('a window of more answers than it keeps (2048) samples them uniformly: its percentile holds', async (t) => {
+  const seed = Number(process.env.SEED ?? Date.now() % 100_000)
+  t.comment(`seed ${seed} (SEED=${seed} replays it)`)
+  const l = new ConcurrencyLimit({ ...SETTINGS, minRttRequests: 1, percentile: 90 }, 0, seeded(seed))
+  l.record(10, 1, 3)
+  // 10,000 answers in one window: 85% at 10 ms, then 15% at 50 ms; the p90 is 50 ms only if the late ones are kept in their share.
+  for (let i = 0; i < 8500; i++) l.record(10, 50, 3)
+  for (let i = 0; i < 1499; i++) l.record(50, 50, 3)
+  l.record(50, 150, 3)
+  t.equal(l.sampleRtt, 50, 'the p90 of the window, from a uniform sample of it')
 })
