@@ -31,6 +31,8 @@ export interface RateOptions {
 export interface RateResult extends LoadResult {
   /** the schedule's own lag: how late the generator sent, p99.9 and max, ms */
   lag: { p999: number, max: number }
+  /** the latency of the 2xx answers alone (the requests a gateway admitted and the upstream served), ms */
+  okLatency: LoadResult['latency']
 }
 
 const TIMEOUT = 10_000
@@ -53,6 +55,7 @@ export async function runAtRate (opts: RateOptions): Promise<RateResult> {
   const total = skip + measured
   const interval = 1000 / opts.rate
   const latencies = new Float64Array(measured)
+  const okLatencies = new Float64Array(measured)
   const lags = new Float64Array(measured)
   const statusCodes: Record<string, number> = {}
   const path = opts.request.path
@@ -93,10 +96,10 @@ export async function runAtRate (opts: RateOptions): Promise<RateResult> {
       pool.request({ path, method, ...(headers !== undefined ? { headers } : {}), ...(body !== undefined ? { body } : {}) }).then(async (res) => {
         await res.body.dump({ limit: Infinity })
         if (!recorded) return
-        latencies[count++] = performance.now() - due
+        const latency = latencies[count++] = performance.now() - due
         const code = String(res.statusCode)
         statusCodes[code] = (statusCodes[code] ?? 0) + 1
-        if (res.statusCode >= 200 && res.statusCode < 300) ok++
+        if (res.statusCode >= 200 && res.statusCode < 300) okLatencies[ok++] = latency
       }).catch((err: unknown) => {
         if (!recorded) return
         errors++
@@ -141,6 +144,7 @@ export async function runAtRate (opts: RateOptions): Promise<RateResult> {
     success: attempts > 0 ? ok / attempts : 0,
     statusCodes,
     seconds: result.seconds,
-    lag: { p999: percentile(lagSorted, 99.9), max: lagged > 0 ? lagSorted[lagged - 1]! : 0 }
+    lag: { p999: percentile(lagSorted, 99.9), max: lagged > 0 ? lagSorted[lagged - 1]! : 0 },
+    okLatency: latencyOf(okLatencies.subarray(0, ok).sort())
   }
 }

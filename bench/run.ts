@@ -714,6 +714,7 @@ function describeTarget (spec: TargetSpec): string {
     case 'slow': return `${spec.bodyBytes} B after ${spec.delayMs} ms`
     case 'flaky': return `${spec.status} to 1 in ${spec.every}`
     case 'stalls': return `1 in ${spec.every} after ${spec.delayMs} ms`
+    case 'capacity': return `${spec.capacity} at a time, ${spec.serviceMs} ± ${spec.spreadMs} ms each`
   }
 }
 

@@ -41,6 +41,12 @@ export type UpstreamBehaviour =
   | { kind: 'flaky', bodyBytes: number, status: number, every: number }
   /** answers one request in `every` after `delayMs`, the others as `ok` */
   | { kind: 'stalls', bodyBytes: number, every: number, delayMs: number }
+  /**
+   * a fixed concurrency capacity: serves `capacity` requests at a time, each
+   * for `serviceMs` ± `spreadMs` (uniform), and queues the rest itself (FIFO),
+   * so its latency grows with the requests sent to it (bench/concurrency.ts)
+   */
+  | { kind: 'capacity', bodyBytes: number, capacity: number, serviceMs: number, spreadMs: number }
 
 /** One target of a scenario: an upstream child, or a port nothing listens on. */
 export type TargetSpec = UpstreamBehaviour | { kind: 'dead' }
@@ -192,7 +198,7 @@ export interface GatewayConfig {
   kind: GatewayKind
   targets: string[]
   prefix: string
-  /** the plugin's upstream options beyond its targets (ArmDefinition#upstream) */
+  /** the plugin's upstream options beyond its targets (ArmDefinition#upstream, bench/concurrency.ts) */
   upstream?: Record<string, unknown>
   /** proxy WebSocket upgrades on the prefix too (http-proxy's `websocket: true`; bench/ws.ts) */
   websocket?: boolean

@@ -64,6 +64,35 @@ function handlerFor (behaviour: UpstreamBehaviour): Handler {
         afterBody(req, () => { if (fail) bad(res); else good(res) })
       }
     }
+    case 'capacity': {
+      const send = answer(behaviour.bodyBytes)
+      const { capacity, serviceMs, spreadMs } = behaviour
+      const waiting: Array<() => void> = []
+      let serving = 0
+      const next = (): void => {
+        while (serving < capacity && waiting.length > 0) {
+          serving++
+          waiting.shift()!()
+        }
+      }
+      return (req, res) => {
+        afterBody(req, () => {
+          waiting.push(() => {
+            // one whose client left while it waited (a load generator's timeout) is dropped, not served: it would hold a place the next run's requests need
+            if (res.destroyed) {
+              serving--
+              return
+            }
+            setTimeout(() => {
+              serving--
+              next()
+              if (!res.destroyed) send(res)
+            }, serviceMs - spreadMs + Math.random() * 2 * spreadMs)
+          })
+          next()
+        })
+      }
+    }
   }
 }
 

@@ -11,6 +11,11 @@ import type { TunnelOwner } from './tunnel-lease.js'
 import { ClosedError, NoTargetError, PoolExhaustedError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 
+/** An upper bound on the requests in flight that moves (the adaptive concurrency limit). */
+export interface AdmissionLimit {
+  readonly limit: number
+}
+
 /** A request waiting for a lease: granted one, now or from the queue, or failed with a 503. Its own balancer context. */
 export interface LeaseWaiter extends Waiter<Lease>, PickContext<Target> {}
 
@@ -31,8 +36,9 @@ export interface AdmissionHost extends LeaseOwner, TunnelOwner {
 
 /**
  * Admission (Envoy's resource manager): the requests active, the bounded FIFO
- * queue of those waiting for a connection, its timeout, and the 503s. A
- * request is granted a lease (a target and a connection on it) at once, or
+ * queue of those waiting for a connection, its timeout, and the 503s. With
+ * an adaptive limit, a request over it waits (or is refused) as one over the
+ * connection caps. A request is granted a lease (a target and a connection on it) at once, or
  * waits, or gets 503 `NO_TARGET` when no target can serve, 503
  * `POOL_EXHAUSTED` when the queue is full or its wait runs out, 503 `CLOSED`
  * once the upstream closes.
@@ -45,6 +51,9 @@ export class Admission {
   tunnels = 0
   readonly #maxTunnels: number
   readonly rejected: Partial<Record<ErrorCategory, number>> = {}
+  /** Requests that found the adaptive limit reached (they queued, or got 503 `POOL_EXHAUSTED`). */
+  limited = 0
+  readonly #limit: AdmissionLimit | null
   readonly #host: AdmissionHost
   readonly #queue = new WaitQueue<Lease>()
   readonly #maxQueue: number
@@ -64,8 +73,9 @@ export class Admission {
   #live: Lease | null = null
   #onEmpty: Array<() => void> = []
 
-  constructor (host: AdmissionHost, opts: { maxQueue: number, queueTimeout: number, retryInterval: number, now: () => number, maxTunnels?: number }) {
+  constructor (host: AdmissionHost, opts: { maxQueue: number, queueTimeout: number, retryInterval: number, now: () => number, maxTunnels?: number, limit?: AdmissionLimit | null }) {
     this.#host = host
+    this.#limit = opts.limit ?? null
     this.#maxTunnels = opts.maxTunnels ?? Infinity
     this.#maxQueue = opts.maxQueue
     this.#queueTimeout = opts.queueTimeout
@@ -89,7 +99,9 @@ export class Admission {
       w.fail(this.#reject(new ClosedError(this.#host.name) as SssonectorError, 'no_target', this.#retryAfter))
       return
     }
-    if (this.#queue.size === 0) {
+    const held = this.#limit !== null && this.active >= this.#limit.limit
+    if (held) this.limited++
+    if (this.#queue.size === 0 && !held) {
       let lease: Lease | null
       try {
         lease = this.#admit(w)
@@ -144,6 +156,7 @@ export class Admission {
 
   /** A target and a connection now; null when it must wait; throws 503 `NO_TARGET` when no target can serve. */
   #admit (context: PickContext<Target>): Lease | null {
+    if (this.#limit !== null && this.active >= this.#limit.limit) return null
     const host = this.#host
     const target = host.pick(context)
     if (target === undefined) {

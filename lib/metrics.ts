@@ -288,6 +288,41 @@ export class Metrics implements Meter {
         }
       }
     })
+
+    // Adaptive concurrency (Envoy's gradient controller stats), for the upstreams that have it.
+    const adaptive: Array<[string, string, 'sum' | 'average' | 'max', (a: NonNullable<UpstreamStats['adaptiveConcurrency']>) => number | null]> = [
+      ['adaptive_concurrency_limit', 'Requests the upstream lets in flight now, by its adaptive concurrency limit', 'sum', (a) => a.limit],
+      ['adaptive_concurrency_min_rtt_seconds', 'The minimum round-trip time the adaptive limit last measured', 'average', (a) => a.minRtt === null ? null : a.minRtt / 1000],
+      ['adaptive_concurrency_sample_rtt_seconds', 'The last sample window\'s latency (its percentile) that the adaptive limit compared with the minimum', 'average', (a) => a.sampleRtt === null ? null : a.sampleRtt / 1000],
+      ['adaptive_concurrency_gradient', 'The adaptive limit\'s last gradient: buffered minimum RTT over sample RTT, 0.5 to 2', 'average', (a) => a.gradient],
+      ['adaptive_concurrency_measuring_min_rtt', '1 while the minimum RTT is measured (the limit at its minimum)', 'max', (a) => a.measuringMinRtt ? 1 : 0]
+    ]
+    for (const [name, help, aggregator, read] of adaptive) {
+      new Gauge({ // eslint-disable-line no-new
+        name: `${prefix}${name}`,
+        help,
+        labelNames: ['upstream'],
+        aggregator,
+        registers,
+        collect () {
+          this.reset()
+          for (const u of ups()) {
+            const v = u.adaptiveConcurrency === null ? null : read(u.adaptiveConcurrency)
+            if (v !== null) this.set({ upstream: u.name }, v)
+          }
+        }
+      })
+    }
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}adaptive_concurrency_limited_total`,
+      help: 'Requests that found the adaptive concurrency limit reached at admission (they queued, or got 503 POOL_EXHAUSTED)',
+      labelNames: ['upstream'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) if (u.adaptiveConcurrency !== null) this.inc({ upstream: u.name }, u.adaptiveConcurrency.limited)
+      }
+    })
   }
 
   /** The upstreams whose stats collect() reads. */

@@ -129,12 +129,20 @@ function hedges (u: UpstreamStats): string {
   return h === null ? '' : `, <span class="hedges">hedges: ${h.sent} sent, ${h.won} won, ${h.cancelled} cancelled, ${h.denied} denied</span>`
 }
 
+/** The adaptive concurrency limit, for the upstream's heading: the limit, the minimum and sample RTTs, those held back. */
+function adaptive (u: UpstreamStats): string {
+  const a = u.adaptiveConcurrency
+  if (a === null) return ''
+  const rtt = (v: number | null): string => v === null ? '-' : `${v.toFixed(1)} ms`
+  return `, <span class="adaptive" title="adaptive concurrency: requests let in flight now; minimum RTT measured, last window's latency; requests that found the limit reached">adaptive limit ${a.limit}${a.measuringMinRtt ? ' (measuring min RTT)' : ''}, min RTT ${rtt(a.minRtt)}, sample RTT ${rtt(a.sampleRtt)}, ${a.limited} limited</span>`
+}
+
 function table (u: UpstreamStats, now: number): string {
   const states = u.targets.map((t) => rowState(t, u.panic))
   const refused = Object.entries(u.rejected).map(([k, v]) => `${v} ${k}`).join(', ')
   const rows = u.targets.map((t, i) => row(t, states[i], now)).join('\n')
   return `<section data-upstream="${esc(u.name)}">
-<h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
+<h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${adaptive(u)}${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
 ${verdict(u, states)}
 ${panicNote(u, states)}
 <table><thead><tr><th>target</th><th>state</th><th>why</th><th>rate</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th title="failures with no answer: connect, reset, timeout, malformed">conn errors</th><th title="its failed attempts retried on another target">retries</th><th>p50</th><th>p99</th><th>last 60 s</th><th>breaker</th><th title="attempts in flight / idle connections / open connections">active / idle / conns</th><th title="WebSocket tunnels open now (their upgrade under way or done)">tunnels</th><th>weight</th><th title="attempts since start">total</th></tr></thead>

@@ -12,6 +12,7 @@ import { makeBalancer } from './balancer.js'
 import type { Balancer, PickContext, Random } from './balancer.js'
 import type { DownEvent } from './down-state.js'
 import { Admission } from './admission.js'
+import { ConcurrencyLimit } from './concurrency-limit.js'
 import type { AdmissionHost, LeaseWaiter } from './admission.js'
 import type { Lease } from './lease.js'
 import type { TunnelLease } from './tunnel-lease.js'
@@ -129,6 +130,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   /** Attempts an upgrade may make (TunnelOwner). */
   readonly tunnelAttempts: number
   readonly #admission: Admission
+  /** The adaptive concurrency limit admission asks; null when off. */
+  readonly #limit: ConcurrencyLimit | null
   readonly #log: UpstreamLogger
   readonly #outliers: OutlierDetector | null
   #odTimer: NodeJS.Timeout | null = null
@@ -170,7 +173,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.budget = new RetryBudget(config.retry?.budget)
     this.hedge = config.hedge === null ? null : new Hedging(config.hedge)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
-    this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels })
+    this.#limit = config.adaptiveConcurrency === null ? null : new ConcurrencyLimit(config.adaptiveConcurrency, this.clock(), this.random)
+    this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels, limit: this.#limit })
     this.tunnelAttempts = config.retry === null ? 1 : config.pool.maxRetries + 1
     this.#onFree = () => { this.#freed() }
     this.dispatcher = new UpstreamDispatcher(this)
@@ -487,6 +491,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   /** TargetOwner: an attempt of the target's own ended. */
   observed (target: Target, failed: boolean, latency: number): void {
     this.#outliers?.record(target, failed, latency)
+    // The adaptive limit samples answers (a failure's latency says little of the load); a raised limit lets the queue move.
+    if (!failed && this.#limit?.record(latency, this.clock(), this.#admission.active) === true) this.#admission.drain()
   }
 
   /** TargetOwner: a target back from an ejection made its probation attempts. */
@@ -720,8 +726,15 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       tunnels: a.tunnels,
       upgrades: { ...this.upgrades },
       hedges: this.hedge?.stats() ?? null,
+      adaptiveConcurrency: this.#adaptiveStats(),
       targets: this.targets.map((t) => t.stats(now))
     }
+  }
+
+  #adaptiveStats (): UpstreamStats['adaptiveConcurrency'] {
+    const l = this.#limit
+    if (l === null) return null
+    return { limit: l.limit, minRtt: l.minRtt, sampleRtt: l.sampleRtt, gradient: l.gradient, measuringMinRtt: l.measuring, measurements: l.measurements, limited: this.#admission.limited }
   }
 
   /** Stops admitting; what waits in the queue and what is in flight finish; then every connection closes and its timers stop. */

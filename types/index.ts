@@ -173,6 +173,32 @@ export interface TlsOptions {
   rejectUnauthorized?: boolean
 }
 
+/**
+ * Adaptive concurrency (Envoy's adaptive concurrency filter, gradient
+ * controller): the requests an upstream lets in flight follow its measured
+ * minimum RTT. Requests over the limit wait in the queue (`pool.maxQueue`,
+ * `pool.queueTimeout`) or get 503 `POOL_EXHAUSTED`; `pool.maxActive` stays a
+ * hard cap.
+ */
+export interface AdaptiveConcurrencyOptions {
+  /** How often the limit moves, on the latencies of the requests completed in that window. @default '100ms' */
+  sampleWindow?: Duration
+  /** The percentile of a window's latencies compared with the minimum RTT (1 to 100). @default 50 */
+  percentile?: number
+  /** How often the minimum RTT is measured again (the limit drops to `minLimit` meanwhile). @default '60s' */
+  minRttInterval?: Duration
+  /** Requests a minimum RTT measurement takes. @default 50 */
+  minRttRequests?: number
+  /** Up to this percent of `minRttInterval` is added at random to each interval (0 to 100). @default 15 */
+  jitter?: number
+  /** Latency up to this percent over the minimum RTT counts as unloaded (0 to 1000). @default 25 */
+  minRttBuffer?: number
+  /** The limit never goes below this (nor the measurement's). @default 3 */
+  minLimit?: number
+  /** The limit never goes above this. @default pool.maxActive */
+  maxLimit?: number
+}
+
 /** Settings that the top level gives as defaults and an upstream block may override key by key. */
 export interface UpstreamDefaults {
   pool?: PoolOptions
@@ -187,6 +213,8 @@ export interface UpstreamDefaults {
   retry?: RetryOptions | false
   timeouts?: TimeoutOptions
   tls?: TlsOptions
+  /** The limit of requests in flight follows the upstream's latency; `false` (or absent) for none. @default off */
+  adaptiveConcurrency?: AdaptiveConcurrencyOptions | false
 }
 
 export interface UpstreamOptions extends UpstreamDefaults {
@@ -469,7 +497,26 @@ export interface UpstreamStats {
    * the budget refused.
    */
   hedges: { sent: number, won: number, cancelled: number, denied: number } | null
+  /** The adaptive concurrency limit; null when `adaptiveConcurrency` is off. */
+  adaptiveConcurrency: AdaptiveConcurrencyStats | null
   targets: TargetStats[]
+}
+
+export interface AdaptiveConcurrencyStats {
+  /** Requests allowed in flight now (`minLimit` while the minimum RTT is measured). */
+  limit: number
+  /** The minimum RTT last measured (ms); null before the first measurement ends. */
+  minRtt: number | null
+  /** The last sample window's latency (its percentile, ms); null before the first. */
+  sampleRtt: number | null
+  /** The last window's gradient: buffered minimum RTT over sample RTT, 0.5 to 2. */
+  gradient: number
+  /** A minimum RTT measurement is under way. */
+  measuringMinRtt: boolean
+  /** Minimum RTT measurements completed since start. */
+  measurements: number
+  /** Requests that found the limit reached at admission (they waited in the queue, or got 503 `POOL_EXHAUSTED`), since start. */
+  limited: number
 }
 
 export interface UpstreamRequestOptions {

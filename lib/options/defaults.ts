@@ -66,6 +66,17 @@ export const DEFAULTS = {
     tunnelIdle: 60 * 60 * 1000, // 1h (HAProxy's timeout tunnel, as commonly set)
     tunnelDrain: 10 * 1000 // 10s
   },
+  // Envoy's gradient controller defaults; the two intervals (required there) as its docs' example.
+  adaptiveConcurrency: {
+    sampleWindow: 100, // 100ms
+    percentile: 50,
+    minRttInterval: 60 * 1000, // 60s
+    minRttRequests: 50,
+    jitter: 15, // percent
+    minRttBuffer: 25, // percent
+    minLimit: 3
+    // maxLimit: pool.maxActive
+  },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
   gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
 } as const
@@ -152,6 +163,17 @@ export interface ResolvedTimeouts {
   tunnelDrain: number
 }
 
+export interface ResolvedAdaptiveConcurrency {
+  sampleWindow: number
+  percentile: number
+  minRttInterval: number
+  minRttRequests: number
+  jitter: number
+  minRttBuffer: number
+  minLimit: number
+  maxLimit: number
+}
+
 export interface ResolvedTarget {
   url: string
   origin: string
@@ -180,6 +202,8 @@ export interface ResolvedUpstream {
   hedge: ResolvedHedge | null
   timeouts: ResolvedTimeouts
   tls: TlsOptions
+  /** null: off */
+  adaptiveConcurrency: ResolvedAdaptiveConcurrency | null
 }
 
 export interface ResolvedRoute {

@@ -2,12 +2,12 @@
 // outlierDetection, retry, timeouts, tls), and the merge of the top level's blocks
 // (defaults) under an upstream's own, key by key.
 import type {
-  BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
+  AdaptiveConcurrencyOptions, BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
   TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions
 } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type {
-  ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
+  ResolvedAdaptiveConcurrency, ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
   ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
 import { arrayAt, boolAt, fail, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
@@ -53,8 +53,9 @@ const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay',
 const BUDGET_KEYS = keysOf<RetryBudget>()('percent', 'minConcurrent')
 const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'request', 'clientBody', 'tunnelIdle', 'tunnelDrain')
 const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
+const AC_KEYS = keysOf<AdaptiveConcurrencyOptions>()('sampleWindow', 'percentile', 'minRttInterval', 'minRttRequests', 'jitter', 'minRttBuffer', 'minLimit', 'maxLimit')
 /** The blocks the top level gives as defaults and an upstream may override. */
-export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls')
+export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls', 'adaptiveConcurrency')
 const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
 const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
 const HTTP_METHOD = /^[A-Z]+$/
@@ -207,6 +208,31 @@ function checkTimeouts (value: unknown, path: string): Partial<ResolvedTimeouts>
   return out
 }
 
+function checkAdaptiveConcurrency (value: unknown, path: string): Partial<ResolvedAdaptiveConcurrency> | false {
+  if (value === false) return false
+  const o = objectAt(value, path, AC_KEYS)
+  const out: Partial<ResolvedAdaptiveConcurrency> = {}
+  if (o.sampleWindow !== undefined) out.sampleWindow = positiveDuration(o.sampleWindow, `${path}.sampleWindow`)
+  if (o.percentile !== undefined) out.percentile = numberAt(o.percentile, `${path}.percentile`, 1, 100)
+  if (o.minRttInterval !== undefined) out.minRttInterval = positiveDuration(o.minRttInterval, `${path}.minRttInterval`)
+  if (o.minRttRequests !== undefined) out.minRttRequests = intAt(o.minRttRequests, `${path}.minRttRequests`, 1, 100_000)
+  if (o.jitter !== undefined) out.jitter = numberAt(o.jitter, `${path}.jitter`, 0, 100)
+  if (o.minRttBuffer !== undefined) out.minRttBuffer = numberAt(o.minRttBuffer, `${path}.minRttBuffer`, 0, 1000)
+  if (o.minLimit !== undefined) out.minLimit = intAt(o.minLimit, `${path}.minLimit`, 1)
+  if (o.maxLimit !== undefined) out.maxLimit = intAt(o.maxLimit, `${path}.maxLimit`, 1)
+  return out
+}
+
+/** The adaptive concurrency block merged and resolved; null when off (absent or `false`). */
+function resolveAdaptiveConcurrency (top: Layer['adaptiveConcurrency'], own: Layer['adaptiveConcurrency'], pool: ResolvedPool, path: string): ResolvedAdaptiveConcurrency | null {
+  if (own === false || (own === undefined && (top === false || top === undefined))) return null
+  const merged = mergeBlock(top, own) as Partial<ResolvedAdaptiveConcurrency>
+  const ac: ResolvedAdaptiveConcurrency = { ...DEFAULTS.adaptiveConcurrency, maxLimit: pool.maxActive, ...merged }
+  if (ac.maxLimit > pool.maxActive) fail(`${path}.adaptiveConcurrency.maxLimit`, ac.maxLimit, `is more than pool.maxActive (${pool.maxActive}), which stays a hard cap`)
+  if (ac.minLimit > ac.maxLimit) fail(`${path}.adaptiveConcurrency.minLimit`, ac.minLimit, `is more than adaptiveConcurrency.maxLimit (${ac.maxLimit})`)
+  return ac
+}
+
 function isPem (v: unknown): boolean {
   return typeof v === 'string' || Buffer.isBuffer(v)
 }
@@ -236,6 +262,7 @@ export interface Layer {
   retry?: PartialRetry | false
   timeouts?: Partial<ResolvedTimeouts>
   tls?: TlsOptions
+  adaptiveConcurrency?: Partial<ResolvedAdaptiveConcurrency> | false
 }
 
 export function checkLayer (o: Record<string, unknown>, path: string): Layer {
@@ -250,6 +277,7 @@ export function checkLayer (o: Record<string, unknown>, path: string): Layer {
   if (o.retry !== undefined) layer.retry = checkRetry(o.retry, at('retry'))
   if (o.timeouts !== undefined) layer.timeouts = checkTimeouts(o.timeouts, at('timeouts'))
   if (o.tls !== undefined) layer.tls = checkTls(o.tls, at('tls'))
+  if (o.adaptiveConcurrency !== undefined) layer.adaptiveConcurrency = checkAdaptiveConcurrency(o.adaptiveConcurrency, at('adaptiveConcurrency'))
   return layer
 }
 
@@ -370,6 +398,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     retry,
     hedge,
     timeouts,
-    tls
+    tls,
+    adaptiveConcurrency: resolveAdaptiveConcurrency(top.adaptiveConcurrency, own.adaptiveConcurrency, pool, path)
   }
 }
