@@ -370,6 +370,15 @@ export interface TargetStats {
   closed: number
   /** Age (ms) of each connection open now. */
   connectionAges: number[]
+  /**
+   * The target's own idle timeout, learned from the idle connections it
+   * closed with no `Keep-Alive` hint: `learned` (ms, null until one is seen,
+   * or once a watched connection outlived `pool.idleTimeout`), `retireAt` (ms
+   * of idle from which the pool closes a connection itself, before the
+   * target can), `idleCloses` (idle connections it closed), `retired`
+   * (connections the pool retired early).
+   */
+  keepAlive: { learned: number | null, retireAt: number | null, idleCloses: number, retired: number }
   /** Attempts sent to this target since start. */
   requests: number
   /** Its own failed attempts, by category (a client's faults and 5xx answers aside). */
