@@ -130,6 +130,12 @@ export interface RetryOptions {
   budget?: RetryBudget
   /** Request bodies up to this many bytes are kept for replay. @default 65536 */
   bufferBody?: number
+  /**
+   * A POST or PATCH carrying this header (draft-ietf-httpapi-idempotency-key-header)
+   * is retried like the methods above when its body can be sent again; `false`: never.
+   * @default 'Idempotency-Key'
+   */
+  idempotencyKey?: string | false
 }
 
 export interface TimeoutOptions {

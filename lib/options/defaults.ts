@@ -53,7 +53,9 @@ export const DEFAULTS = {
     baseDelay: 25, // 25ms
     maxDelay: 250, // 250ms
     budget: { percent: 20, minConcurrent: 3 },
-    bufferBody: 64 * 1024 // 64 KiB
+    bufferBody: 64 * 1024, // 64 KiB
+    // The draft's header: a client that sends it asks for retries to be safe (Stripe and others dedupe on it).
+    idempotencyKey: 'Idempotency-Key' as string | false
   },
   timeouts: {
     connect: 5 * 1000, // 5s
@@ -123,6 +125,8 @@ export interface ResolvedRetry {
   maxDelay: number
   budget: { percent: number, minConcurrent: number }
   bufferBody: number
+  /** The Idempotency-Key header's name, lower case; null: off. */
+  idempotencyKey: string | null
 }
 
 export interface ResolvedTimeouts {
