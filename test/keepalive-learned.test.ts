@@ -97,7 +97,8 @@ t.test('1,000 POSTs spaced 10-30 ms apart against an upstream that silently clos
   t.ok(seen.idleCloses > 50, `the upstream closed idle sockets under the gateway (${seen.idleCloses})`)
   for (let i = 0; i < SEQUENCES; i++) {
     const ka = gw.app.sssonector.upstream(`s${i}`).stats().targets[0].keepAlive
-    t.ok(ka.learned !== null && ka.learned > 5 && ka.learned < 60, `s${i}: learned idle timeout ${ka.learned} ms, about 20`)
+    // At most about 20 ms; lower when the gateway saw an answer's end late (a machine starved of CPU).
+    t.ok(ka.learned !== null && ka.learned < 40, `s${i}: learned idle timeout ${ka.learned} ms, about 20 at most`)
     t.ok(ka.retireAt !== null && ka.retireAt < ka.learned!, `s${i}: retires idle connections at ${ka.retireAt} ms, before it`)
   }
 })
@@ -116,12 +117,13 @@ t.test('the learned value grows back when the upstream keeps idle connections lo
   const a = gw.app.sssonector.upstream('a')
   const ka = (): { learned: number | null, retireAt: number | null, idleCloses: number, retired: number } => a.stats().targets[0].keepAlive
   // Spaced past the upstream's 20 ms until it has closed a few idle connections under the pool.
+  const statuses: number[] = []
   for (let i = 0; i < 50 && ka().idleCloses < 4; i++) {
-    t.equal(await post(`${gw.url}/api/warm`, gw), 200)
+    statuses.push(await post(`${gw.url}/api/warm`, gw))
     await pause(35)
   }
   const first = ka().learned
-  t.ok(first !== null && first > 5 && first < 60, `learned about 20 ms first (${first})`)
+  t.ok(first !== null && first < 40, `learned about 20 ms at most first (${first})`)
   // Visible: a read-only stats field, the metrics, the status page.
   const k = ka()
   t.same(a.stats().targets[0].keepAlive, k, 'stats() reads, moves nothing')
@@ -132,12 +134,14 @@ t.test('the learned value grows back when the upstream keeps idle connections lo
   t.match(await page.body.text(), `idle closed at ${k.learned} ms, retired at ${k.retireAt} ms`)
   await up.setIdleClose(1000)
   // Now each connection retires at about 10 ms and is watched up to twice the learned age: it lives on.
-  for (let i = 0; i < 80 && (ka().learned ?? 0) < 2 * first!; i++) {
-    t.equal(await post(`${gw.url}/api/longer`, gw), 200)
-    await pause(2 * first! + 10)
+  // Until it has learned twice the old 20 ms (from a lower first value, it doubles a few times).
+  for (let i = 0; i < 80 && (ka().learned ?? 0) < 40; i++) {
+    statuses.push(await post(`${gw.url}/api/longer`, gw))
+    await pause(2 * (ka().learned ?? 20) + 10)
   }
+  t.ok(statuses.every((s) => s === 200), `every POST succeeded (${statuses.length})`)
   const grown = ka().learned
-  t.ok(grown !== null && grown >= 2 * first!, `learned ${grown} ms after the upstream kept connections for 1 s (first ${first} ms)`)
+  t.ok(grown !== null && grown >= 40, `learned ${grown} ms after the upstream kept connections for 1 s (first ${first} ms)`)
   t.ok(ka().retired > 0, 'connections were retired early meanwhile')
 })
 
