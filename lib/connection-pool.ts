@@ -3,6 +3,7 @@ import type { Dispatcher } from 'undici'
 import type { TlsOptions } from '../types/index.js'
 import type { ResolvedPool, ResolvedTimeouts } from './options/index.js'
 import { isFramingAnomaly } from './errors.js'
+import { IdleTimeoutLearner } from './idle-timeout.js'
 
 /** What a target's connections are made with. */
 export interface ConnectionSettings {
@@ -48,9 +49,12 @@ export const undiciConnectionFactory: ConnectionFactory = (origin, { pool, timeo
 export class SharedLimits {
   /** Connections that exist (connecting, busy or idle). */
   open = 0
+  /** Idle connections, watched ones included (see IdleTimeoutLearner). */
   idle = 0
   readonly maxActive: number
   readonly maxIdle: number
+  /** Asks for an idle sweep by then at the latest (the upstream sets it). */
+  sweepBy: (due: number) => void = () => {}
 
   constructor (maxActive: number, maxIdle: number) {
     this.maxActive = maxActive
@@ -72,6 +76,7 @@ export class Connection {
   readonly client: ConnectionClient
   readonly pool: TargetPool
   readonly openedAt: number
+  /** When it last went idle: its answer ended. */
   idleSince = 0
   /** Index in the pool's idle stack, -1 when not idle. */
   idleIndex = -1
@@ -85,6 +90,10 @@ export class Connection {
   broken = false
   /** Destroyed by the pool. */
   closed = false
+  /** Retired idle before the target's learned idle timeout, kept open (never handed out) to see when the target closes it. */
+  watched = false
+  /** Its watch is over: the verdict waits for the events of this turn. */
+  watchEnding = false
 
   constructor (client: ConnectionClient, pool: TargetPool, now: number) {
     this.client = client
@@ -105,12 +114,28 @@ function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: u
   // A socket that closed on a framing anomaly (bytes on an idle socket, a second
   // answer, bytes after a complete response): undici destroyed it; the target hears.
   if (err != null && (conn.idleIndex !== -1 || conn.returning) && isFramingAnomaly(err)) conn.pool.observer?.anomaly(err as Error)
-  // An idle socket the peer closed leaves the idle set on the event, not on reuse.
-  if (conn.idleIndex !== -1) conn.pool.discard(conn)
+  // An idle socket the peer closed leaves the idle set on the event, not on reuse;
+  // its idle age teaches the pool the target's own idle timeout.
+  if (conn.idleIndex !== -1 || conn.watched) conn.pool.idleClosed(conn, err)
+}
+
+/**
+ * Whether a socket closed by the peer's doing (its FIN, or a reset): undici's
+ * 'other side closed' or 'closed', ECONNRESET, EPIPE. Not a framing anomaly,
+ * nor undici's own close at a Keep-Alive hint ('socket idle timeout').
+ */
+function peerClosed (err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code
+  if (code === 'ECONNRESET' || code === 'EPIPE') return true
+  return code === 'UND_ERR_SOCKET' && !isFramingAnomaly(err)
 }
 
 function putReusable (pool: TargetPool, conn: Connection): void {
   pool.put(conn, true)
+}
+
+function endWatch (pool: TargetPool, conn: Connection, age: number): void {
+  pool.endWatch(conn, age)
 }
 
 /**
@@ -139,6 +164,10 @@ export class TargetPool {
   closedCount = 0
   /** Told of each connection opened and closed (metrics, debug logs). */
   observer: PoolObserver | null = null
+  /** The target's own idle timeout, learned from its idle closes. */
+  readonly keepAlive: IdleTimeoutLearner
+  /** The retired connection watched now, if any (one at a time). */
+  #watched: Connection | null = null
   readonly #all = new Set<Connection>()
   readonly #destroying = new Set<Promise<void>>()
   #closing = false
@@ -152,6 +181,7 @@ export class TargetPool {
     this.#now = now
     this.#onFree = onFree
     this.#maxPerTarget = settings.pool.maxActivePerTarget
+    this.keepAlive = new IdleTimeoutLearner(settings.pool.idleTimeout)
   }
 
   /** Whether `take()` can hand out a connection now, counting an idle one of another target that could be closed to make room. */
@@ -176,12 +206,19 @@ export class TargetPool {
     if (this.#closing) return undefined
     // A fresh one when asked and it fits; else the idle ones first.
     const idle = fresh && this.canOpen() ? [] : this.idle
+    const retireAt = idle.length > 0 ? this.keepAlive.retireAt() : Infinity
+    const now = retireAt === Infinity ? 0 : this.#now()
     while (idle.length > 0) {
       const conn = idle.pop()!
       conn.idleIndex = -1
       this.#limits.idle--
       if (conn.broken) {
         this.#destroy(conn)
+        continue
+      }
+      // Idle as long as the target keeps idle connections, nearly: it may close it under the request.
+      if (now - conn.idleSince >= retireAt) {
+        this.#retire(conn)
         continue
       }
       this.busy++
@@ -214,14 +251,25 @@ export class TargetPool {
   /** Put: back to the idle set when it can serve again, else closed. */
   put (conn: Connection, reusable: boolean): void {
     this.busy--
+    // Idle from the end of its answer (putAfterTurn), the nearest we see to the target's own start of idle.
+    const idleSince = conn.returning ? conn.idleSince : this.#now()
     conn.returning = false
+    // A watched connection yields its place under maxIdle to one that can serve.
+    if (this.#watched !== null && this.#limits.idle >= this.#limits.maxIdle) this.#destroy(this.#unwatch())
     if (!reusable || conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle || this.#retired(conn, this.#now())) {
       this.#destroy(conn)
     } else {
-      conn.idleSince = this.#now()
-      conn.idleIndex = this.idle.length
-      this.idle.push(conn)
-      this.#limits.idle++
+      conn.idleSince = idleSince
+      const retireAt = this.keepAlive.retireAt()
+      if (retireAt <= 0) {
+        // The target closes idle connections at once: none is reused.
+        this.#retire(conn)
+      } else {
+        conn.idleIndex = this.idle.length
+        this.idle.push(conn)
+        this.#limits.idle++
+        if (retireAt !== Infinity) this.#limits.sweepBy(conn.idleSince + retireAt)
+      }
     }
     this.#checkEmpty()
     this.#onFree()
@@ -236,6 +284,7 @@ export class TargetPool {
    */
   putAfterTurn (conn: Connection): void {
     conn.returning = true
+    conn.idleSince = this.#now()
     setImmediate(putReusable, this, conn)
   }
 
@@ -246,8 +295,51 @@ export class TargetPool {
     this.#onFree()
   }
 
-  /** Closes the least recently used idle connection, to make room elsewhere. */
+  /** An idle (or watched) connection's socket closed: a close of the target's is a sample of its idle timeout. */
+  idleClosed (conn: Connection, err: unknown): void {
+    if (peerClosed(err)) this.keepAlive.closed(this.#now() - conn.idleSince)
+    if (!conn.watched) {
+      this.discard(conn)
+      return
+    }
+    this.#destroy(this.#unwatch())
+    this.#onFree()
+  }
+
+  /** The learned idle timeout (ms) of the target, or null; and the idle age from which the pool retires a connection. */
+  learnedIdle (): { learned: number | null, retireAt: number | null } {
+    const learned = this.keepAlive.learned
+    if (learned === null) return { learned: null, retireAt: null }
+    return { learned: Math.round(learned * 10) / 10, retireAt: Math.round(Math.max(0, this.keepAlive.retireAt()) * 10) / 10 }
+  }
+
+  /** An idle connection (out of the idle set) retired before the learned age: watched if none is, else closed. */
+  #retire (conn: Connection): void {
+    this.keepAlive.retired++
+    if (this.#watched !== null || this.#closing) {
+      this.#destroy(conn)
+      return
+    }
+    conn.watched = true
+    this.#watched = conn
+    this.#limits.idle++
+    this.#limits.sweepBy(conn.idleSince + this.keepAlive.watchFor())
+  }
+
+  #unwatch (): Connection {
+    const conn = this.#watched!
+    conn.watched = false
+    this.#watched = null
+    this.#limits.idle--
+    return conn
+  }
+
+  /** Closes the least recently used idle connection (a watched one first), to make room elsewhere. */
   evictIdle (): boolean {
+    if (this.#watched !== null) {
+      this.#destroy(this.#unwatch())
+      return true
+    }
     if (this.idle.length === 0) return false
     const conn = this.idle[0]
     this.#removeIdle(conn)
@@ -255,19 +347,32 @@ export class TargetPool {
     return true
   }
 
-  /** When its least recently used idle connection went idle, or Infinity. */
+  /** When its least recently used idle (or watched) connection went idle, or Infinity. */
   oldestIdle (): number {
+    if (this.#watched !== null) return this.#watched.idleSince
     return this.idle.length > 0 ? this.idle[0].idleSince : Infinity
   }
 
-  /** Closes idle connections idle for `idleTimeout` or more (or past `maxConnectionAge`); returns when the next one will be due, or Infinity. */
+  /**
+   * Closes idle connections idle for `idleTimeout` or more (or past
+   * `maxConnectionAge`), retires those past the learned age, ends the watch
+   * of one that outlived it; returns when the next one will be due, or Infinity.
+   */
   sweep (now: number): number {
     const timeout = this.#settings.pool.idleTimeout
     let closed = false
-    while (this.idle.length > 0 && now - this.idle[0].idleSince >= timeout) {
+    const watched = this.#watched
+    if (watched !== null && !watched.watchEnding && now - watched.idleSince >= this.keepAlive.watchFor()) {
+      // Its close may be among this turn's events, not read yet: the verdict waits for them.
+      watched.watchEnding = true
+      setImmediate(endWatch, this, watched, this.keepAlive.watchFor())
+    }
+    const due = Math.min(timeout, this.keepAlive.retireAt())
+    while (this.idle.length > 0 && now - this.idle[0].idleSince >= due) {
       const conn = this.idle[0]
       this.#removeIdle(conn)
-      this.#destroy(conn)
+      if (now - conn.idleSince < timeout) this.#retire(conn)
+      else this.#destroy(conn)
       closed = true
     }
     if (this.#settings.pool.maxConnectionAge !== 0) {
@@ -283,10 +388,20 @@ export class TargetPool {
     return this.nextSweep()
   }
 
+  /** A watched connection outlived its watch (`age` ms idle), unless its close came meanwhile: the target keeps idle connections at least that long. */
+  endWatch (conn: Connection, age: number): void {
+    if (this.#watched !== conn) return
+    this.keepAlive.survived(age)
+    this.#destroy(this.#unwatch())
+    this.#onFree()
+  }
+
   /** When the next idle connection is due to be closed (idle timeout, or age), or Infinity. */
   nextSweep (): number {
-    if (this.idle.length === 0) return Infinity
-    let due = this.idle[0].idleSince + this.#settings.pool.idleTimeout
+    const watched = this.#watched
+    let due = watched === null || watched.watchEnding ? Infinity : watched.idleSince + this.keepAlive.watchFor()
+    if (this.idle.length === 0) return due
+    due = Math.min(due, this.idle[0].idleSince + Math.min(this.#settings.pool.idleTimeout, this.keepAlive.retireAt()))
     const maxAge = this.#settings.pool.maxConnectionAge
     if (maxAge !== 0) for (const conn of this.idle) due = Math.min(due, conn.openedAt + maxAge)
     return due
@@ -332,6 +447,7 @@ export class TargetPool {
   /** Stops handing out connections, closes the idle ones, waits for the busy ones, then closes those too. */
   async close (): Promise<void> {
     this.#closing = true
+    if (this.#watched !== null) this.#destroy(this.#unwatch())
     while (this.idle.length > 0) {
       const conn = this.idle.pop()!
       conn.idleIndex = -1

@@ -8,7 +8,7 @@ import type { Connection } from './connection-pool.js'
 import type { Ticket } from './down-state.js'
 import type { PickContext } from './balancer.js'
 import type { Hedging } from './hedge-policy.js'
-import { retryAfterError, retryAfterStatus } from './retry-policy.js'
+import { keyedRequest, retryAfterError, retryAfterStatus } from './retry-policy.js'
 import type { RetryBudget, RetryVerdict } from './retry-policy.js'
 import { fullJitter } from './backoff.js'
 import {
@@ -547,8 +547,9 @@ export class Exchange implements PickContext<Target> {
     return e
   }
 
-  #facts (): { method: string, replayable: boolean, attempts: number, maxRetries: number } {
-    return { method: this.#opts.method, replayable: replayable(this.#opts.body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
+  #facts (): { method: string, keyed: boolean, replayable: boolean, attempts: number, maxRetries: number } {
+    const opts = this.#opts
+    return { method: opts.method, keyed: keyedRequest(this.#host.config.retry, opts.method, opts.headers), replayable: replayable(opts.body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
   }
 
   /** Whether an answer with this status is set aside for a retry: by policy, with a target to go to (the budget is asked when the retry starts; a kept answer waits for it). */

@@ -6,6 +6,7 @@ import type { Ticket } from './down-state.js'
 import { Exchange } from './exchange.js'
 import type { AttemptOutcome, ExchangeHost, ExchangeRecord } from './exchange.js'
 import { ClientAbortError, PoolExhaustedError } from './errors.js'
+import { keyedRequest } from './retry-policy.js'
 
 /** Where a lease gives its slot back, and what its exchange needs (the upstream implements both). */
 export interface LeaseOwner extends ExchangeHost {
@@ -77,9 +78,9 @@ export class Lease implements ExchangeRecord {
 
   /**
    * Sends the request: attempts on the leased target first, then, within the
-   * retry policy, on others. Once per lease. A small idempotent body given as
-   * a stream is read in full first (within `retry.bufferBody`), so a retry can
-   * send it again.
+   * retry policy, on others. Once per lease. A small idempotent (or keyed,
+   * see `keyedRequest`) body given as a stream is read in full first (within
+   * `retry.bufferBody`), so a retry can send it again.
    */
   dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
     const conn = this.#conn
@@ -96,7 +97,7 @@ export class Lease implements ExchangeRecord {
     const slot = { target: this.target, conn, ticket: this.#ticket }
     const body = opts.body as { pipe?: unknown } | null | undefined
     const policy = owner.config.retry
-    if (policy !== null && body != null && typeof body.pipe === 'function' && policy.methods.has(opts.method)) {
+    if (policy !== null && body != null && typeof body.pipe === 'function' && (policy.methods.has(opts.method) || keyedRequest(policy, opts.method, opts.headers))) {
       const length = requestLength(opts.headers as Headers)
       if (length > 0 && length <= policy.bufferBody) {
         readAll(body as unknown as AsyncIterable<Buffer>, length).then((buf) => {

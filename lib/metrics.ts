@@ -323,6 +323,32 @@ export class Metrics implements Meter {
         for (const u of ups()) if (u.adaptiveConcurrency !== null) this.inc({ upstream: u.name }, u.adaptiveConcurrency.limited)
       }
     })
+    // Keep-alive learned from each target: its own idle timeout, from the idle connections it closed.
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}pool_learned_idle_timeout_seconds`,
+      help: 'The idle timeout each target was seen to keep (it closed idle connections at this idle age, with no Keep-Alive hint); the pool retires idle connections a margin before it. No series while nothing is learned',
+      labelNames: ['upstream', 'target'],
+      aggregator: 'min',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) {
+          for (const t of u.targets) {
+            if (t.keepAlive.learned !== null) this.set({ upstream: u.name, target: t.url }, t.keepAlive.learned / 1000)
+          }
+        }
+      }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}pool_idle_closes_by_target_total`,
+      help: 'Idle keep-alive connections each target closed while they sat in the pool',
+      labelNames: ['upstream', 'target'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.inc({ upstream: u.name, target: t.url }, t.keepAlive.idleCloses)
+      }
+    })
   }
 
   /** The upstreams whose stats collect() reads. */

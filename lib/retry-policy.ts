@@ -5,6 +5,8 @@ import { CONNECT_FAILURES } from './errors.js'
 /** What the retry decision needs to know of a request and its attempts so far. */
 export interface RetryFacts {
   method: string
+  /** A POST or PATCH carrying the Idempotency-Key header (see `keyedRequest`): retried as the idempotent methods are. */
+  keyed: boolean
   /** Its body can be sent again: none, a buffer, or a stream nothing has read. */
   replayable: boolean
   /** Attempts made so far (the one that just failed included). */
@@ -35,7 +37,7 @@ export type RetryVerdict = 'no' | 'free' | 'counted' | 'elsewhere'
 export function retryAfterError (policy: ResolvedRetry | null, category: ErrorCategory, facts: RetryFacts): RetryVerdict {
   if (policy === null || !facts.replayable || facts.attempts > facts.maxRetries) return 'no'
   if (CONNECT_FAILURES.has(category)) return 'free'
-  if (!policy.methods.has(facts.method)) return 'no'
+  if (!policy.methods.has(facts.method) && !facts.keyed) return 'no'
   if (category === 'reset') return 'counted'
   if (category === 'protocol') return 'elsewhere'
   return 'no'
@@ -44,8 +46,46 @@ export function retryAfterError (policy: ResolvedRetry | null, category: ErrorCa
 /** The retry decision for an answer: a status of `retry.statusCodes`, for an idempotent request that can be sent again. */
 export function retryAfterStatus (policy: ResolvedRetry | null, status: number, facts: RetryFacts): RetryVerdict {
   if (policy === null || status < 500 || !policy.statusCodes.has(status)) return 'no'
-  if (!facts.replayable || facts.attempts > facts.maxRetries || !policy.methods.has(facts.method)) return 'no'
+  if (!facts.replayable || facts.attempts > facts.maxRetries || (!policy.methods.has(facts.method) && !facts.keyed)) return 'no'
   return 'counted'
+}
+
+type RequestHeaders = Record<string, unknown> | Iterable<unknown> | null | undefined
+
+function hasPair (pairs: Iterable<unknown[]>, name: string): boolean {
+  for (const pair of pairs) if (String(pair[0]).toLowerCase() === name && pair[1] != null && String(pair[1]) !== '') return true
+  return false
+}
+
+/** Whether the request carries header `name` (lower case) with a value not empty: headers as an object, a flat list, or a list of pairs. */
+function hasHeader (headers: RequestHeaders, name: string): boolean {
+  if (headers == null) return false
+  if (Array.isArray(headers)) {
+    if (headers.length > 0 && Array.isArray(headers[0])) return hasPair(headers as unknown[][], name)
+    for (let i = 0; i + 1 < headers.length; i += 2) {
+      if (String(headers[i]).toLowerCase() === name && headers[i + 1] != null && String(headers[i + 1]) !== '') return true
+    }
+    return false
+  }
+  if (typeof (headers as Iterable<unknown>)[Symbol.iterator] === 'function') return hasPair(headers as Iterable<unknown[]>, name)
+  for (const key in headers) {
+    if (key.toLowerCase() !== name) continue
+    const v = (headers as Record<string, unknown>)[key]
+    if (v != null && String(v) !== '') return true
+  }
+  return false
+}
+
+/**
+ * Whether a request is made safe to retry by an idempotency key
+ * (draft-ietf-httpapi-idempotency-key-header): a POST or PATCH carrying
+ * `retry.idempotencyKey`. The upstream that honours the key answers a repeat
+ * with the first outcome instead of acting twice; the key goes out unchanged
+ * with every attempt.
+ */
+export function keyedRequest (policy: ResolvedRetry | null, method: string, headers: RequestHeaders): boolean {
+  if (policy === null || policy.idempotencyKey === null || (method !== 'POST' && method !== 'PATCH')) return false
+  return hasHeader(headers, policy.idempotencyKey)
 }
 
 /**

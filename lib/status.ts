@@ -90,6 +90,13 @@ function count (n: number, cls: string): string {
   return `<td class="num${n > 0 ? ` ${cls}` : ''}">${n}</td>`
 }
 
+/** The target's idle timeout as the pool learned it, under its connection counts: none while nothing is learned. */
+function keepAlive (t: TargetStats): string {
+  const k = t.keepAlive
+  if (k.learned === null) return ''
+  return `<br><small class="keepalive" title="the target closed idle connections at this idle age (${k.idleCloses} seen); the pool retires them before">idle closed at ${k.learned} ms, retired at ${k.retireAt} ms</small>`
+}
+
 function row (t: TargetStats, state: RowState, now: number): string {
   const w = t.window
   const breaker = t.breaker === null ? '-' : `${t.breaker.state} (${t.breaker.ok} ok, ${t.breaker.failed} failed)`
@@ -99,7 +106,7 @@ function row (t: TargetStats, state: RowState, now: number): string {
     count(w.answers['2xx'], 'ok') + count(w.answers['3xx'], '') + count(w.answers['4xx'], 'warn') + count(w.answers['5xx'], 'bad') +
     count(w.connectionErrors, 'bad') + count(w.retries, 'warn') +
     `<td class="num">${ms(w.p50)}</td><td class="num">${ms(w.p99)}</td><td class="spark">${sparkline(w)}</td>` +
-    `<td>${esc(breaker)}</td><td class="num">${t.active} / ${t.idle} / ${t.connections}</td><td class="num">${t.tunnels}</td><td class="num">${t.weight}</td><td class="num">${t.requests}</td></tr>`
+    `<td>${esc(breaker)}</td><td class="num">${t.active} / ${t.idle} / ${t.connections}${keepAlive(t)}</td><td class="num">${t.tunnels}</td><td class="num">${t.weight}</td><td class="num">${t.requests}</td></tr>`
 }
 
 /** One sentence on what is down and why, above the table. */

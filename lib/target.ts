@@ -518,6 +518,7 @@ export class Target implements Pickable {
       opened: pool.opened,
       closed: pool.closedCount,
       connectionAges: pool.ages(now),
+      keepAlive: { ...pool.learnedIdle(), idleCloses: pool.keepAlive.closes, retired: pool.keepAlive.retired },
       requests: this.requests,
       errors: { ...this.errors },
       healthCheckFailures: this.hcFailures,

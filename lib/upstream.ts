@@ -143,6 +143,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly #settings: ConnectionSettings
   readonly #onFree: () => void
   #sweepTimer: NodeJS.Timeout | null = null
+  /** When the armed sweep is due. */
+  #sweepDue = Infinity
   readonly #noTargetLog = new RateLimitedLog(NO_TARGET_LOG_INTERVAL)
   /** Each target's state changes in the log, made at its first change. */
   readonly #flaps = new WeakMap<Target, FlapLog>()
@@ -170,6 +172,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#panicFlaps = new FlapLog(this.#flapWindow, FLAP_LINES)
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
+    this.limits.sweepBy = (due) => { this.#sweepBy(due) }
     this.budget = new RetryBudget(config.retry?.budget)
     this.hedge = config.hedge === null ? null : new Hedging(config.hedge)
     this.#balancer = makeBalancer<Target>(config.balance, this.random)
@@ -583,6 +586,18 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     let due = Infinity
     for (const t of this.targets) due = Math.min(due, t.nextSweep())
     if (due === Infinity) return
+    this.#sweepDue = due
+    this.#sweepTimer = setTimeout(() => { this.sweep() }, Math.max(0, due - this.now()))
+    this.#sweepTimer.unref()
+  }
+
+  /** A pool needs a sweep by `due` (an idle connection nears its target's learned idle timeout): armed earlier when the one armed comes later. */
+  #sweepBy (due: number): void {
+    if (this.#sweepTimer !== null) {
+      if (this.#sweepDue <= due) return
+      clearTimeout(this.#sweepTimer)
+    }
+    this.#sweepDue = due
     this.#sweepTimer = setTimeout(() => { this.sweep() }, Math.max(0, due - this.now()))
     this.#sweepTimer.unref()
   }

@@ -46,6 +46,7 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['bad retry method', { ...ok, retry: { methods: ['get'] } }, /^retry\.methods\[0\]: "get" is not an upper-case HTTP method/],
   ['retry status not 5xx', { ...ok, retry: { statusCodes: [404] } }, /^retry\.statusCodes\[0\]: 404 is not between 500 and 599/],
   ['bad budget', { ...ok, retry: { budget: { percent: 120 } } }, /^retry\.budget\.percent: 120 is not between 0 and 100/],
+  ['bad idempotency key header', { ...ok, retry: { idempotencyKey: 'Idempotency Key' } }, /^retry\.idempotencyKey: "Idempotency Key" is not a header name/],
   ['bad health check path', { ...ok, healthCheck: { path: 'health' } }, /^healthCheck\.path: "health" is not a path starting with "\/"/],
   ['bad expected status', { ...ok, healthCheck: { path: '/h', expectedStatus: [300, 200] } }, /^healthCheck\.expectedStatus\[1\]: 200 is not between 300 and 599/],
   ['maxRequestsPerConnection 0', { ...ok, pool: { maxRequestsPerConnection: 0 } }, /^pool\.maxRequestsPerConnection: 0 is less than 1/],
@@ -191,6 +192,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(plain.retry!.bufferBody, 65536)
   t.equal(plain.retry!.baseDelay, 25)
   t.equal(plain.retry!.maxDelay, 250)
+  t.equal(plain.retry!.idempotencyKey, 'idempotency-key')
   t.equal(plain.healthCheck, null, 'no active checks without a path')
   t.same(plain.circuitBreaker, { consecutiveFailures: 5, failureRate: 0.5, window: 10000, minimumRequests: 20, halfOpenRequests: 1 })
 

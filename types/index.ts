@@ -130,6 +130,12 @@ export interface RetryOptions {
   budget?: RetryBudget
   /** Request bodies up to this many bytes are kept for replay. @default 65536 */
   bufferBody?: number
+  /**
+   * A POST or PATCH carrying this header (draft-ietf-httpapi-idempotency-key-header)
+   * is retried like the methods above when its body can be sent again; `false`: never.
+   * @default 'Idempotency-Key'
+   */
+  idempotencyKey?: string | false
 }
 
 export interface TimeoutOptions {
@@ -422,6 +428,15 @@ export interface TargetStats {
   closed: number
   /** Age (ms) of each connection open now. */
   connectionAges: number[]
+  /**
+   * The target's own idle timeout, learned from the idle connections it
+   * closed with no `Keep-Alive` hint: `learned` (ms, null until one is seen,
+   * or once a watched connection outlived `pool.idleTimeout`), `retireAt` (ms
+   * of idle from which the pool closes a connection itself, before the
+   * target can), `idleCloses` (idle connections it closed), `retired`
+   * (connections the pool retired early).
+   */
+  keepAlive: { learned: number | null, retireAt: number | null, idleCloses: number, retired: number }
   /** Attempts sent to this target since start. */
   requests: number
   /** Its own failed attempts, by category (a client's faults and 5xx answers aside). */

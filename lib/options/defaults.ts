@@ -53,7 +53,9 @@ export const DEFAULTS = {
     baseDelay: 25, // 25ms
     maxDelay: 250, // 250ms
     budget: { percent: 20, minConcurrent: 3 },
-    bufferBody: 64 * 1024 // 64 KiB
+    bufferBody: 64 * 1024, // 64 KiB
+    // The draft's header: a client that sends it asks for retries to be safe (Stripe and others dedupe on it).
+    idempotencyKey: 'Idempotency-Key' as string | false
   },
   // "The Tail at Scale": a backup request after the 95th percentile adds about 5% load.
   hedge: { delay: 'p95', budget: 5 },
@@ -136,6 +138,8 @@ export interface ResolvedRetry {
   maxDelay: number
   budget: { percent: number, minConcurrent: number }
   bufferBody: number
+  /** The Idempotency-Key header's name, lower case; null: off. */
+  idempotencyKey: string | null
 }
 
 export interface ResolvedHedge {

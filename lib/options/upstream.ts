@@ -49,7 +49,7 @@ const POOL_KEYS = keysOf<PoolOptions>()('maxActive', 'maxActivePerTarget', 'maxI
 const HC_KEYS = keysOf<HealthCheckOptions>()('path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus')
 const CB_KEYS = keysOf<CircuitBreakerOptions>()('consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests')
 const OD_KEYS = keysOf<OutlierDetectionOptions>()('interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor')
-const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody')
+const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody', 'idempotencyKey')
 const BUDGET_KEYS = keysOf<RetryBudget>()('percent', 'minConcurrent')
 const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'request', 'clientBody', 'tunnelIdle', 'tunnelDrain')
 const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
@@ -59,6 +59,8 @@ export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'c
 const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
 const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
 const HTTP_METHOD = /^[A-Z]+$/
+/** A header name: an RFC 9110 token. */
+const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 
 /** Checks a pool block (partial) and returns its values in milliseconds. */
 function checkPool (value: unknown, path: string): Partial<ResolvedPool> {
@@ -141,6 +143,11 @@ interface PartialRetry {
   maxDelay?: number
   budget?: { percent?: number, minConcurrent?: number }
   bufferBody?: number
+  idempotencyKey?: string | false
+}
+
+function idempotencyKeyOf (value: string | false): string | null {
+  return value === false ? null : value.toLowerCase()
 }
 
 function checkRetry (value: unknown, path: string): PartialRetry | false {
@@ -165,6 +172,12 @@ function checkRetry (value: unknown, path: string): PartialRetry | false {
     if (b.minConcurrent !== undefined) out.budget.minConcurrent = intAt(b.minConcurrent, `${path}.budget.minConcurrent`, 0)
   }
   if (o.bufferBody !== undefined) out.bufferBody = intAt(o.bufferBody, `${path}.bufferBody`, 0, 64 * 1024 * 1024)
+  if (o.idempotencyKey !== undefined) {
+    if (o.idempotencyKey !== false && (typeof o.idempotencyKey !== 'string' || !HEADER_NAME.test(o.idempotencyKey))) {
+      fail(`${path}.idempotencyKey`, o.idempotencyKey, 'is not a header name (a token such as "Idempotency-Key") or false')
+    }
+    out.idempotencyKey = o.idempotencyKey
+  }
   return out
 }
 
@@ -375,7 +388,8 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
         percent: ownBudget?.percent ?? topBudget?.percent ?? d.budget.percent,
         minConcurrent: ownBudget?.minConcurrent ?? topBudget?.minConcurrent ?? d.budget.minConcurrent
       },
-      bufferBody: rIn.bufferBody ?? d.bufferBody
+      bufferBody: rIn.bufferBody ?? d.bufferBody,
+      idempotencyKey: idempotencyKeyOf(rIn.idempotencyKey ?? d.idempotencyKey)
     }
     if (retry.maxDelay < retry.baseDelay) fail(`${path}.retry.maxDelay`, retry.maxDelay, `is less than retry.baseDelay (${retry.baseDelay} ms)`)
   }
