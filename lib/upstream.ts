@@ -165,7 +165,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.budget = new RetryBudget(config.retry?.budget)
-    this.#balancer = makeBalancer<Target>(config.balance, this.random)
+    this.#balancer = makeBalancer<Target>(config.balance, this.random, this.now)
     this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels })
     this.tunnelAttempts = config.retry === null ? 1 : config.pool.maxRetries + 1
     this.#onFree = () => { this.#freed() }

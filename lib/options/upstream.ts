@@ -56,7 +56,7 @@ const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'reject
 /** The blocks the top level gives as defaults and an upstream may override. */
 export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls')
 const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', ...DEFAULT_KEYS)
-const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
+const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma')
 const HTTP_METHOD = /^[A-Z]+$/
 
 /** Checks a pool block (partial) and returns its values in milliseconds. */
