@@ -191,7 +191,9 @@ class Attempt implements Handler {
   readonly startedAt: number
   controller: Controller | null = null
   status = 0
-  /** Milliseconds to its answer's headers; -1 before they came. */
+  /** When undici wrote it on a connected socket (the host's clock); -1 before. */
+  sentAt = -1
+  /** Milliseconds from then to its answer's headers (connecting is not the answer's time); -1 before they came. */
   headers = -1
   /** Milliseconds its answer's `Retry-After` asked for (a 429 or 5xx), 0 when none. */
   retryAfter = 0
@@ -402,6 +404,7 @@ export class Exchange implements PickContext<Target> {
 
   onAttemptStart (attempt: Attempt, controller: Controller): void {
     if (attempt !== this.#attempt) return
+    attempt.sentAt = this.#host.clock()
     if (this.#controller !== null) this.#controller.target = controller
     if (this.#aborted !== null) controller.abort(this.#aborted)
   }
@@ -411,7 +414,7 @@ export class Exchange implements PickContext<Target> {
     // 1xx (103 Early Hints): not passed on; the final answer follows.
     if (status < 200) return
     attempt.status = status
-    attempt.headers = this.#host.clock() - attempt.startedAt
+    attempt.headers = this.#host.clock() - (attempt.sentAt < 0 ? attempt.startedAt : attempt.sentAt)
     if ((status >= 500 || status === 429) && headers['retry-after'] !== undefined) attempt.retryAfter = retryAfterMs(headers['retry-after'], this.#host.now())
     if (status >= 500 && this.#retriesStatus(status)) {
       const length = Number(headers['content-length'] ?? -1)
