@@ -192,7 +192,7 @@ export interface UpstreamDefaults {
 export interface UpstreamOptions extends UpstreamDefaults {
   /** The targets; may be empty when they come later from `addTarget` or `setTargets`. */
   targets: TargetInput[]
-  /** @default 'least-request' */
+  /** @default 'peak-ewma' (see README, Balancing) */
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
   hashKey?: (request: FastifyRequest) => string
