@@ -13,22 +13,28 @@
  * still is. Before its first answer a target is scored at DEFAULT_RTT; its
  * first answer replaces that prior.
  *
- * The penalty: each failure of the target's own (an answer 5xx or 429, a
- * failed connect, a reset, a timeout) adds FAILURE_PENALTY, which decays by
- * e^(-Δt/PENALTY_DECAY); an answer with `Retry-After` holds the whole penalty
- * until then (at most MAX_RETRY_AFTER), and it decays from there. A target
- * answering fast 503s so stops looking fast; one that fails now and then
- * loses a little share for a few seconds.
+ * The penalty: the estimate times FAILURE_FACTOR times the target's failure
+ * ratio, the share of about its last 10 attempts that failed of its own
+ * fault (an answer 5xx or 429, a failed connect, a reset, a timeout),
+ * decaying by e^(-Δt/PENALTY_DECAY) while it gets no attempt; an answer with
+ * `Retry-After` holds the ratio at 1 until then (at most MAX_RETRY_AFTER),
+ * and it decays from there. A target answering fast 503s to half its requests
+ * so scores 50 times its latency and stops looking fast; one failing once in
+ * a thousand loses a little share for a few attempts after each failure, not
+ * its place (a penalty in absolute time would take it out for as long at any
+ * rate of requests).
  */
 
 /** The estimate of a target not heard from yet, ms (Linkerd's default RTT). */
 export const DEFAULT_RTT = 30
 /** Time constant of the estimate's decay, ms (Linkerd's). */
 export const DECAY = 10_000
-/** What each failure adds to the penalty, ms. */
-export const FAILURE_PENALTY = 1_000
-/** Time constant of the penalty's decay, ms. */
-export const PENALTY_DECAY = 1_000
+/** Each attempt's weight in the failure ratio: about the last 10 attempts count. */
+export const FAILURE_WEIGHT = 0.1
+/** Time constant of the failure ratio's decay while the target gets no attempt, ms. */
+export const PENALTY_DECAY = 2_000
+/** The score at a failure ratio of 1 is this many times the estimate (plus one). */
+export const FAILURE_FACTOR = 100
 /** The longest `Retry-After` honoured, ms (Linkerd's load biaser's). */
 export const MAX_RETRY_AFTER = 300_000
 
@@ -51,9 +57,11 @@ export class PeakEwma {
   /** The estimate as of #stamp, ms; NaN before the first answer. */
   #estimate = NaN
   #stamp = 0
-  /** The penalty as of #penaltyFrom, ms; it decays only after that (a `Retry-After` holds it until then). */
-  #penalty = 0
-  #penaltyFrom = 0
+  /** The failure ratio as of #failureStamp. */
+  #failures = 0
+  #failureStamp = 0
+  /** Until when a `Retry-After` holds the ratio at 1 (ms), 0 when none has. */
+  #heldUntil = 0
 
   /** The latency estimate now, ms. */
   estimate (now: number): number {
@@ -63,22 +71,31 @@ export class PeakEwma {
     return dt <= 0 ? e : e * Math.exp(-dt / DECAY)
   }
 
-  /** The failure penalty now, ms. */
+  /** The share of its recent attempts that failed (0 to 1), decaying while it gets none; 1 while a `Retry-After` holds. */
+  failureRatio (now: number): number {
+    if (now < this.#heldUntil) return 1
+    const f = this.#failures
+    if (f === 0) return 0
+    const dt = now - Math.max(this.#failureStamp, this.#heldUntil)
+    return dt <= 0 ? f : f * Math.exp(-dt / PENALTY_DECAY)
+  }
+
+  /** The failure penalty now, ms: the estimate times FAILURE_FACTOR times the failure ratio. */
   penalty (now: number): number {
-    const p = this.#penalty
-    if (p === 0) return 0
-    const dt = now - this.#penaltyFrom
-    return dt <= 0 ? p : p * Math.exp(-dt / PENALTY_DECAY)
+    const f = this.failureRatio(now)
+    return f === 0 ? 0 : this.estimate(now) * FAILURE_FACTOR * f
   }
 
   /** Until when a `Retry-After` holds the penalty (ms), or 0 when none does now. */
   heldUntil (now: number): number {
-    return this.#penalty !== 0 && this.#penaltyFrom > now ? this.#penaltyFrom : 0
+    return this.#heldUntil > now ? this.#heldUntil : 0
   }
 
   /** What one more request costs it per outstanding request: the estimate plus the penalty, ms. */
   score (now: number): number {
-    return this.estimate(now) + this.penalty(now)
+    const f = this.failureRatio(now)
+    const e = this.estimate(now)
+    return f === 0 ? e : e * (1 + FAILURE_FACTOR * f)
   }
 
   /** An answer that took `latency` ms (to its headers). */
@@ -86,19 +103,29 @@ export class PeakEwma {
     const e = this.estimate(now)
     this.#estimate = Number.isNaN(this.#estimate) || latency > e ? latency : e
     this.#stamp = now
+    if (this.#failures !== 0 || now < this.#heldUntil) {
+      this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT)
+      this.#failureStamp = Math.max(now, this.#heldUntil)
+    }
   }
 
   /**
-   * A failure of its own after `latency` ms: a penalty, held `retryAfter` ms
-   * when the answer asked for that. A failure slower than the estimate also
-   * raises it (a timeout is a slow target); a fast one never lowers it.
+   * A failure of its own after `latency` ms: its failure ratio rises, held at
+   * 1 for `retryAfter` ms when the answer asked for that. A failure slower
+   * than the estimate also raises it (a timeout is a slow target); a fast one
+   * never lowers it.
    */
   fail (latency: number, now: number, retryAfter = 0): void {
     if (latency > this.estimate(now)) {
       this.#estimate = latency
       this.#stamp = now
     }
-    this.#penalty = this.penalty(now) + FAILURE_PENALTY
-    this.#penaltyFrom = Math.max(now + Math.min(retryAfter, MAX_RETRY_AFTER), this.#penaltyFrom)
+    this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT) + FAILURE_WEIGHT
+    this.#failureStamp = now
+    if (retryAfter > 0) {
+      // Held at 1 until then; it decays from 1 after.
+      this.#failures = 1
+      this.#heldUntil = Math.max(this.#heldUntil, now + Math.min(retryAfter, MAX_RETRY_AFTER))
+    }
   }
 }

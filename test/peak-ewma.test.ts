@@ -1,7 +1,7 @@
 import t from 'tap'
 import { LeastRequest, PeakEwmaP2C } from '../lib/balancer.js'
 import type { Balancer, Pickable } from '../lib/balancer.js'
-import { DECAY, DEFAULT_RTT, FAILURE_PENALTY, MAX_RETRY_AFTER, PENALTY_DECAY, PeakEwma, retryAfterMs } from '../lib/peak-ewma.js'
+import { DECAY, DEFAULT_RTT, FAILURE_FACTOR, FAILURE_WEIGHT, MAX_RETRY_AFTER, PENALTY_DECAY, PeakEwma, retryAfterMs } from '../lib/peak-ewma.js'
 import { seeded } from './helpers/random.js'
 
 // Randomised: SEED=<n> replays a run.
@@ -28,27 +28,41 @@ t.test('the estimate: the default before the first answer, which replaces it; a 
   t.ok(s.estimate(now + 5 * DECAY) < 0.02, 'with no answer for a long while it falls toward zero (a shunned target gets tried again)')
 })
 
-t.test('the penalty: each failure adds a second that decays by e^(-t/1 s); Retry-After holds it', async (t) => {
+t.test('the penalty: the estimate times 100 times the failure ratio of about the last 10 attempts, decaying by e^(-t/2 s) without attempts; Retry-After holds it', async (t) => {
   const s = new PeakEwma()
   s.observe(1, 0)
   t.equal(s.penalty(0), 0, 'none before a failure')
   s.fail(1, 100)
-  t.equal(s.penalty(100), FAILURE_PENALTY, 'a failure adds the penalty')
+  t.ok(close(s.failureRatio(100), FAILURE_WEIGHT), 'a failure: a tenth')
+  t.ok(close(s.penalty(100), FAILURE_FACTOR * FAILURE_WEIGHT), 'the penalty: the estimate (1 ms) times 100 times the ratio')
   t.equal(s.estimate(100), 1, 'a fast failure does not lower nor raise the estimate: a fast 503 does not look fast')
-  t.equal(s.score(100), 1 + FAILURE_PENALTY, 'the score is the estimate plus the penalty')
-  t.ok(close(s.penalty(100 + PENALTY_DECAY), FAILURE_PENALTY * Math.exp(-1)), 'decays by e^-1 over its decay time')
-  s.fail(1, 100 + PENALTY_DECAY)
-  t.ok(close(s.penalty(100 + PENALTY_DECAY), FAILURE_PENALTY * (1 + Math.exp(-1))), 'failures add up')
-  t.equal(s.heldUntil(100 + PENALTY_DECAY), 0, 'no hold without Retry-After')
+  t.ok(close(s.score(100), 1 + FAILURE_FACTOR * FAILURE_WEIGHT), 'the score is the estimate plus the penalty')
+  t.ok(close(s.failureRatio(100 + PENALTY_DECAY), FAILURE_WEIGHT * Math.exp(-1)), 'without attempts the ratio decays by e^-1 over its decay time')
+  s.observe(1, 100)
+  t.ok(close(s.failureRatio(100), FAILURE_WEIGHT * (1 - FAILURE_WEIGHT)), 'an answer lowers it by a tenth')
+  // Every second attempt failing: the ratio settles near a half.
+  const h = new PeakEwma()
+  for (let i = 0; i < 200; i++) {
+    if (i % 2 === 0) h.fail(1, 0)
+    else h.observe(1, 0)
+  }
+  t.ok(h.failureRatio(0) > 0.45 && h.failureRatio(0) < 0.55, `half failing: a ratio near 0.5 (${h.failureRatio(0).toFixed(3)}), a score ${h.score(0).toFixed(0)} times its latency`)
+  // Once in a thousand: the ratio is back under 1% within 25 answers.
+  const rare = new PeakEwma()
+  rare.fail(1, 0)
+  for (let i = 0; i < 25; i++) rare.observe(1, 0)
+  t.ok(rare.failureRatio(0) < 0.01, `one failure, then 25 answers: ${rare.failureRatio(0).toFixed(4)}`)
+  t.equal(s.heldUntil(100), 0, 'no hold without Retry-After')
 
   const r = new PeakEwma()
+  r.observe(5, 1000)
   r.fail(5, 1000, 30_000)
-  t.equal(r.penalty(1000 + 29_999), FAILURE_PENALTY, 'Retry-After: held whole until then')
+  t.equal(r.failureRatio(1000 + 29_999), 1, 'Retry-After: the ratio held at 1 until then')
+  t.equal(r.penalty(1000 + 29_999), 5 * FAILURE_FACTOR * Math.exp(-29_999 / DECAY), 'the penalty: 100 times the estimate')
   t.equal(r.heldUntil(1000), 31_000, 'and stats can tell until when')
-  r.fail(5, 2000)
-  t.equal(r.penalty(2000), 2 * FAILURE_PENALTY, 'a failure meanwhile adds to it, the hold stays')
-  t.equal(r.heldUntil(2000), 31_000)
-  t.ok(close(r.penalty(31_000 + PENALTY_DECAY), 2 * FAILURE_PENALTY * Math.exp(-1)), 'then it decays from the end of the hold')
+  r.observe(5, 2000)
+  t.equal(r.failureRatio(2000), 1, 'an answer meanwhile does not end the hold')
+  t.ok(close(r.failureRatio(31_000 + PENALTY_DECAY), (1 - FAILURE_WEIGHT) * Math.exp(-1)), 'then it decays from the end of the hold')
   t.equal(r.heldUntil(31_000 + PENALTY_DECAY), 0)
 
   const slow = new PeakEwma()
@@ -156,6 +170,16 @@ t.test('one target answering 503 to every second request: under 1% of requests a
   t.comment(`the flaky target served ${r.total[2]} in all, ${r.servedAfter[2]} of ${after} after the first second`)
   t.ok(share < 0.01, `under 1% after the first second (${(100 * share).toFixed(3)}%)`)
   t.ok(r.servedAfter[2] > 0, 'it is still tried now and then (its penalty decays)')
+})
+
+t.test('one target failing once in a thousand keeps most of its share (a penalty in absolute time would take it out)', async (t) => {
+  const clock = { now: 0 }
+  const random = seeded(SEED + 6)
+  const ts = [new Sim('a', fast), new Sim('b', fast), new Sim('rare', fast, (n) => n % 1000 === 0)]
+  const b = new PeakEwmaP2C<Sim>(random, () => clock.now)
+  const r = simulate(b, ts, { connections: 64, ms: 5_000, after: 0, random, clock })
+  const share = r.total[2] / r.total[0]
+  t.ok(share > 0.8, `it served ${r.total.join(' / ')}: ${(100 * share).toFixed(1)}% of a healthy peer's count`)
 })
 
 t.test('all targets equal: the spread stays within 5%', async (t) => {
