@@ -273,7 +273,7 @@ export class Metrics implements Meter {
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_failure_penalty_seconds`,
-      help: 'Penalty the peak-EWMA balancer adds to each target\'s latency estimate for its recent failures (5xx and 429 answers, connection errors): the estimate times 100 times the share of its last ~10 attempts that failed, held until a Retry-After',
+      help: 'Penalty the peak-EWMA balancer adds to each target\'s latency estimate for its recent failures (5xx and 429 answers, connection errors): (estimate x 100 + 5 s x f) x f, f the share of its last ~10 attempts that failed, held at 1 until a Retry-After',
       labelNames: ['upstream', 'target'],
       aggregator: 'average',
       registers,

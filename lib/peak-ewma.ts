@@ -14,7 +14,8 @@
  * first answer replaces that prior.
  *
  * The penalty: the estimate times FAILURE_FACTOR times the target's failure
- * ratio, the share of about its last 10 attempts that failed of its own
+ * ratio f, plus FAILURE_FLOOR times f² (so a target failing fast and often
+ * scores above a slow one that answers), where f is the share of about its last 10 attempts that failed of its own
  * fault (an answer 5xx or 429, a failed connect, a reset, a timeout),
  * decaying by e^(-Δt/PENALTY_DECAY) while it gets no attempt; an answer with
  * `Retry-After` holds the ratio at 1 until then (at most MAX_RETRY_AFTER),
@@ -35,6 +36,8 @@ export const FAILURE_WEIGHT = 0.1
 export const PENALTY_DECAY = 2_000
 /** The score at a failure ratio of 1 is this many times the estimate (plus one). */
 export const FAILURE_FACTOR = 100
+/** A target whose every attempt fails scores at least this, ms (Linkerd's load biaser's penalty), in proportion to its failure ratio squared. */
+export const FAILURE_FLOOR = 5_000
 /** The longest `Retry-After` honoured, ms (Linkerd's load biaser's). */
 export const MAX_RETRY_AFTER = 300_000
 
@@ -80,10 +83,14 @@ export class PeakEwma {
     return dt <= 0 ? f : f * Math.exp(-dt / PENALTY_DECAY)
   }
 
-  /** The failure penalty now, ms: the estimate times FAILURE_FACTOR times the failure ratio. */
+  /**
+   * The failure penalty now, ms: the estimate times FAILURE_FACTOR times the
+   * failure ratio f, plus FAILURE_FLOOR times f²: a target that fails fast
+   * and often scores above one that is slow but answers.
+   */
   penalty (now: number): number {
     const f = this.failureRatio(now)
-    return f === 0 ? 0 : this.estimate(now) * FAILURE_FACTOR * f
+    return f === 0 ? 0 : (this.estimate(now) * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
   }
 
   /** Until when a `Retry-After` holds the penalty (ms), or 0 when none does now. */
@@ -95,7 +102,7 @@ export class PeakEwma {
   score (now: number): number {
     const f = this.failureRatio(now)
     const e = this.estimate(now)
-    return f === 0 ? e : e * (1 + FAILURE_FACTOR * f)
+    return f === 0 ? e : e + (e * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
   }
 
   /** An answer that took `latency` ms (to its headers). */

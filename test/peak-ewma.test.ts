@@ -1,7 +1,7 @@
 import t from 'tap'
 import { LeastRequest, PeakEwmaP2C } from '../lib/balancer.js'
 import type { Balancer, Pickable } from '../lib/balancer.js'
-import { DECAY, DEFAULT_RTT, FAILURE_FACTOR, FAILURE_WEIGHT, MAX_RETRY_AFTER, PENALTY_DECAY, PeakEwma, retryAfterMs } from '../lib/peak-ewma.js'
+import { DECAY, DEFAULT_RTT, FAILURE_FACTOR, FAILURE_FLOOR, FAILURE_WEIGHT, MAX_RETRY_AFTER, PENALTY_DECAY, PeakEwma, retryAfterMs } from '../lib/peak-ewma.js'
 import { seeded } from './helpers/random.js'
 
 // Randomised: SEED=<n> replays a run.
@@ -28,15 +28,15 @@ t.test('the estimate: the default before the first answer, which replaces it; a 
   t.ok(s.estimate(now + 5 * DECAY) < 0.02, 'with no answer for a long while it falls toward zero (a shunned target gets tried again)')
 })
 
-t.test('the penalty: the estimate times 100 times the failure ratio of about the last 10 attempts, decaying by e^(-t/2 s) without attempts; Retry-After holds it', async (t) => {
+t.test('the penalty: (the estimate times 100 + 5 s times f) times f, f the failure ratio of about the last 10 attempts, decaying by e^(-t/2 s) without attempts; Retry-After holds it', async (t) => {
   const s = new PeakEwma()
   s.observe(1, 0)
   t.equal(s.penalty(0), 0, 'none before a failure')
   s.fail(1, 100)
   t.ok(close(s.failureRatio(100), FAILURE_WEIGHT), 'a failure: a tenth')
-  t.ok(close(s.penalty(100), FAILURE_FACTOR * FAILURE_WEIGHT), 'the penalty: the estimate (1 ms) times 100 times the ratio')
+  t.ok(close(s.penalty(100), (FAILURE_FACTOR + FAILURE_FLOOR * FAILURE_WEIGHT) * FAILURE_WEIGHT), 'the penalty: (the estimate (1 ms) times 100, plus 5 s times the ratio) times the ratio')
   t.equal(s.estimate(100), 1, 'a fast failure does not lower nor raise the estimate: a fast 503 does not look fast')
-  t.ok(close(s.score(100), 1 + FAILURE_FACTOR * FAILURE_WEIGHT), 'the score is the estimate plus the penalty')
+  t.ok(close(s.score(100), 1 + s.penalty(100)), 'the score is the estimate plus the penalty')
   t.ok(close(s.failureRatio(100 + PENALTY_DECAY), FAILURE_WEIGHT * Math.exp(-1)), 'without attempts the ratio decays by e^-1 over its decay time')
   s.observe(1, 100)
   t.ok(close(s.failureRatio(100), FAILURE_WEIGHT * (1 - FAILURE_WEIGHT)), 'an answer lowers it by a tenth')
@@ -58,7 +58,7 @@ t.test('the penalty: the estimate times 100 times the failure ratio of about the
   r.observe(5, 1000)
   r.fail(5, 1000, 30_000)
   t.equal(r.failureRatio(1000 + 29_999), 1, 'Retry-After: the ratio held at 1 until then')
-  t.equal(r.penalty(1000 + 29_999), 5 * FAILURE_FACTOR * Math.exp(-29_999 / DECAY), 'the penalty: 100 times the estimate')
+  t.ok(close(r.penalty(1000 + 29_999), 5 * FAILURE_FACTOR * Math.exp(-29_999 / DECAY) + FAILURE_FLOOR), 'the penalty: 100 times the estimate, plus 5 s')
   t.equal(r.heldUntil(1000), 31_000, 'and stats can tell until when')
   r.observe(5, 2000)
   t.equal(r.failureRatio(2000), 1, 'an answer meanwhile does not end the hold')
@@ -69,6 +69,15 @@ t.test('the penalty: the estimate times 100 times the failure ratio of about the
   slow.observe(2, 0)
   slow.fail(30_000, 30_000)
   t.equal(slow.estimate(30_000), 30_000, 'a failure slower than the estimate (a timeout) raises it: a slow target')
+
+  // A target failing every attempt fast scores above one answering every attempt in 200 ms.
+  const failing = new PeakEwma()
+  const slowOk = new PeakEwma()
+  for (let i = 0; i < 20; i++) {
+    failing.fail(1, 0)
+    slowOk.observe(200, 0)
+  }
+  t.ok(failing.score(0) > slowOk.score(0), `failing fast: ${failing.score(0).toFixed(0)} ms, above slow: ${slowOk.score(0)} ms`)
 })
 
 t.test('Retry-After is read in seconds or as an HTTP date, capped', async (t) => {

@@ -349,9 +349,9 @@ export interface TargetStats {
   /**
    * What the peak-EWMA balancer scores it at (kept whatever the policy): its
    * latency estimate (ms; the slowest recent answer, decaying over 10 s), its
-   * penalty for recent failures (ms; the estimate times 100 times the share
-   * of about its last 10 attempts that failed: 5xx and 429 answers, failed
-   * connects, resets, timeouts), and until when a `Retry-After` holds that
+   * penalty for recent failures (ms; (the estimate × 100 + 5 s × f) × f, f
+   * the share of about its last 10 attempts that failed: 5xx and 429 answers,
+   * failed connects, resets, timeouts), and until when a `Retry-After` holds that
    * share at 1 (ms since the epoch), or null. Its cost per pick is
    * (estimate + penalty) × (outstanding + 1) / weight.
    */
