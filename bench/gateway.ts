@@ -30,7 +30,7 @@ const builders: Record<Exclude<GatewayKind, 'bare'>, Builder> = {
     const { default: sssonectorPool } = await import('../lib/index.js')
     await app.register(sssonectorPool, {
       // the WebSocket benchmark opens up to 200,000 idle tunnels (WSBENCH_IDLE), past the default maxTunnels
-      upstreams: { bench: { targets: config.targets, ...(config.websocket === true ? { pool: { maxTunnels: 200_000 } } : {}), ...config.upstream } },
+      upstreams: { bench: { targets: config.targets, ...(config.balance !== undefined ? { balance: config.balance } : {}), ...(config.websocket === true ? { pool: { maxTunnels: 200_000 } } : {}), ...config.upstream } },
       routes: [{ prefix: config.prefix, upstream: 'bench', ...(config.websocket === true ? { websocket: true } : {}) }],
       metrics: false,
       gracefulClose: false

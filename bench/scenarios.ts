@@ -3,6 +3,7 @@
 // entry in `arms` plus, for a new kind of gateway, one builder in gateway.ts;
 // a new scenario is one entry in `scenarios` plus, for a new upstream
 // behaviour, one case in upstream.ts.
+import type { BalancePolicy } from '../types/index.js'
 
 /** The gateways a child process can run (see gateway.ts). */
 export type GatewayKind = 'http-proxy' | 'sssonector' | 'bare'
@@ -202,6 +203,8 @@ export interface GatewayConfig {
   upstream?: Record<string, unknown>
   /** proxy WebSocket upgrades on the prefix too (http-proxy's `websocket: true`; bench/ws.ts) */
   websocket?: boolean
+  /** the plugin's balance policy, when not its default (bench/cold.ts) */
+  balance?: BalancePolicy
 }
 
 /** The config an upstream child gets as its argv[2], in JSON. */

@@ -1,4 +1,5 @@
 import type { BalancePolicy } from '../types/index.js'
+import { DEFAULT_RTT } from './peak-ewma.js'
 
 /** What a balancer needs of a target. */
 export interface Pickable {
@@ -8,6 +9,13 @@ export interface Pickable {
   canTake (tunnel?: boolean): boolean
   /** Requests outstanding on it now. */
   readonly outstanding: number
+  /** Its latency and failure score (see peak-ewma.ts), for peak EWMA; a target without one counts as DEFAULT_RTT. */
+  readonly score?: Scored
+}
+
+/** What peak EWMA reads of a target: its cost per outstanding request now, ms. Reads only. */
+export interface Scored {
+  score (now: number): number
 }
 
 /** A source of uniform numbers in [0, 1): Math.random, or a seeded one in tests. */
@@ -196,6 +204,60 @@ export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T
   }
 }
 
+/**
+ * Peak EWMA with the power of two choices (Finagle's and Linkerd's): two
+ * distinct targets drawn at random by weight among those that can take the
+ * request; the cheaper wins, where a target's cost is its score (latency
+ * estimate plus failure penalty, see peak-ewma.ts) times its outstanding
+ * requests plus one, per unit of weight. O(1) a pick. A slow target, or one
+ * answering fast 5xx, loses nearly every draw from its first answers on, with
+ * no warm-up and no detector's interval; with equal targets it is least
+ * request.
+ */
+export class PeakEwmaP2C<T extends Pickable = Pickable> extends WeightedDraws<T> {
+  readonly #now: () => number
+
+  constructor (random: Random, now: () => number) {
+    super(random)
+    this.#now = now
+  }
+
+  pick (context?: PickContext<T>): T | undefined {
+    const index = this.index
+    const n = index.targets.length
+    if (n === 0) return undefined
+    let a: T | undefined
+    let b: T | undefined
+    for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
+      const t = index.draw(this.random())
+      if (!fits(t, context)) continue
+      if (a === undefined) a = t
+      else if (t !== a) b = t
+    }
+    if (a === undefined) {
+      a = scanFrom(index.targets, Math.floor(this.random() * n), context)
+      if (a === undefined) return undefined
+    }
+    // Few targets fit (or the draws kept finding the same): a second, distinct, by a scan.
+    if (b === undefined && n > 1) {
+      const start = Math.floor(this.random() * n)
+      for (let i = 0; i < n; i++) {
+        const t = index.targets[(start + i) % n]
+        if (t !== a && fits(t, context)) {
+          b = t
+          break
+        }
+      }
+    }
+    if (b === undefined) return a
+    const now = this.#now()
+    const ca = (a.score?.score(now) ?? DEFAULT_RTT) * (a.outstanding + 1) * b.weight
+    const cb = (b.score?.score(now) ?? DEFAULT_RTT) * (b.outstanding + 1) * a.weight
+    // On a tie (targets alike and idle) the first draw wins: the draws follow the weights.
+    return ca <= cb ? a : b
+  }
+}
+
 /** FNV-1a, 32 bits, then a murmur3 finalizer so close keys spread over the ring. */
 export function hash32 (s: string): number {
   let h = 0x811c9dc5
@@ -271,8 +333,9 @@ export class ConsistentHash<T extends Pickable = Pickable> implements Balancer<T
   }
 }
 
-export function makeBalancer<T extends Pickable> (policy: BalancePolicy, random: Random): Balancer<T> {
+export function makeBalancer<T extends Pickable> (policy: BalancePolicy, random: Random, now: () => number = Date.now): Balancer<T> {
   switch (policy) {
+    case 'peak-ewma': return new PeakEwmaP2C<T>(random, now)
     case 'round-robin': return new RoundRobin<T>()
     case 'random': return new WeightedRandom<T>(random)
     case 'consistent-hash': return new ConsistentHash<T>(random)

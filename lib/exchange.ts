@@ -9,6 +9,7 @@ import type { Ticket } from './down-state.js'
 import type { PickContext } from './balancer.js'
 import type { Hedging } from './hedge-policy.js'
 import { keyedRequest, retryAfterError, retryAfterStatus } from './retry-policy.js'
+import { retryAfterMs } from './peak-ewma.js'
 import type { RetryBudget, RetryVerdict } from './retry-policy.js'
 import { fullJitter } from './backoff.js'
 import {
@@ -198,6 +199,12 @@ class Attempt implements Handler {
   readonly startedAt: number
   controller: Controller | null = null
   status = 0
+  /** When undici wrote it on a connected socket (the host's clock); -1 before. */
+  sentAt = -1
+  /** Milliseconds from then to its answer's headers (connecting is not the answer's time); -1 before they came. */
+  headers = -1
+  /** Milliseconds its answer's `Retry-After` asked for (a 429 or 5xx), 0 when none. */
+  retryAfter = 0
   /** Body bytes of the answer passed on. */
   bytes = 0
   /** A retriable answer being read and dropped (kept when it fits), or cut. */
@@ -421,6 +428,7 @@ export class Exchange implements PickContext<Target> {
 
   onAttemptStart (attempt: Attempt, controller: Controller): void {
     if (attempt !== this.#attempt) return
+    attempt.sentAt = this.#host.clock()
     if (this.#controller !== null) this.#controller.target = controller
     if (this.#aborted !== null) controller.abort(this.#aborted)
   }
@@ -431,6 +439,8 @@ export class Exchange implements PickContext<Target> {
     // 1xx (103 Early Hints): not passed on; the final answer follows.
     if (status < 200) return
     attempt.status = status
+    attempt.headers = this.#host.clock() - (attempt.sentAt < 0 ? attempt.startedAt : attempt.sentAt)
+    if ((status >= 500 || status === 429) && headers['retry-after'] !== undefined) attempt.retryAfter = retryAfterMs(headers['retry-after'], this.#host.now())
     if (status >= 500 && this.#retriesStatus(status)) {
       const length = Number(headers['content-length'] ?? -1)
       if (length >= 0 && length <= KEEP_LIMIT) {
@@ -590,7 +600,7 @@ export class Exchange implements PickContext<Target> {
     }
     const latency = host.clock() - attempt.startedAt
     target.attemptEnded()
-    target.putResult(attempt.ticket, { category, status: attempt.status, latency, retried })
+    target.putResult(attempt.ticket, { category, status: attempt.status, latency, retried, headers: attempt.headers < 0 ? latency : attempt.headers, retryAfter: attempt.retryAfter })
     const record = this.#record
     record.category = category
     record.latency = latency

@@ -273,6 +273,29 @@ export class Metrics implements Meter {
         for (const u of ups()) for (const t of u.targets) for (const h of t.health) this.set({ upstream: u.name, target: t.url, cause: h.cause }, 1)
       }
     })
+    // The peak-EWMA balancer's score of each target (see peak-ewma.ts).
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}target_latency_estimate_seconds`,
+      help: 'Peak-EWMA latency estimate of each target: its slowest recent answer, decaying over 10 s',
+      labelNames: ['upstream', 'target'],
+      aggregator: 'average',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.score.estimate / 1000)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}target_failure_penalty_seconds`,
+      help: 'Penalty the peak-EWMA balancer adds to each target\'s latency estimate for its recent failures (5xx and 429 answers, connection errors): (estimate x 100 + 5 s x f) x f, f the share of its last ~10 attempts that failed, held at 1 until a Retry-After',
+      labelNames: ['upstream', 'target'],
+      aggregator: 'average',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url }, t.score.penalty / 1000)
+      }
+    })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}circuit_breaker_state`,
       help: 'Breaker of each target: 0 closed, 1 open, 2 half-open',

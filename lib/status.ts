@@ -97,6 +97,13 @@ function keepAlive (t: TargetStats): string {
   return `<br><small class="keepalive" title="the target closed idle connections at this idle age (${k.idleCloses} seen); the pool retires them before">idle closed at ${k.learned} ms, retired at ${k.retireAt} ms</small>`
 }
 
+/** Its peak-EWMA score: the latency estimate, and the failure penalty (held until a `Retry-After`) when it has one. */
+function score (t: TargetStats, now: number): string {
+  const { estimate, penalty, heldUntil } = t.score
+  const held = heldUntil === null ? '' : `, held ${span(heldUntil - now)}`
+  return `<td class="num score">${estimate} ms${penalty === 0 ? '' : `<br><span class="warn">+${penalty} ms${held}</span>`}</td>`
+}
+
 function row (t: TargetStats, state: RowState, now: number): string {
   const w = t.window
   const breaker = t.breaker === null ? '-' : `${t.breaker.state} (${t.breaker.ok} ok, ${t.breaker.failed} failed)`
@@ -106,6 +113,7 @@ function row (t: TargetStats, state: RowState, now: number): string {
     count(w.answers['2xx'], 'ok') + count(w.answers['3xx'], '') + count(w.answers['4xx'], 'warn') + count(w.answers['5xx'], 'bad') +
     count(w.connectionErrors, 'bad') + count(w.retries, 'warn') +
     `<td class="num">${ms(w.p50)}</td><td class="num">${ms(w.p99)}</td><td class="spark">${sparkline(w)}</td>` +
+    score(t, now) +
     `<td>${esc(breaker)}</td><td class="num">${t.active} / ${t.idle} / ${t.connections}${keepAlive(t)}</td><td class="num">${t.tunnels}</td><td class="num">${t.weight}</td><td class="num">${t.requests}</td></tr>`
 }
 
@@ -152,7 +160,7 @@ function table (u: UpstreamStats, now: number): string {
 <h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${adaptive(u)}${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
 ${verdict(u, states)}
 ${panicNote(u, states)}
-<table><thead><tr><th>target</th><th>state</th><th>why</th><th>rate</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th title="failures with no answer: connect, reset, timeout, malformed">conn errors</th><th title="its failed attempts retried on another target">retries</th><th>p50</th><th>p99</th><th>last 60 s</th><th>breaker</th><th title="attempts in flight / idle connections / open connections">active / idle / conns</th><th title="WebSocket tunnels open now (their upgrade under way or done)">tunnels</th><th>weight</th><th title="attempts since start">total</th></tr></thead>
+<table><thead><tr><th>target</th><th>state</th><th>why</th><th>rate</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th title="failures with no answer: connect, reset, timeout, malformed">conn errors</th><th title="its failed attempts retried on another target">retries</th><th>p50</th><th>p99</th><th>last 60 s</th><th title="peak EWMA: latency estimate, + penalty for recent failures; a pick costs (estimate + penalty) × (outstanding + 1) / weight">score</th><th>breaker</th><th title="attempts in flight / idle connections / open connections">active / idle / conns</th><th title="WebSocket tunnels open now (their upgrade under way or done)">tunnels</th><th>weight</th><th title="attempts since start">total</th></tr></thead>
 <tbody>
 ${rows}
 </tbody></table>

@@ -9,6 +9,7 @@ import { CONNECT_FAILURES, faultOf } from './errors.js'
 import type { TargetMeter } from './metrics.js'
 import type { Pickable } from './balancer.js'
 import { FAILED, RollingWindow } from './rolling-window.js'
+import { PeakEwma } from './peak-ewma.js'
 
 /** What a target needs from its upstream: the clock, chance, panic, and where to report what it sees. */
 export interface TargetOwner {
@@ -46,6 +47,10 @@ export interface AttemptResult {
   latency: number
   /** It failed and the request was retried on another target. */
   retried?: boolean
+  /** Milliseconds to the answer's headers, when one came (the peak-EWMA estimate's sample: a long body is not a slow target). */
+  headers?: number
+  /** Milliseconds the answer's `Retry-After` asked for (a 429 or 5xx), 0 or absent when none. */
+  retryAfter?: number
 }
 
 /**
@@ -117,6 +122,8 @@ export class Target implements Pickable {
   readonly breaker: CircuitBreaker | null
   /** Its metrics, with label sets made once. */
   meter: TargetMeter | null = null
+  /** Its latency estimate and failure penalty, for the peak-EWMA balancer (fed whatever the policy, for the stats). */
+  readonly score = new PeakEwma()
   /** Recent latency (ms) and failure ratio, moving averages over about the last 20 attempts. */
   latency = 0
   failureRatio = 0
@@ -305,12 +312,15 @@ export class Target implements Pickable {
     }
     const failed = category !== null || result.status >= 500
     if (category !== null && category !== 'http_5xx') this.errors[category] = (this.errors[category] ?? 0) + 1
+    const now = this.#owner.now()
+    if (failed || result.status === 429) this.score.fail(result.headers ?? result.latency, now, result.retryAfter)
+    else this.score.observe(result.headers ?? result.latency, now)
     this.#observe(failed, result.latency)
     this.#owner.observed(this, failed, result.latency)
     const outcome = statusClass(result)
     this.#window.record(outcome, result.retried === true, result.latency)
     this.meter?.attempt(outcome, result.latency / 1000)
-    this.#judge(ticket, category, result.status, failed, this.#owner.now() - result.latency)
+    this.#judge(ticket, category, result.status, failed, now - result.latency)
   }
 
   /** An idle connection showed a framing anomaly (undici closed it): a protocol failure of the target's. */
@@ -510,6 +520,7 @@ export class Target implements Pickable {
       slowStart: this.rampFrom !== 0,
       latency: Math.round(this.latency * 10) / 10,
       failureRatio: Math.round(this.failureRatio * 1000) / 1000,
+      score: { estimate: Math.round(this.score.estimate(now) * 10) / 10, penalty: Math.round(this.score.penalty(now) * 10) / 10, heldUntil: this.score.heldUntil(now) || null },
       active: this.active,
       tunnels: this.tunnels,
       busy: pool.busy,

@@ -175,7 +175,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.limits.sweepBy = (due) => { this.#sweepBy(due) }
     this.budget = new RetryBudget(config.retry?.budget)
     this.hedge = config.hedge === null ? null : new Hedging(config.hedge)
-    this.#balancer = makeBalancer<Target>(config.balance, this.random)
+    this.#balancer = makeBalancer<Target>(config.balance, this.random, this.now)
     this.#limit = config.adaptiveConcurrency === null ? null : new ConcurrencyLimit(config.adaptiveConcurrency, this.clock(), this.random)
     this.#admission = new Admission(this, { maxQueue: config.pool.maxQueue, queueTimeout: config.pool.queueTimeout, retryInterval: config.pool.retryInterval, now: this.now, maxTunnels: config.pool.maxTunnels, limit: this.#limit })
     this.tunnelAttempts = config.retry === null ? 1 : config.pool.maxRetries + 1

@@ -131,7 +131,7 @@ t.test('consistent-hash: a key always reaches the same target; removing 1 of 10 
 })
 
 t.test('every policy skips targets that cannot take a request, through the one predicate', async (t) => {
-  for (const policy of ['round-robin', 'least-request', 'random', 'consistent-hash'] as const) {
+  for (const policy of ['round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma'] as const) {
     const ts = targets(5)
     const b = makeBalancer<T>(policy, seeded(5))
     b.update(ts)
@@ -148,7 +148,7 @@ t.test('every policy skips targets that cannot take a request, through the one p
 })
 
 t.test('every policy avoids the targets a request\'s context names (Envoy\'s shouldSelectAnotherHost), and only for that request', async (t) => {
-  for (const policy of ['round-robin', 'least-request', 'random', 'consistent-hash'] as const) {
+  for (const policy of ['round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma'] as const) {
     const ts = targets(4)
     const b = makeBalancer<T>(policy, seeded(9))
     b.update(ts)

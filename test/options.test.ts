@@ -41,7 +41,7 @@ const bad: Array<[string, unknown, RegExp]> = [
   ['zero timeout', { ...ok, timeouts: { headers: 0 } }, /^timeouts\.headers: 0 must be longer than 0/],
   ['upstream override checked with its path', { upstreams: { users: { targets: [], pool: { maxQueue: -2 } } } }, /^upstreams\.users\.pool\.maxQueue: -2 is less than 0/],
   ['maxActivePerTarget above maxActive', { ...ok, pool: { maxActive: 4, maxActivePerTarget: 5 } }, /^upstreams\.users\.pool\.maxActivePerTarget: 5 is more than pool\.maxActive \(4\)/],
-  ['bad balance', { upstreams: { users: { targets: [], balance: 'fastest' } } }, /^upstreams\.users\.balance: "fastest" is not one of "round-robin"/],
+  ['bad balance', { upstreams: { users: { targets: [], balance: 'fastest' } } }, /^upstreams\.users\.balance: "fastest" is not one of "round-robin", "least-request", "random", "consistent-hash", "peak-ewma"/],
   ['consistent-hash without hashKey', { upstreams: { users: { targets: [], balance: 'consistent-hash' } } }, /^upstreams\.users\.hashKey: undefined is required/],
   ['bad retry method', { ...ok, retry: { methods: ['get'] } }, /^retry\.methods\[0\]: "get" is not an upper-case HTTP method/],
   ['retry status not 5xx', { ...ok, retry: { statusCodes: [404] } }, /^retry\.statusCodes\[0\]: 404 is not between 500 and 599/],
@@ -183,7 +183,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
     maxConnectionAge: 0,
     maxTunnels: 10000
   })
-  t.equal(plain.balance, 'least-request')
+  t.equal(plain.balance, 'peak-ewma', 'peak EWMA by default')
   t.same(plain.targets, [{ url: 'http://127.0.0.1:1', origin: 'http://127.0.0.1:1', weight: 1 }])
   t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0, clientBody: 60000, tunnelIdle: 3600000, tunnelDrain: 10000 })
   t.same([...plain.retry!.methods], ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])

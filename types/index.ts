@@ -12,7 +12,7 @@ import type { Registry } from 'prom-client'
 export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h'}`
 
 /** Load-balancing policy of an upstream. */
-export type BalancePolicy = 'round-robin' | 'least-request' | 'random' | 'consistent-hash'
+export type BalancePolicy = 'round-robin' | 'least-request' | 'random' | 'consistent-hash' | 'peak-ewma'
 
 /** A target: an `http(s)://host:port` origin, alone or with a weight. */
 export type TargetInput = string | {
@@ -226,7 +226,7 @@ export interface UpstreamDefaults {
 export interface UpstreamOptions extends UpstreamDefaults {
   /** The targets; may be empty when they come later from `addTarget` or `setTargets`. */
   targets: TargetInput[]
-  /** @default 'least-request' */
+  /** @default 'peak-ewma' (see README, Balancing) */
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
   hashKey?: (request: FastifyRequest) => string
@@ -404,6 +404,16 @@ export interface TargetStats {
   /** Recent mean latency of its attempts (ms) and their failure ratio (0 to 1), moving averages over about the last 20. */
   latency: number
   failureRatio: number
+  /**
+   * What the peak-EWMA balancer scores it at (kept whatever the policy): its
+   * latency estimate (ms; the slowest recent answer, decaying over 10 s), its
+   * penalty for recent failures (ms; (the estimate × 100 + 5 s × f) × f, f
+   * the share of about its last 10 attempts that failed: 5xx and 429 answers,
+   * failed connects, resets, timeouts), and until when a `Retry-After` holds that
+   * share at 1 (ms since the epoch), or null. Its cost per pick is
+   * (estimate + penalty) × (outstanding + 1) / weight.
+   */
+  score: { estimate: number, penalty: number, heldUntil: number | null }
   /**
    * Set while the target is skipped (after failed connects, or its breaker
    * opened): since and until when (ms since the epoch), the failures in a row,

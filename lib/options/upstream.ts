@@ -57,7 +57,7 @@ const AC_KEYS = keysOf<AdaptiveConcurrencyOptions>()('sampleWindow', 'percentile
 /** The blocks the top level gives as defaults and an upstream may override. */
 export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls', 'adaptiveConcurrency')
 const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
-const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash')
+const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma')
 const HTTP_METHOD = /^[A-Z]+$/
 /** A header name: an RFC 9110 token. */
 const HEADER_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
@@ -312,7 +312,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     if (seen.has(t.origin)) fail(`${path}.targets[${i}]`, t.url, 'is listed twice')
     seen.add(t.origin)
   })
-  let balance: BalancePolicy = 'least-request'
+  let balance: BalancePolicy = 'peak-ewma'
   if (o.balance !== undefined) {
     if (!BALANCE.includes(o.balance as BalancePolicy)) fail(`${path}.balance`, o.balance, `is not one of ${BALANCE.map((b) => `"${b}"`).join(', ')}`)
     balance = o.balance as BalancePolicy

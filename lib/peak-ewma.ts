@@ -1,0 +1,138 @@
+/**
+ * A target's score for the peak-EWMA balancer (Finagle's and Linkerd's peak
+ * EWMA, with Linkerd's load biaser): an estimate of its latency and a penalty
+ * for its recent failures, in milliseconds. The balancer multiplies their sum
+ * by the target's outstanding requests plus one. Pure: every call is given the
+ * time (`now`, ms); reads move nothing.
+ *
+ * The estimate is the slowest recent answer, decaying by e^(-Δt/τ) with
+ * τ = DECAY: an answer slower than what the estimate has decayed to sets it at
+ * once (the peak); faster answers let it fall toward them over τ, and hold it
+ * there. With no answer at all for a while it keeps falling toward zero, so a
+ * target shunned for being slow is tried again, and set back at once if it
+ * still is. Before its first answer a target is scored at DEFAULT_RTT; its
+ * first answer replaces that prior.
+ *
+ * The penalty: the estimate times FAILURE_FACTOR times the target's failure
+ * ratio f, plus FAILURE_FLOOR times f² (so a target failing fast and often
+ * scores above a slow one that answers), where f is the share of about its last 10 attempts that failed of its own
+ * fault (an answer 5xx or 429, a failed connect, a reset, a timeout),
+ * decaying by e^(-Δt/PENALTY_DECAY) while it gets no attempt; an answer with
+ * `Retry-After` holds the ratio at 1 until then (at most MAX_RETRY_AFTER),
+ * and it decays from there. A target answering fast 503s to half its requests
+ * so scores 50 times its latency and stops looking fast; one failing once in
+ * a thousand loses a little share for a few attempts after each failure, not
+ * its place (a penalty in absolute time would take it out for as long at any
+ * rate of requests).
+ */
+
+/** The estimate of a target not heard from yet, ms (Linkerd's default RTT). */
+export const DEFAULT_RTT = 30
+/** Time constant of the estimate's decay, ms (Linkerd's). */
+export const DECAY = 10_000
+/** Each attempt's weight in the failure ratio: about the last 10 attempts count. */
+export const FAILURE_WEIGHT = 0.1
+/** Time constant of the failure ratio's decay while the target gets no attempt, ms. */
+export const PENALTY_DECAY = 2_000
+/** The score at a failure ratio of 1 is this many times the estimate (plus one). */
+export const FAILURE_FACTOR = 100
+/** A target whose every attempt fails scores at least this, ms (Linkerd's load biaser's penalty), in proportion to its failure ratio squared. */
+export const FAILURE_FLOOR = 5_000
+/** The longest `Retry-After` honoured, ms (Linkerd's load biaser's). */
+export const MAX_RETRY_AFTER = 300_000
+
+/**
+ * Milliseconds a `Retry-After` value asks to wait (RFC 9110 10.2.3: seconds,
+ * or an HTTP date, read against `now`, ms since the epoch); 0 when it asks
+ * for none or cannot be read.
+ */
+export function retryAfterMs (value: string | string[] | undefined, now: number): number {
+  const v = Array.isArray(value) ? value[0] : value
+  if (v === undefined) return 0
+  const s = v.trim()
+  if (/^\d+$/.test(s)) return Math.min(MAX_RETRY_AFTER, Number(s) * 1000)
+  const at = Date.parse(s)
+  if (Number.isNaN(at)) return 0
+  return Math.min(MAX_RETRY_AFTER, Math.max(0, at - now))
+}
+
+export class PeakEwma {
+  /** The estimate as of #stamp, ms; NaN before the first answer. */
+  #estimate = NaN
+  #stamp = 0
+  /** The failure ratio as of #failureStamp. */
+  #failures = 0
+  #failureStamp = 0
+  /** Until when a `Retry-After` holds the ratio at 1 (ms), 0 when none has. */
+  #heldUntil = 0
+
+  /** The latency estimate now, ms. */
+  estimate (now: number): number {
+    const e = this.#estimate
+    if (Number.isNaN(e)) return DEFAULT_RTT
+    const dt = now - this.#stamp
+    return dt <= 0 ? e : e * Math.exp(-dt / DECAY)
+  }
+
+  /** The share of its recent attempts that failed (0 to 1), decaying while it gets none; 1 while a `Retry-After` holds. */
+  failureRatio (now: number): number {
+    if (now < this.#heldUntil) return 1
+    const f = this.#failures
+    if (f === 0) return 0
+    const dt = now - Math.max(this.#failureStamp, this.#heldUntil)
+    return dt <= 0 ? f : f * Math.exp(-dt / PENALTY_DECAY)
+  }
+
+  /**
+   * The failure penalty now, ms: the estimate times FAILURE_FACTOR times the
+   * failure ratio f, plus FAILURE_FLOOR times f²: a target that fails fast
+   * and often scores above one that is slow but answers.
+   */
+  penalty (now: number): number {
+    const f = this.failureRatio(now)
+    return f === 0 ? 0 : (this.estimate(now) * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
+  }
+
+  /** Until when a `Retry-After` holds the penalty (ms), or 0 when none does now. */
+  heldUntil (now: number): number {
+    return this.#heldUntil > now ? this.#heldUntil : 0
+  }
+
+  /** What one more request costs it per outstanding request: the estimate plus the penalty, ms. */
+  score (now: number): number {
+    const f = this.failureRatio(now)
+    const e = this.estimate(now)
+    return f === 0 ? e : e + (e * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
+  }
+
+  /** An answer that took `latency` ms (to its headers). */
+  observe (latency: number, now: number): void {
+    const e = this.estimate(now)
+    this.#estimate = Number.isNaN(this.#estimate) || latency > e ? latency : e
+    this.#stamp = now
+    if (this.#failures !== 0 || now < this.#heldUntil) {
+      this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT)
+      this.#failureStamp = Math.max(now, this.#heldUntil)
+    }
+  }
+
+  /**
+   * A failure of its own after `latency` ms: its failure ratio rises, held at
+   * 1 for `retryAfter` ms when the answer asked for that. A failure slower
+   * than the estimate also raises it (a timeout is a slow target); a fast one
+   * never lowers it.
+   */
+  fail (latency: number, now: number, retryAfter = 0): void {
+    if (latency > this.estimate(now)) {
+      this.#estimate = latency
+      this.#stamp = now
+    }
+    this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT) + FAILURE_WEIGHT
+    this.#failureStamp = now
+    if (retryAfter > 0) {
+      // Held at 1 until then; it decays from 1 after.
+      this.#failures = 1
+      this.#heldUntil = Math.max(this.#heldUntil, now + Math.min(retryAfter, MAX_RETRY_AFTER))
+    }
+  }
+}
