@@ -16,6 +16,20 @@ export interface Pickable {
 /** What peak EWMA reads of a target: its cost per outstanding request now, ms. Reads only. */
 export interface Scored {
   score (now: number): number
+  /** Whether an answer has been timed yet. */
+  readonly sampled: boolean
+}
+
+/**
+ * A target's cost for peak EWMA: its score times its outstanding requests plus
+ * one. One not timed yet (new, or just added) costs nothing while it has no
+ * request outstanding, so it is tried at once, one request at a time, until
+ * its first answer gives it a score (as Finagle's cold endpoints).
+ */
+function costOf (t: Pickable & { readonly score?: Scored }, now: number): number {
+  const s = t.score
+  if (s === undefined || !s.sampled) return t.outstanding === 0 ? 0 : DEFAULT_RTT * (t.outstanding + 1)
+  return s.score(now) * (t.outstanding + 1)
 }
 
 /** A source of uniform numbers in [0, 1): Math.random, or a seeded one in tests. */
@@ -251,8 +265,8 @@ export class PeakEwmaP2C<T extends Pickable = Pickable> extends WeightedDraws<T>
     }
     if (b === undefined) return a
     const now = this.#now()
-    const ca = (a.score?.score(now) ?? DEFAULT_RTT) * (a.outstanding + 1) * b.weight
-    const cb = (b.score?.score(now) ?? DEFAULT_RTT) * (b.outstanding + 1) * a.weight
+    const ca = costOf(a, now) * b.weight
+    const cb = costOf(b, now) * a.weight
     // On a tie (targets alike and idle) the first draw wins: the draws follow the weights.
     return ca <= cb ? a : b
   }

@@ -67,6 +67,11 @@ export class PeakEwma {
   #heldUntil = 0
 
   /** The latency estimate now, ms. */
+  /** Whether an answer has been timed yet (else the estimate is the default). */
+  get sampled (): boolean {
+    return !Number.isNaN(this.#estimate)
+  }
+
   estimate (now: number): number {
     const e = this.#estimate
     if (Number.isNaN(e)) return DEFAULT_RTT
@@ -123,7 +128,7 @@ export class PeakEwma {
    * never lowers it.
    */
   fail (latency: number, now: number, retryAfter = 0): void {
-    if (latency > this.estimate(now)) {
+    if (Number.isNaN(this.#estimate) || latency > this.estimate(now)) {
       this.#estimate = latency
       this.#stamp = now
     }
