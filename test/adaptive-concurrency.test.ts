@@ -1,25 +1,12 @@
 import t from 'tap'
 import { EventEmitter, once } from 'node:events'
-import Fastify from 'fastify'
 import { request } from 'undici'
-import sssonectorPool from '../lib/index.js'
 import { resolveOptions } from '../lib/options/index.js'
-import type { SssonectorOptions } from '../types/index.js'
-import type { Test } from 'tap'
-import { startGateway, startUpstream } from './helpers/servers.js'
+import { registerFails, startGateway, startUpstream } from './helpers/servers.js'
 import { scrape, value } from './helpers/scrape.js'
 import type { Teardown, Upstream } from './helpers/servers.js'
 
 // ---------------------------------------------------------------- options
-
-async function registerFails (t: Test, options: unknown, message: RegExp): Promise<void> {
-  const app = Fastify({ logger: false })
-  t.teardown(() => app.close())
-  const err = await app.register(sssonectorPool, options as SssonectorOptions).then(() => null, (e: Error & { code?: string }) => e)
-  t.ok(err, 'register fails')
-  t.equal(err?.code, 'FST_SSSONECTOR_OPTIONS')
-  t.match(err?.message, message)
-}
 
 const ok = { upstreams: { users: { targets: ['http://127.0.0.1:1'] } }, gracefulClose: false as const }
 

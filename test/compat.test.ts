@@ -3,10 +3,8 @@
 import t from 'tap'
 import { request } from 'undici'
 import Fastify from 'fastify'
-import httpProxy from '@fastify/http-proxy'
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
-import type { AddressInfo } from 'node:net'
-import { startGateway, startUpstream } from './helpers/servers.js'
+import { startGateway, startPlainProxy, startUpstream } from './helpers/servers.js'
 import type { Teardown, Upstream } from './helpers/servers.js'
 
 interface Echo { port: number, url: string, headers: Record<string, string>, body: string }
@@ -17,15 +15,6 @@ async function slowUpstream (t: Teardown, ms: number): Promise<Upstream> {
     const timer = setTimeout(() => { res.end('late') }, ms)
     res.on('close', () => { clearTimeout(timer) })
   })
-}
-
-/** Plain @fastify/http-proxy with the same route options, for the side-by-side checks. */
-async function plainProxy (t: Teardown, opts: Record<string, unknown>): Promise<string> {
-  const app = Fastify()
-  await app.register(httpProxy, opts as never)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => app.close())
-  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
 }
 
 t.test('reply.from() in the route\'s own preHandler (http-proxy\'s fromParameters pattern) goes through the pool', async (t) => {
@@ -95,7 +84,7 @@ t.test('a route with no prefix and a rewritePrefix maps paths as http-proxy does
     upstreams: { a: { targets: [up.url] } },
     routes: [{ upstream: 'a', rewritePrefix: '/api2' }]
   })
-  const plain = await plainProxy(t, { upstream: up.url, rewritePrefix: '/api2' })
+  const plain = await startPlainProxy(t, { upstream: up.url, rewritePrefix: '/api2' })
   for (const path of ['/a', '/a/b?x=1', '/']) {
     const ours = await request(`${gw.url}${path}`, { dispatcher: gw.agent })
     const theirs = await request(`${plain}${path}`)

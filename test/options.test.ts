@@ -3,16 +3,7 @@ import Fastify from 'fastify'
 import sssonectorPool from '../lib/index.js'
 import { parseDuration, resolveOptions } from '../lib/options/index.js'
 import type { SssonectorOptions } from '../types/index.js'
-import type { Test } from 'tap'
-
-async function registerFails (t: Test, options: unknown, message: RegExp | string): Promise<void> {
-  const app = Fastify({ logger: false })
-  t.teardown(() => app.close())
-  const err = await app.register(sssonectorPool, options as SssonectorOptions).then(() => null, (e: Error & { code?: string }) => e)
-  t.ok(err, 'register fails')
-  t.equal(err?.code, 'FST_SSSONECTOR_OPTIONS')
-  t.match(err?.message, message)
-}
+import { registerFails } from './helpers/servers.js'
 
 const ok = { upstreams: { users: { targets: ['http://127.0.0.1:1'] } }, gracefulClose: false as const }
 

@@ -6,23 +6,12 @@ import http from 'node:http'
 import net from 'node:net'
 import { EventEmitter, once } from 'node:events'
 import { setTimeout as delay } from 'node:timers/promises'
-import Fastify from 'fastify'
 import type { FastifyInstance } from 'fastify'
-import httpProxy from '@fastify/http-proxy'
 import { request } from 'undici'
 import type { AddressInfo } from 'node:net'
 import type { IncomingHttpHeaders } from 'node:http'
-import { refusedPort, startGateway, startUpstream } from './helpers/servers.js'
+import { refusedPort, startGateway, startPlainProxy, startUpstream } from './helpers/servers.js'
 import type { Teardown } from './helpers/servers.js'
-
-/** Plain @fastify/http-proxy, for the side-by-side checks. */
-async function plainProxy (t: Teardown, opts: Record<string, unknown>): Promise<string> {
-  const app = Fastify()
-  await app.register(httpProxy, opts as never)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  t.teardown(() => app.close())
-  return `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`
-}
 
 interface Seen { onSend: number, onSendStream: number, onResponse: number[] }
 
@@ -93,7 +82,7 @@ for (const withOnSend of [false, true]) {
 
 t.test('paths and query strings reach the upstream as plain @fastify/http-proxy sends them', async (t) => {
   const up = await startUpstream(t)
-  const plain = await plainProxy(t, { upstream: up.url, prefix: '/p', rewritePrefix: '/q' })
+  const plain = await startPlainProxy(t, { upstream: up.url, prefix: '/p', rewritePrefix: '/q' })
   const gw = await startGateway(t, {
     upstreams: { a: { targets: [up.url] } },
     routes: [{ prefix: '/p', upstream: 'a', rewritePrefix: '/q' }]
@@ -130,8 +119,8 @@ t.test('a head Node would refuse to write: a control character the app\'s rewrit
   const up = await startUpstream(t)
   const weird = await rawUpstream(t, 'HTTP/1.1 700 Weird\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok')
   const rewriteHeaders = (headers: IncomingHttpHeaders): IncomingHttpHeaders => ({ ...headers, 'x-dirty': 'a\x01b' })
-  const plainDirty = await plainProxy(t, { upstream: up.url, prefix: '/d', replyOptions: { rewriteHeaders } })
-  const plainWeird = await plainProxy(t, { upstream: weird, prefix: '/w' })
+  const plainDirty = await startPlainProxy(t, { upstream: up.url, prefix: '/d', replyOptions: { rewriteHeaders } })
+  const plainWeird = await startPlainProxy(t, { upstream: weird, prefix: '/w' })
   const gw = await startGateway(t, {
     upstreams: { up: { targets: [up.url] }, weird: { targets: [weird], retry: false } },
     routes: [{ prefix: '/d', upstream: 'up', replyOptions: { rewriteHeaders } }, { prefix: '/w', upstream: 'weird' }]

@@ -3,6 +3,8 @@ import net from 'node:net'
 import { EventEmitter, once } from 'node:events'
 import { Agent } from 'undici'
 import Fastify from 'fastify'
+import httpProxy from '@fastify/http-proxy'
+import type { Test } from 'tap'
 import type { FastifyInstance, FastifyServerOptions } from 'fastify'
 import sssonectorPool from '../../lib/index.js'
 import type { SssonectorOptions } from '../../types/index.js'
@@ -219,4 +221,23 @@ export async function rawRequest (port: number, data: string | Buffer, until?: R
  */
 export async function eventually (predicate: () => boolean): Promise<void> {
   while (!predicate()) await new Promise((resolve) => setImmediate(resolve))
+}
+
+/** Plain @fastify/http-proxy with the given options on 127.0.0.1, for side-by-side checks; its URL. */
+export async function startPlainProxy (t: Teardown, opts: Record<string, unknown>): Promise<string> {
+  const app = Fastify()
+  await app.register(httpProxy, opts as never)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => app.close())
+  return `http://127.0.0.1:${(app.server.address() as net.AddressInfo).port}`
+}
+
+/** Registers the plugin with `options` and expects it to fail with FST_SSSONECTOR_OPTIONS and `message`. */
+export async function registerFails (t: Test, options: unknown, message: RegExp | string): Promise<void> {
+  const app = Fastify({ logger: false })
+  t.teardown(() => app.close())
+  const err = await app.register(sssonectorPool, options as SssonectorOptions).then(() => null, (e: Error & { code?: string }) => e)
+  t.ok(err, 'register fails')
+  t.equal(err?.code, 'FST_SSSONECTOR_OPTIONS')
+  t.match(err?.message, message)
 }
