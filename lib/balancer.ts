@@ -171,8 +171,31 @@ abstract class WeightedDraws<T extends Pickable> implements Balancer<T> {
     this.random = random
   }
 
+  /** The second candidate of the last `drawTwo()`, undefined when none was drawn. */
+  protected second: T | undefined = undefined
+
   update (targets: readonly T[]): void {
     this.index.update(targets)
+  }
+
+  /**
+   * The power of two choices' draws: up to RANDOM_TRIES weighted draws of
+   * targets that fit the request; the first is returned, a second one other
+   * than it (with `alone`, the same one when it is the only target) is left in
+   * `second`. Nothing is allocated.
+   */
+  protected drawTwo (context: PickContext<T> | undefined, alone: boolean): T | undefined {
+    const index = this.index
+    let a: T | undefined
+    let b: T | undefined
+    for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
+      const t = index.draw(this.random())
+      if (!fits(t, context)) continue
+      if (a === undefined) a = t
+      else if (t !== a || alone) b = t
+    }
+    this.second = b
+    return a
   }
 
   abstract pick (context?: PickContext<T>): T | undefined
@@ -202,14 +225,8 @@ export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T
     const index = this.index
     const n = index.targets.length
     if (n === 0) return undefined
-    let a: T | undefined
-    let b: T | undefined
-    for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
-      const t = index.draw(this.random())
-      if (!fits(t, context)) continue
-      if (a === undefined) a = t
-      else if (t !== a || n === 1) b = t
-    }
+    const a = this.drawTwo(context, n === 1)
+    const b = this.second
     if (a === undefined) return scanFrom(index.targets, Math.floor(this.random() * n), context)
     if (b === undefined || b === a) return a
     // Fewer outstanding per unit of weight wins; on a tie (idle targets) the first
@@ -240,14 +257,8 @@ export class PeakEwmaP2C<T extends Pickable = Pickable> extends WeightedDraws<T>
     const index = this.index
     const n = index.targets.length
     if (n === 0) return undefined
-    let a: T | undefined
-    let b: T | undefined
-    for (let i = 0; i < RANDOM_TRIES && b === undefined; i++) {
-      const t = index.draw(this.random())
-      if (!fits(t, context)) continue
-      if (a === undefined) a = t
-      else if (t !== a) b = t
-    }
+    let a = this.drawTwo(context, false)
+    let b = this.second
     if (a === undefined) {
       a = scanFrom(index.targets, Math.floor(this.random() * n), context)
       if (a === undefined) return undefined
