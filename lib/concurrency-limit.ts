@@ -1,22 +1,8 @@
 import type { Random } from './balancer.js'
+import type { ResolvedAdaptiveConcurrency } from './options/defaults.js'
 
-/** The adaptive concurrency settings, resolved (times in ms, shares in percent). */
-export interface ConcurrencyLimitSettings {
-  /** How often the limit moves: the samples of one window make one step. */
-  sampleWindow: number
-  /** The percentile of a window's samples that stands for its latency. */
-  percentile: number
-  /** How often the minimum RTT is measured again (before jitter). */
-  minRttInterval: number
-  /** Samples a minimum RTT measurement takes. */
-  minRttRequests: number
-  /** Up to this percent of `minRttInterval` is added at random to each interval. */
-  jitter: number
-  /** Latency up to this percent over the minimum RTT still counts as unloaded. */
-  minRttBuffer: number
-  minLimit: number
-  maxLimit: number
-}
+/** The adaptive concurrency settings, resolved (times in ms, shares in percent): the options' own. */
+export type ConcurrencyLimitSettings = ResolvedAdaptiveConcurrency
 
 /** The gradient is clamped to this range: one window at most halves or doubles the limit (before the headroom). */
 const MIN_GRADIENT = 0.5

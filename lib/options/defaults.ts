@@ -168,11 +168,17 @@ export interface ResolvedTimeouts {
 }
 
 export interface ResolvedAdaptiveConcurrency {
+  /** How often the limit moves: the samples of one window make one step. */
   sampleWindow: number
+  /** The percentile of a window's samples that stands for its latency. */
   percentile: number
+  /** How often the minimum RTT is measured again (before jitter). */
   minRttInterval: number
+  /** Samples a minimum RTT measurement takes. */
   minRttRequests: number
+  /** Up to this percent of `minRttInterval` is added at random to each interval. */
   jitter: number
+  /** Latency up to this percent over the minimum RTT still counts as unloaded. */
   minRttBuffer: number
   minLimit: number
   maxLimit: number
