@@ -414,6 +414,8 @@ export class Exchange implements PickContext<Target> {
     // The target decides the origin and the Host, whatever the caller's URL said (a Host of the route's own aside).
     o.origin = slot.target.origin
     if (!this.#keepHost) setHost(o, slot.target.host)
+    // undici takes the TLS name from the Host header unless told: the target's name, whatever Host goes out.
+    if (slot.target.servername !== undefined) (o as { servername?: string }).servername = slot.target.servername
     const headersTimeout = this.#headersTimeout
     o.headersTimeout = headersTimeout
     o.bodyTimeout = this.#bodyTimeout

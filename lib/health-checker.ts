@@ -74,7 +74,7 @@ export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectT
           ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
           ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
           ...(tls.key !== undefined ? { key: tls.key } : {}),
-          ...(tls.servername !== undefined ? { servername: tls.servername } : {})
+          ...(target.servername !== undefined ? { servername: target.servername } : {})
         }
       })
       clients.set(target, client)

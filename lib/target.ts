@@ -1,3 +1,4 @@
+import { isIP } from 'node:net'
 import type { ErrorCategory, TargetHealthCause, TargetStats } from '../types/index.js'
 import type { ResolvedCircuitBreaker, ResolvedTarget } from './options/index.js'
 import { TargetPool } from './connection-pool.js'
@@ -80,8 +81,17 @@ function statusClass (result: AttemptResult): number {
 export class Target implements Pickable {
   readonly url: string
   readonly origin: string
-  /** `host[:port]`, as sent in the Host header. */
+  /** `host[:port]`, as sent in the Host header: the name it serves. */
   readonly host: string
+  /**
+   * The TLS server name its connections and probes present and check (SNI):
+   * `tls.servername`, else the name it serves (a `host` given or discovered),
+   * else its URL's host name; undefined for an address (undici then takes the
+   * Host header's name, if any).
+   */
+  readonly servername: string | undefined
+  /** It serves a name other than its URL's host (a `host` given, or discovered): logs and the status page show both. */
+  readonly named: boolean
   weight: number
   readonly addedAt: number
   /** Attempts on this target now. */
@@ -143,11 +153,15 @@ export class Target implements Pickable {
     owner: TargetOwner, onFree: () => void, breaker: ResolvedCircuitBreaker | null) {
     this.url = resolved.url
     this.origin = resolved.origin
-    this.host = new URL(resolved.origin).host
+    this.host = resolved.host
+    this.named = resolved.host !== new URL(resolved.origin).host
+    const hostname = new URL(resolved.origin).hostname
+    this.servername = settings.tls.servername ?? resolved.servername ?? (isIP(hostname.replace(/^\[|\]$/g, '')) === 0 ? hostname : undefined)
     this.weight = resolved.weight
     this.#owner = owner
     this.addedAt = owner.now()
-    this.#pool = new TargetPool(resolved.origin, settings, limits, factory, owner.now, onFree)
+    const own = this.servername === settings.tls.servername ? settings : { ...settings, tls: { ...settings.tls, servername: this.servername } }
+    this.#pool = new TargetPool(resolved.origin, own, limits, factory, owner.now, onFree)
     this.#tunnelDrain = settings.timeouts.tunnelDrain
     this.breaker = breaker === null ? null : new CircuitBreaker(breaker, owner.now)
     this.#window = new RollingWindow(owner.now)
@@ -508,6 +522,7 @@ export class Target implements Pickable {
     return {
       url: this.url,
       origin: this.origin,
+      host: this.host,
       weight: this.weight,
       state: this.#draining ? 'draining' : 'up',
       available: this.available(now),

@@ -144,7 +144,7 @@ export class Tunnel implements OpenTunnel {
       headers: headers.flat(),
       agent: false as const,
       setHost: false,
-      ...(secure ? { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.servername ?? (/^[\d.]+$|:/.test(url.hostname) ? undefined : url.hostname), rejectUnauthorized: tls.rejectUnauthorized ?? true } : {})
+      ...(secure ? { ca: tls.ca, cert: tls.cert, key: tls.key, servername: target.servername ?? (/^[\d.]+$|:/.test(url.hostname) ? undefined : url.hostname), rejectUnauthorized: tls.rejectUnauthorized ?? true } : {})
     }
     this.#started = this.#upstream.clock()
     const attempt = this.#attempt = (secure ? https : http).request(options)
