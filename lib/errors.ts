@@ -27,6 +27,7 @@ function define (code: string, message: string, statusCode: number, category: Er
 export const OptionsError = createError('FST_SSSONECTOR_OPTIONS', '%s', 500, TypeError)
 export const UnknownUpstreamError = createError('FST_SSSONECTOR_UNKNOWN_UPSTREAM', 'Unknown upstream %s; the upstreams are: %s', 500)
 export const UnknownTargetError = createError('FST_SSSONECTOR_UNKNOWN_TARGET', 'Upstream %s has no target %s', 500)
+export const DiscoveryError = createError('FST_SSSONECTOR_DISCOVERY', '%s', 500)
 export const ClosedError = createError('FST_SSSONECTOR_CLOSED', 'Upstream %s is closed', 503)
 
 export const ConnectError = define('FST_SSSONECTOR_UPSTREAM_CONNECT', 'Upstream connect failed: %s', 502, 'connect_refused')

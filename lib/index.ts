@@ -85,9 +85,12 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
     })
   }
 
-  // Warming: ready() (so listen()) waits for the first round of active checks.
+  // Warming: ready() (so listen()) waits for the first discovery lookup, then the first round of active checks.
   fastify.addHook('onReady', async () => {
-    await Promise.all(list.map(async (u) => await u.startHealth()))
+    await Promise.all(list.map(async (u) => {
+      await u.startDiscovery()
+      await u.startHealth()
+    }))
   })
 
   // Closing: health checks and outlier timers stop first, before in-flight requests drain.
@@ -96,7 +99,10 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   const pluginTimeout = fastify.initialConfig.pluginTimeout ?? 10_000
   fastify.addHook('preClose', async () => {
     state.closing = true
-    for (const u of list) u.stopHealth()
+    for (const u of list) {
+      u.discovery?.stop()
+      u.stopHealth()
+    }
     beginClose(fastify)
     // Open tunnels may go on until the close's delay, then are closed (the server's close waits for their sockets).
     // A hook that outlasts Fastify's pluginTimeout fails the close: the wait ends before it, with time for the close frames.

@@ -11,6 +11,7 @@ const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_
 const UPGRADE_RESULTS: ReadonlyArray<keyof UpstreamStats['upgrades']> = ['ok', 'refused', 'failed', 'no_target', 'rejected']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 const HEDGE_EVENTS = ['sent', 'won', 'cancelled', 'denied'] as const
+const DISCOVERY_RESULTS = ['ok', 'empty', 'failed'] as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
 export interface StatsSource {
@@ -211,6 +212,42 @@ export class Metrics implements Meter {
           const h = u.hedges
           if (h !== null) for (const event of HEDGE_EVENTS) this.inc({ upstream: u.name, event }, h[event])
         }
+      }
+    })
+    // Discovery: upstreams with `discovery` only.
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}discovery_refreshes_total`,
+      help: 'Discovery lookups of each upstream with discovery, by result: ok (a list put in force), empty (no target in the answer: the last good list is kept up to maxStale), failed (an error or a timeout: the last good list is kept)',
+      labelNames: ['upstream', 'result'],
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) {
+          const d = u.discovery
+          if (d !== null) for (const result of DISCOVERY_RESULTS) this.inc({ upstream: u.name, result }, d.refreshes[result])
+        }
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}discovery_last_good_timestamp_seconds`,
+      help: 'When each upstream\'s discovery last gave a list (seconds since the epoch; 0 before the first)',
+      labelNames: ['upstream'],
+      aggregator: 'min',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) if (u.discovery !== null) this.set({ upstream: u.name }, (u.discovery.lastGood ?? 0) / 1000)
+      }
+    })
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}target_info`,
+      help: 'Always 1: each target with the Host it is sent (host: the name it serves, where its target label is the address it is reached at)',
+      labelNames: ['upstream', 'target', 'host'],
+      aggregator: 'max',
+      registers,
+      collect () {
+        this.reset()
+        for (const u of ups()) for (const t of u.targets) this.set({ upstream: u.name, target: t.url, host: t.host }, 1)
       }
     })
     new Gauge({ // eslint-disable-line no-new

@@ -104,11 +104,29 @@ function score (t: TargetStats, now: number): string {
   return `<td class="num score">${estimate} ms${penalty === 0 ? '' : `<br><span class="warn">+${penalty} ms${held}</span>`}</td>`
 }
 
+/** The name a target serves (its Host header), under its address, where the two differ. */
+function served (t: TargetStats): string {
+  return t.host === new URL(t.origin).host ? '' : `<br><small class="host" title="the Host header and TLS name it is sent">${esc(t.host)}</small>`
+}
+
+/** Where the targets come from, when discovered: what is looked up, the last lookups, a stale list kept. */
+function discovery (u: UpstreamStats, now: number): string {
+  const d = u.discovery
+  if (d === null) return ''
+  const r = d.refreshes
+  const last = d.lastGood === null ? 'no good lookup yet' : `last good ${span(now - d.lastGood)} ago`
+  const next = d.nextRefresh === null ? '' : `, next in ${span(Math.max(0, d.nextRefresh - now))}`
+  const stale = d.staleUntil === null ? '' : `; <span class="warn">answer empty: last good list kept for ${span(Math.max(0, d.staleUntil - now))}</span>`
+  const error = d.lastError === null ? '' : `; <span class="warn">last lookup: ${esc(d.lastError)}</span>`
+  const name = d.kind === 'discover' ? 'discover()' : `${d.kind} <code>${esc(d.name)}</code>`
+  return `<p class="discovery${d.lastError === null ? '' : ' failing'}">targets from ${name}: ${d.targets} in the last good answer, ${last}${next}; lookups ${r.ok} ok, ${r.empty} empty, ${r.failed} failed${stale}${error}</p>`
+}
+
 function row (t: TargetStats, state: RowState, now: number): string {
   const w = t.window
   const breaker = t.breaker === null ? '-' : `${t.breaker.state} (${t.breaker.ok} ok, ${t.breaker.failed} failed)`
   return `<tr class="${state}" data-target="${esc(t.url)}" data-state="${state}">` +
-    `<td>${esc(t.url)}</td><td class="state">${STATE_TEXT[state]}</td><td class="why">${why(t, now)}</td>` +
+    `<td>${esc(t.url)}${served(t)}</td><td class="state">${STATE_TEXT[state]}</td><td class="why">${why(t, now)}</td>` +
     `<td class="num rate">${w.rate}/s</td>` +
     count(w.answers['2xx'], 'ok') + count(w.answers['3xx'], '') + count(w.answers['4xx'], 'warn') + count(w.answers['5xx'], 'bad') +
     count(w.connectionErrors, 'bad') + count(w.retries, 'warn') +
@@ -159,6 +177,7 @@ function table (u: UpstreamStats, now: number): string {
   return `<section data-upstream="${esc(u.name)}">
 <h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${adaptive(u)}${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
 ${verdict(u, states)}
+${discovery(u, now)}
 ${panicNote(u, states)}
 <table><thead><tr><th>target</th><th>state</th><th>why</th><th>rate</th><th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th><th title="failures with no answer: connect, reset, timeout, malformed">conn errors</th><th title="its failed attempts retried on another target">retries</th><th>p50</th><th>p99</th><th>last 60 s</th><th title="peak EWMA: latency estimate, + penalty for recent failures; a pick costs (estimate + penalty) × (outstanding + 1) / weight">score</th><th>breaker</th><th title="attempts in flight / idle connections / open connections">active / idle / conns</th><th title="WebSocket tunnels open now (their upgrade under way or done)">tunnels</th><th>weight</th><th title="attempts since start">total</th></tr></thead>
 <tbody>

@@ -27,6 +27,8 @@ import { OutlierDetector } from './outlier-detector.js'
 import type { Meter } from './metrics.js'
 import { UpstreamDispatcher } from './dispatcher.js'
 import { FlapLog, RateLimitedLog } from './log-limits.js'
+import { Discovery } from './discovery.js'
+import type { ResolvedTarget } from './options/index.js'
 
 /** The part of Fastify's (pino's) logger an upstream uses. */
 export interface UpstreamLogger {
@@ -152,6 +154,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   readonly #flapWindow: number
   #flapTimer: NodeJS.Timeout | null = null
   #noTunnels: Array<() => void> = []
+  /** Where the targets come from; null for a static list. */
+  readonly discovery: Discovery | null
 
   constructor (config: ResolvedUpstream, deps: UpstreamDeps = {}) {
     super()
@@ -183,6 +187,27 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.dispatcher = new UpstreamDispatcher(this)
     for (const t of config.targets) this.targets.push(this.#makeTarget(t))
     this.#balancer.update(this.targets)
+    const owner = this
+    this.discovery = config.discovery === null
+      ? null
+      : new Discovery(config.discovery, {
+        name: this.name,
+        get targetCount () { return owner.targets.length },
+        replaceTargets: (list) => { this.#replace(list).catch(() => {}) }
+      }, { log: this.#log, now: this.now, random: this.random })
+  }
+
+  /** The first discovery lookup (the app's ready waits for it, bounded by the discovery's timeout), then its refreshes. */
+  async startDiscovery (): Promise<void> {
+    if (this.discovery === null || this.closed) return
+    await this.discovery.start()
+  }
+
+  /** The log fields of a target: its URL, and the name it serves where that is not the URL's host. */
+  #fieldsOf (target: Target): { upstream: string, target: string, host?: string } {
+    return !target.named
+      ? { upstream: this.name, target: target.url }
+      : { upstream: this.name, target: target.url, host: target.host }
   }
 
   #makeTarget (t: ResolvedUpstream['targets'][number]): Target {
@@ -190,7 +215,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     const meter = this.meter?.target(this.name, target.url) ?? null
     target.meter = meter
     const log = this.#log
-    const fields = { upstream: this.name, target: target.url }
+    const fields = this.#fieldsOf(target)
     target.observe({
       opened () {
         meter?.connectionOpened()
@@ -409,7 +434,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   /** ExchangeHost: a failed attempt, logged with its category. */
   attemptFailed (target: Target, category: ErrorCategory, attempt: number, retried: boolean): void {
-    const fields = { upstream: this.name, target: target.url, reason: category, attempt }
+    const fields = { ...this.#fieldsOf(target), reason: category, attempt }
     if (faultOf(category) !== 'target') this.#log.debug(fields, 'attempt ended by the client')
     else if (retried) this.#log.info(fields, 'attempt failed, retrying')
     else this.#log.warn(fields, 'attempt failed')
@@ -435,7 +460,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
    * panic state follows; the queue may move.
    */
   healthChanged (target: Target, cause: TargetHealthCause, event: DownEvent, reason: string): void {
-    const fields = { upstream: this.name, target: target.url, cause, reason }
+    const fields = { ...this.#fieldsOf(target), cause, reason }
     if (cause === 'draining') {
       this.#log.info(fields, 'target out of rotation: draining')
     } else if (event === 'trial-failed') {
@@ -638,7 +663,13 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   // ---------------------------------------------------------------- membership
 
+  /** Membership by hand is refused where discovery owns the list (its next refresh would undo it). */
+  #ownList (call: string): void {
+    if (this.discovery !== null) throw new OptionsError(`upstream(${this.name}).${call}: the targets come from discovery (${this.discovery.what}); change them at the source`)
+  }
+
   addTarget (input: TargetInput): void {
+    this.#ownList('addTarget')
     const resolved = parseTarget(input, `upstream(${this.name}).addTarget`)
     if (this.targets.some((t) => t.origin === resolved.origin)) {
       throw new OptionsError(`upstream(${this.name}).addTarget: ${JSON.stringify(resolved.url)} is a target already`)
@@ -667,6 +698,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   }
 
   async removeTarget (url: string): Promise<void> {
+    this.#ownList('removeTarget')
     let origin: string
     try {
       origin = new URL(url).origin
@@ -686,6 +718,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   }
 
   async setTargets (list: TargetInput[]): Promise<void> {
+    this.#ownList('setTargets')
     if (!Array.isArray(list)) throw new OptionsError(`upstream(${this.name}).setTargets: ${JSON.stringify(list)} is not an array`)
     const wanted = list.map((t, i) => parseTarget(t, `upstream(${this.name}).setTargets[${i}]`))
     const seen = new Set<string>()
@@ -693,6 +726,17 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       if (seen.has(t.origin)) throw new OptionsError(`upstream(${this.name}).setTargets[${i}]: ${JSON.stringify(t.url)} is listed twice`)
       seen.add(t.origin)
     }
+    await this.#replace(wanted)
+  }
+
+  /**
+   * Puts a checked list in force in one step: new targets join (behind their
+   * first active check, ramping up with slowStart), kept ones (by address)
+   * stay with their state and take the new weight, gone ones drain; resolves
+   * once they are drained.
+   */
+  async #replace (wanted: ResolvedTarget[]): Promise<void> {
+    if (this.closed) return
     // One step: the new list is in force before anything drains.
     const byOrigin = new Map(this.targets.map((t) => [t.origin, t]))
     const next: Target[] = []
@@ -742,6 +786,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       upgrades: { ...this.upgrades },
       hedges: this.hedge?.stats() ?? null,
       adaptiveConcurrency: this.#adaptiveStats(),
+      discovery: this.discovery?.stats() ?? null,
       targets: this.targets.map((t) => t.stats(now))
     }
   }
@@ -754,6 +799,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   /** Stops admitting; what waits in the queue and what is in flight finish; then every connection closes and its timers stop. */
   protected async onClose (): Promise<void> {
+    this.discovery?.stop()
     this.stopHealth()
     await this.#prober?.close()
     // The queue drains as connections free; whatever cannot be served by the end of its wait gets its 503 then.
@@ -765,6 +811,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   /** Fails what waits in the queue with 503 `CLOSED`, ends what is in flight, closes every connection. */
   protected async onDestroy (err: Error | null): Promise<void> {
+    this.discovery?.stop()
     this.stopHealth()
     for (const t of this.targets) t.closeTunnels('upstream destroyed')
     this.#admission.failAll(() => err ?? this.#admission.closedError())

@@ -14,11 +14,63 @@ export type Duration = number | `${number}${'ms' | 's' | 'm' | 'h'}`
 /** Load-balancing policy of an upstream. */
 export type BalancePolicy = 'round-robin' | 'least-request' | 'random' | 'consistent-hash' | 'peak-ewma'
 
-/** A target: an `http(s)://host:port` origin, alone or with a weight. */
+/** A target: an `http(s)://host:port` origin, alone or with a weight and the name it serves. */
 export type TargetInput = string | {
   url: string
   /** Relative share of traffic, an integer from 1 to 1000. @default 1 */
   weight?: number
+  /**
+   * The name the target serves, `name[:port]`, when `url` holds its address:
+   * sent as the Host header and, over https, as the TLS server name (SNI) the
+   * certificate is checked against, while connections go to the address.
+   * @default the host of `url`
+   */
+  host?: string
+}
+
+/**
+ * Where an upstream's targets come from instead of a static `targets` list:
+ * A/AAAA records, SRV records, or a function of your own, refreshed while the
+ * app runs and applied like `setTargets`.
+ */
+export type DiscoveryOptions = DnsDiscoveryOptions | SrvDiscoveryOptions | HookDiscoveryOptions
+
+interface DiscoveryCommon {
+  /** How often the source is read again; DNS answers are read again sooner when their TTL says so (never sooner than 1 s, or `refresh` if shorter). @default '30s' */
+  refresh?: Duration
+  /** Each lookup's bound; `ready()` waits this long for the first good answer, then fails. @default '5s' */
+  timeout?: Duration
+  /** How long the last good list is kept when the source answers with no target at all (after that, the empty answer is applied). @default '60s' */
+  maxStale?: Duration
+}
+
+interface DnsCommon extends DiscoveryCommon {
+  /** @default 'http' */
+  protocol?: 'http' | 'https'
+  /** DNS servers as `'address'` or `'address:port'`; the system's by default. */
+  servers?: string[]
+}
+
+/** One target per A/AAAA address of `dns`, on `port`. */
+export interface DnsDiscoveryOptions extends DnsCommon {
+  dns: string
+  /** @default 80 for http, 443 for https */
+  port?: number
+  /** 4: A records, 6: AAAA records, 0: both. @default 4 */
+  family?: 4 | 6 | 0
+}
+
+/** One target per SRV record of `srv` (its port, its weight), those of the lowest priority that resolve. */
+export interface SrvDiscoveryOptions extends DnsCommon {
+  srv: string
+  /** Which addresses of each record's name: 4: A, 6: AAAA, 0: both. @default 4 */
+  family?: 4 | 6 | 0
+}
+
+/** Any source, polled: Consul, the Kubernetes API, a file. */
+export interface HookDiscoveryOptions extends DiscoveryCommon {
+  /** The targets now; `signal` aborts when the lookup times out or the app closes. */
+  discover: (signal: AbortSignal) => Promise<TargetInput[]>
 }
 
 export interface PoolOptions {
@@ -223,9 +275,18 @@ export interface UpstreamDefaults {
   adaptiveConcurrency?: AdaptiveConcurrencyOptions | false
 }
 
-export interface UpstreamOptions extends UpstreamDefaults {
+/** An upstream: its targets, as a list (`targets`) or from `discovery`, one of the two. */
+export type UpstreamOptions = UpstreamBase & ({
   /** The targets; may be empty when they come later from `addTarget` or `setTargets`. */
   targets: TargetInput[]
+  discovery?: undefined
+} | {
+  targets?: undefined
+  /** Targets from DNS (A/AAAA or SRV records) or a function of your own, refreshed and applied like `setTargets`. */
+  discovery: DiscoveryOptions
+})
+
+export interface UpstreamBase extends UpstreamDefaults {
   /** @default 'peak-ewma' (see README, Balancing) */
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
@@ -384,6 +445,8 @@ export type TargetHealthCause = 'connect_failed' | 'circuit_open' | 'active_heal
 export interface TargetStats {
   url: string
   origin: string
+  /** The Host header it is sent (the name it serves; the host of `url` unless given or discovered). */
+  host: string
   weight: number
   /** `up`, or `draining` while it is being removed. */
   state: 'up' | 'draining'
@@ -524,7 +587,28 @@ export interface UpstreamStats {
   hedges: { sent: number, won: number, cancelled: number, denied: number } | null
   /** The adaptive concurrency limit; null when `adaptiveConcurrency` is off. */
   adaptiveConcurrency: AdaptiveConcurrencyStats | null
+  /** Where the targets come from; null for a static list. */
+  discovery: DiscoveryStats | null
   targets: TargetStats[]
+}
+
+export interface DiscoveryStats {
+  /** `dns`, `srv` or `discover`, and what is looked up (the name; `discover` for a function). */
+  kind: 'dns' | 'srv' | 'discover'
+  name: string
+  /** Lookups since start, by result: `ok`, `empty` (no target in the answer), `failed` (an error or a timeout). */
+  refreshes: { ok: number, empty: number, failed: number }
+  /** When the last lookup ended and the last good one (ms since the epoch; null before any). */
+  lastRefresh: number | null
+  lastGood: number | null
+  /** The last lookup's error, null after a good one. */
+  lastError: string | null
+  /** When the next lookup is due (ms since the epoch). */
+  nextRefresh: number | null
+  /** The last good list is kept although the source answered with no target, until then (ms since the epoch); null when not. */
+  staleUntil: number | null
+  /** Targets the last good lookup gave. */
+  targets: number
 }
 
 export interface AdaptiveConcurrencyStats {
@@ -575,6 +659,7 @@ export interface SssonectorUpstream {
    * request's own `headersTimeout`/`bodyTimeout` win over the upstream's.
    */
   readonly dispatcher: Dispatcher
+  /** Adds a target (not on an upstream with `discovery`: it owns the list). */
   addTarget(target: TargetInput): void
   /** Stops new requests to the target, waits for those in flight, then closes its connections. */
   removeTarget(url: string): Promise<void>

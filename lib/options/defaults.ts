@@ -80,6 +80,8 @@ export const DEFAULTS = {
     // maxLimit: pool.maxActive
   },
   metrics: { path: '/metrics', prefix: 'sssonector_' },
+  // 30s between lookups (sooner when a DNS answer's TTL says so); 5s per lookup; an empty answer applied after 60s.
+  discovery: { refresh: 30 * 1000, timeout: 5 * 1000, maxStale: 60 * 1000 },
   gracefulClose: { delay: 10 * 1000, preStop: 0 } // 10s, none
 } as const
 
@@ -188,11 +190,45 @@ export interface ResolvedTarget {
   url: string
   origin: string
   weight: number
+  /** The Host header it is sent: the `host` given, or the host of its URL. */
+  host: string
+  /** The TLS server name (SNI, certificate check): the name of a `host` given, null for the URL's own host or an address. */
+  servername: string | null
+}
+
+/** Where an upstream's targets come from (null: a static list). */
+export type ResolvedDiscovery = {
+  kind: 'dns'
+  name: string
+  port: number
+  protocol: 'http' | 'https'
+  family: 0 | 4 | 6
+  servers: string[] | null
+  refresh: number
+  timeout: number
+  maxStale: number
+} | {
+  kind: 'srv'
+  name: string
+  protocol: 'http' | 'https'
+  family: 0 | 4 | 6
+  servers: string[] | null
+  refresh: number
+  timeout: number
+  maxStale: number
+} | {
+  kind: 'discover'
+  name: 'discover'
+  discover: (signal: AbortSignal) => Promise<unknown>
+  refresh: number
+  timeout: number
+  maxStale: number
 }
 
 export interface ResolvedUpstream {
   name: string
   targets: ResolvedTarget[]
+  discovery: ResolvedDiscovery | null
   balance: BalancePolicy
   hashKey: ((request: FastifyRequest) => string) | undefined
   pool: ResolvedPool

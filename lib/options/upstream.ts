@@ -2,19 +2,20 @@
 // outlierDetection, retry, timeouts, tls), and the merge of the top level's blocks
 // (defaults) under an upstream's own, key by key.
 import type {
-  AdaptiveConcurrencyOptions, BalancePolicy, CircuitBreakerOptions, HealthCheckOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
+  AdaptiveConcurrencyOptions, BalancePolicy, CircuitBreakerOptions, DnsDiscoveryOptions, HealthCheckOptions, HookDiscoveryOptions, SrvDiscoveryOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
   TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions
 } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type {
-  ResolvedAdaptiveConcurrency, ResolvedCircuitBreaker, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
+  ResolvedAdaptiveConcurrency, ResolvedCircuitBreaker, ResolvedDiscovery, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
   ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
-import { arrayAt, boolAt, fail, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
+import { isIP } from 'node:net'
+import { arrayAt, boolAt, fail, isPlainObject, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
 
 // ---------------------------------------------------------------- targets
 
-const TARGET_KEYS = keysOf<Exclude<TargetInput, string>>()('url', 'weight')
+const TARGET_KEYS = keysOf<Exclude<TargetInput, string>>()('url', 'weight', 'host')
 
 /** `http(s)://host[:port]` only: a target is an origin, not a path. */
 export function parseTargetUrl (value: unknown, path: string): { url: string, origin: string } {
@@ -33,13 +34,108 @@ export function parseTargetUrl (value: unknown, path: string): { url: string, or
   return { url: u.origin, origin: u.origin }
 }
 
-/** One target, string or `{ url, weight }`, resolved. */
+/** One target, string or `{ url, weight, host }`, resolved. */
 export function parseTarget (value: unknown, path: string): ResolvedTarget {
-  if (typeof value === 'string') return { ...parseTargetUrl(value, path), weight: 1 }
+  if (typeof value === 'string') {
+    const { url, origin } = parseTargetUrl(value, path)
+    return { url, origin, weight: 1, host: new URL(origin).host, servername: null }
+  }
   const o = objectAt(value, path, TARGET_KEYS)
   const { url, origin } = parseTargetUrl(o.url, `${path}.url`)
   const weight = o.weight === undefined ? 1 : intAt(o.weight, `${path}.weight`, 1, 1000)
-  return { url, origin, weight }
+  if (o.host === undefined) return { url, origin, weight, host: new URL(origin).host, servername: null }
+  const { host, servername } = parseHost(o.host, `${path}.host`)
+  return { url, origin, weight, host, servername }
+}
+
+/** `name[:port]`, as a Host header carries it; its name is the TLS server name unless it is an address. */
+export function parseHost (value: unknown, path: string): { host: string, servername: string | null } {
+  if (typeof value !== 'string' || value === '') fail(path, value, 'is not a host name[:port]')
+  let u: URL
+  try {
+    u = new URL(`http://${value}`)
+  } catch {
+    return fail(path, value, 'is not a host name[:port]')
+  }
+  if (u.username !== '' || u.password !== '' || u.pathname !== '/' || u.search !== '' || u.hash !== '' || u.host !== value.toLowerCase()) {
+    fail(path, value, 'is not a host name[:port]')
+  }
+  const name = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname
+  return { host: value.toLowerCase(), servername: isIP(name) === 0 ? name : null }
+}
+
+// ---------------------------------------------------------------- discovery
+
+const DISCOVERY_COMMON = ['refresh', 'timeout', 'maxStale'] as const
+const DNS_KEYS = keysOf<DnsDiscoveryOptions>()('dns', 'port', 'protocol', 'family', 'servers', ...DISCOVERY_COMMON)
+const SRV_KEYS = keysOf<SrvDiscoveryOptions>()('srv', 'protocol', 'family', 'servers', ...DISCOVERY_COMMON)
+const HOOK_KEYS = keysOf<HookDiscoveryOptions>()('discover', ...DISCOVERY_COMMON)
+/** A DNS name: labels of letters, digits, `-` and `_` (SRV's `_service._proto`), dot-separated. */
+const DNS_NAME = /^(?=.{1,253}\.?$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$/
+
+function discoveryTimes (o: Record<string, unknown>, path: string): { refresh: number, timeout: number, maxStale: number } {
+  const d = DEFAULTS.discovery
+  const refresh = o.refresh === undefined ? d.refresh : positiveDuration(o.refresh, `${path}.refresh`)
+  if (refresh < 100) fail(`${path}.refresh`, o.refresh, 'is less than 100 ms')
+  const timeout = o.timeout === undefined ? d.timeout : positiveDuration(o.timeout, `${path}.timeout`)
+  const maxStale = o.maxStale === undefined ? d.maxStale : parseDuration(o.maxStale, `${path}.maxStale`)
+  return { refresh, timeout, maxStale }
+}
+
+function dnsCommon (o: Record<string, unknown>, path: string): { protocol: 'http' | 'https', family: 0 | 4 | 6, servers: string[] | null } {
+  let protocol: 'http' | 'https' = 'http'
+  if (o.protocol !== undefined) {
+    if (o.protocol !== 'http' && o.protocol !== 'https') fail(`${path}.protocol`, o.protocol, 'is not one of "http", "https"')
+    protocol = o.protocol
+  }
+  let family: 0 | 4 | 6 = 4
+  if (o.family !== undefined) {
+    if (o.family !== 0 && o.family !== 4 && o.family !== 6) fail(`${path}.family`, o.family, 'is not one of 4, 6, 0')
+    family = o.family
+  }
+  let servers: string[] | null = null
+  if (o.servers !== undefined) {
+    const list = arrayAt(o.servers, `${path}.servers`)
+    if (list.length === 0) fail(`${path}.servers`, o.servers, 'is empty (leave it out for the system\'s servers)')
+    servers = list.map((s, i) => serverAt(s, `${path}.servers[${i}]`))
+  }
+  return { protocol, family, servers }
+}
+
+/** A DNS server: `address`, `address:port`, `[v6]:port`. */
+function serverAt (value: unknown, path: string): string {
+  if (typeof value !== 'string') fail(path, value, 'is not an address or address:port')
+  if (isIP(value) !== 0) return value
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(value)
+  const address = m === null ? '' : (m[1] ?? m[2])
+  const port = m === null ? 0 : Number(m[3])
+  if (isIP(address) === 0 || port < 1 || port > 65535) fail(path, value, 'is not an address or address:port')
+  return value
+}
+
+function nameAt (value: unknown, path: string): string {
+  if (typeof value !== 'string' || !DNS_NAME.test(value) || isIP(value) !== 0) fail(path, value, 'is not a DNS name')
+  return value.toLowerCase().replace(/\.$/, '')
+}
+
+export function checkDiscovery (value: unknown, path: string): ResolvedDiscovery {
+  if (!isPlainObject(value)) fail(path, value, 'is not an object { dns } or { srv } or { discover }')
+  const kinds = ['dns', 'srv', 'discover'].filter((k) => value[k] !== undefined)
+  if (kinds.length !== 1) fail(path, value, kinds.length === 0 ? 'needs one of dns, srv, discover' : `gives ${kinds.join(' and ')}: give one`)
+  if (value.dns !== undefined) {
+    const o = objectAt(value, path, DNS_KEYS)
+    const name = nameAt(o.dns, `${path}.dns`)
+    const common = dnsCommon(o, path)
+    const port = o.port === undefined ? (common.protocol === 'https' ? 443 : 80) : intAt(o.port, `${path}.port`, 1, 65535)
+    return { kind: 'dns', name, port, ...common, ...discoveryTimes(o, path) }
+  }
+  if (value.srv !== undefined) {
+    const o = objectAt(value, path, SRV_KEYS)
+    return { kind: 'srv', name: nameAt(o.srv, `${path}.srv`), ...dnsCommon(o, path), ...discoveryTimes(o, path) }
+  }
+  const o = objectAt(value, path, HOOK_KEYS)
+  if (typeof o.discover !== 'function') fail(`${path}.discover`, o.discover, 'is not a function (signal) => Promise<targets>')
+  return { kind: 'discover', name: 'discover', discover: o.discover as (signal: AbortSignal) => Promise<unknown>, ...discoveryTimes(o, path) }
 }
 
 // ---------------------------------------------------------------- blocks
@@ -56,7 +152,7 @@ const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'reject
 const AC_KEYS = keysOf<AdaptiveConcurrencyOptions>()('sampleWindow', 'percentile', 'minRttInterval', 'minRttRequests', 'jitter', 'minRttBuffer', 'minLimit', 'maxLimit')
 /** The blocks the top level gives as defaults and an upstream may override. */
 export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls', 'adaptiveConcurrency')
-const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
+const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'discovery', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
 const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma')
 const HTTP_METHOD = /^[A-Z]+$/
 /** A header name: an RFC 9110 token. */
@@ -305,8 +401,10 @@ function mergeBlock<T extends object> (top: Partial<T> | false | undefined, own:
 export function resolveUpstream (name: string, value: unknown, top: Layer): ResolvedUpstream {
   const path = `upstreams.${name}`
   const o = objectAt(value, path, UPSTREAM_KEYS)
-  if (o.targets === undefined) fail(`${path}.targets`, undefined, 'is required (an array of http(s) URLs, possibly empty)')
-  const targets = arrayAt(o.targets, `${path}.targets`).map((t, i) => parseTarget(t, `${path}.targets[${i}]`))
+  if (o.targets === undefined && o.discovery === undefined) fail(`${path}.targets`, undefined, 'is required (an array of http(s) URLs, possibly empty), or discovery')
+  if (o.targets !== undefined && o.discovery !== undefined) fail(`${path}.discovery`, '{...}', 'and targets are given: an upstream takes its targets from one of them')
+  const discovery = o.discovery === undefined ? null : checkDiscovery(o.discovery, `${path}.discovery`)
+  const targets = o.targets === undefined ? [] : arrayAt(o.targets, `${path}.targets`).map((t, i) => parseTarget(t, `${path}.targets[${i}]`))
   const seen = new Set<string>()
   targets.forEach((t, i) => {
     if (seen.has(t.origin)) fail(`${path}.targets[${i}]`, t.url, 'is listed twice')
@@ -401,6 +499,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
   return {
     name,
     targets,
+    discovery,
     balance,
     hashKey: o.hashKey as ResolvedUpstream['hashKey'],
     pool,
