@@ -72,7 +72,7 @@ export interface Upstream {
 export type UpstreamHandler = (req: http.IncomingMessage, res: http.ServerResponse, body: Buffer) => void | Promise<void>
 
 /** A real upstream on 127.0.0.1:0; by default it answers 200 with JSON saying who it is and what it saw. */
-export async function startUpstream (t: Teardown, handler?: UpstreamHandler, options: { readBody?: boolean } = {}): Promise<Upstream> {
+export async function startUpstream (t: Teardown, handler?: UpstreamHandler, options: { readBody?: boolean, host?: string, port?: number } = {}): Promise<Upstream> {
   const sockets = new Set<net.Socket>()
   const up: Upstream = {
     server: undefined as unknown as http.Server,
@@ -123,11 +123,12 @@ export async function startUpstream (t: Teardown, handler?: UpstreamHandler, opt
       up.events.emit('socket-closed')
     })
   })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
+  const host = options.host ?? '127.0.0.1'
+  server.listen(options.port ?? 0, host)
+  await Promise.race([once(server, 'listening'), once(server, 'error').then(([err]) => { throw err })])
   up.server = server
   up.port = (server.address() as net.AddressInfo).port
-  up.url = `http://127.0.0.1:${up.port}`
+  up.url = `http://${host}:${up.port}`
   t.teardown(() => up.close())
   return up
 }
