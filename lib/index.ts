@@ -12,12 +12,14 @@ import { renderStatus } from './status.js'
 import { routeUpgrades } from './upgrade.js'
 import { CLOSE_GRACE } from './tunnel.js'
 import { DEFAULTS } from './options/defaults.js'
+import { SharedState, clusterTransport, redisTransport } from './shared-state.js'
 
 export type * from '../types/index.js'
 export * as errors from './errors.js'
 export { parseDuration } from './options/index.js'
 export { Upstream } from './upstream.js'
 export { UpstreamDispatcher } from './dispatcher.js'
+export { relayClusterState } from './shared-state.js'
 
 /**
  * The plugin: validates the options into a new object, builds the upstreams,
@@ -33,10 +35,26 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
   metrics.watch(list)
   const names = Object.freeze([...upstreams.keys()])
 
+  // Shared target state: this replica's own changes go out, the peers' come in (never on the request path).
+  let shared: SharedState | null = null
+  if (opts.shared !== null) {
+    const { mode, url, key } = opts.shared
+    const transport = mode === 'redis' ? await redisTransport(url!, key) : clusterTransport(key)
+    shared = new SharedState(transport, {
+      peerReport: (name, origin, event, until, reason) => upstreams.get(name)?.peerReport(origin, event, until, reason) ?? false
+    }, fastify.log)
+    const s = shared
+    for (const u of list) u.share = (name, origin, event, cause, reason, ttl) => { s.report(name, origin, event, cause, reason, ttl) }
+    metrics.watchShared(s)
+    fastify.addHook('onReady', async () => { s.start() })
+    fastify.addHook('onClose', async () => { await s.close() })
+  }
+
   // closeBy: when open tunnels are closed, once closing (ms since the epoch).
   const state = { closing: false, closeBy: Infinity }
   const decorator: SssonectorDecorator = {
     names,
+    sharedStats: () => shared?.stats() ?? null,
     get closing () { return state.closing },
     upstream (name: string): Upstream {
       const u = upstreams.get(name)
@@ -79,9 +97,9 @@ async function sssonector (fastify: FastifyInstance, options: SssonectorOptions)
       const accept = request.headers.accept ?? ''
       if (accept.includes('text/html')) {
         reply.type('text/html; charset=utf-8')
-        return renderStatus(stats, Date.now())
+        return renderStatus(stats, Date.now(), shared?.stats() ?? null)
       }
-      return { upstreams: stats }
+      return { upstreams: stats, shared: shared?.stats() ?? null }
     })
   }
 

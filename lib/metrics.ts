@@ -1,5 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
-import type { ErrorCategory, UpstreamStats } from '../types/index.js'
+import type { ErrorCategory, SharedStats, UpstreamStats } from '../types/index.js'
 
 // Categories counted as connection errors (the seed's connection_errors).
 const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'unknown']
@@ -12,6 +12,7 @@ const UPGRADE_RESULTS: ReadonlyArray<keyof UpstreamStats['upgrades']> = ['ok', '
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 const HEDGE_EVENTS = ['sent', 'won', 'cancelled', 'denied'] as const
 const DISCOVERY_RESULTS = ['ok', 'empty', 'failed'] as const
+const SHARED_EVENTS = ['sent', 'received', 'applied', 'ignored', 'dropped'] as const
 
 /** What the metrics read: an upstream's stats, nothing else. */
 export interface StatsSource {
@@ -54,6 +55,7 @@ export interface MetricsOptions {
  */
 export class Metrics implements Meter {
   readonly registry: Registry
+  readonly #prefix: string
   #sources: readonly StatsSource[] = []
   #snapshot: UpstreamStats[] | null = null
   readonly #duration: Histogram<'upstream' | 'target' | 'status_class'>
@@ -62,10 +64,34 @@ export class Metrics implements Meter {
   readonly #retries: Counter<'upstream' | 'reason'>
   readonly #tunnelDuration: Histogram<'upstream'>
 
+  /** Shared target state, when on: its two series are made on the first call. */
+  watchShared (shared: { stats: () => SharedStats }): void {
+    const registers = [this.registry]
+    const prefix = this.#prefix
+    new Gauge({ // eslint-disable-line no-new
+      name: `${prefix}shared_state_connected`,
+      help: '1 while shared target state is connected (Redis: both connections; cluster: the IPC channel to the primary); 0 while this replica runs on its own state',
+      aggregator: 'min',
+      registers,
+      collect () { this.set(shared.stats().connected ? 1 : 0) }
+    })
+    new Counter({ // eslint-disable-line no-new
+      name: `${prefix}shared_reports_total`,
+      help: 'Target reports of shared state, by event: sent, received (from peers), applied (to a target here), ignored (another version, an unknown target, a clock off by more than 5 s), dropped (not sent: disconnected, or too many in flight)',
+      labelNames: ['event'],
+      registers,
+      collect () {
+        this.reset()
+        const s = shared.stats()
+        for (const event of SHARED_EVENTS) this.inc({ event }, s[event])
+      }
+    })
+  }
+
   constructor (opts: MetricsOptions) {
     const registry = this.registry = opts.registry ?? new Registry()
     const registers = [registry]
-    const prefix = opts.prefix
+    const prefix = this.#prefix = opts.prefix
     const ups = (): UpstreamStats[] => this.#stats()
     if (opts.defaultMetrics) collectDefaultMetrics({ register: registry, prefix })
     // In node:cluster, prom-client's AggregatorRegistry merges the workers'
@@ -301,7 +327,7 @@ export class Metrics implements Meter {
     })
     new Gauge({ // eslint-disable-line no-new
       name: `${prefix}target_health_cause`,
-      help: '1 for each cause flagged on the target: connect_failed, circuit_open (until a trial succeeds), active_health, ejected, draining',
+      help: '1 for each cause flagged on the target: connect_failed, circuit_open (until a trial succeeds), active_health, ejected, draining, peer (another replica\'s report, shared state)',
       labelNames: ['upstream', 'target', 'cause'],
       aggregator: 'max',
       registers,

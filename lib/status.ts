@@ -1,4 +1,4 @@
-import type { TargetHealthCause, TargetStats, TargetWindowStats, UpstreamStats } from '../types/index.js'
+import type { SharedStats, TargetHealthCause, TargetStats, TargetWindowStats, UpstreamStats } from '../types/index.js'
 
 function esc (s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
@@ -13,7 +13,7 @@ function span (ms: number): string {
 }
 
 /** The causes panic sets aside: a target out for these alone still takes traffic (Envoy's panic threshold). */
-const SET_ASIDE_IN_PANIC: ReadonlySet<TargetHealthCause> = new Set(['active_health', 'ejected'])
+const SET_ASIDE_IN_PANIC: ReadonlySet<TargetHealthCause> = new Set(['active_health', 'ejected', 'peer'])
 
 /** What a row says a target is: in rotation, out of it, out but used because of panic, leaving. */
 type RowState = 'up' | 'down' | 'panic' | 'draining'
@@ -41,7 +41,7 @@ function nextTrial (t: TargetStats, now: number): string {
 function why (t: TargetStats, now: number): string {
   const causes = t.health.map((h) => {
     const since = h.since === null ? '' : ` for ${span(now - h.since)}`
-    const until = h.cause === 'ejected' && h.until !== null ? `, until in ${span(h.until - now)}` : ''
+    const until = (h.cause === 'ejected' || h.cause === 'peer') && h.until !== null ? `, until in ${span(h.until - now)}` : ''
     return `<span class="cause">${esc(h.cause)}${since}${h.reason === '' ? '' : `: ${esc(h.reason)}`}${until}</span>`
   })
   const trial = nextTrial(t, now)
@@ -109,6 +109,13 @@ function served (t: TargetStats): string {
   return t.host === new URL(t.origin).host ? '' : `<br><small class="host" title="the Host header and TLS name it is sent">${esc(t.host)}</small>`
 }
 
+/** Shared target state, when on: connected or not since when, and the reports. */
+function sharedLine (s: SharedStats | null, now: number): string {
+  if (s === null) return ''
+  const state = s.connected ? '<span class="ok">connected</span>' : '<span class="warn">disconnected: this replica runs on its own state</span>'
+  return `<p class="shared${s.connected ? '' : ' failing'}">shared state (${s.mode}): ${state} for ${span(now - s.since)}; replica <code>${esc(s.replica)}</code>; reports ${s.sent} sent, ${s.received} received, ${s.applied} applied, ${s.ignored} ignored, ${s.dropped} dropped</p>`
+}
+
 /** Where the targets come from, when discovered: what is looked up, the last lookups, a stale list kept. */
 function discovery (u: UpstreamStats, now: number): string {
   const d = u.discovery
@@ -151,7 +158,7 @@ function panicNote (u: UpstreamStats, states: RowState[]): string {
   if (!u.panic) return ''
   const used = u.targets.filter((_, i) => states[i] === 'panic').map((t) => esc(t.url))
   return '<p class="panic"><b>PANIC</b>: fewer targets healthy than the panic threshold. Set aside: ' +
-    '<code>active_health</code> and <code>ejected</code> (traffic goes to targets flagged for these alone); ' +
+    '<code>active_health</code>, <code>ejected</code> and <code>peer</code> (traffic goes to targets flagged for these alone); ' +
     '<code>connect_failed</code> and <code>circuit_open</code> still hold.' +
     (used.length === 0 ? '' : ` Used though flagged: ${used.join(', ')}.`) + '</p>'
 }
@@ -195,7 +202,7 @@ ${rows}
  * connection errors, retries, p50/p99, a sparkline of attempts and
  * failures (inline SVG). It refreshes itself every 2 seconds.
  */
-export function renderStatus (upstreams: UpstreamStats[], now: number): string {
+export function renderStatus (upstreams: UpstreamStats[], now: number, shared: SharedStats | null = null): string {
   const rendered = new Date(now).toISOString()
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="2"><title>fastify-sssonector status</title>
@@ -213,6 +220,7 @@ small{font-weight:normal;color:#555}.panic{color:#b00;background:#fff0dc;padding
 </style></head><body>
 <h1>fastify-sssonector</h1>
 <p class="rendered">rendered at <time datetime="${rendered}">${rendered.replace('T', ' ').replace(/\.\d+Z$/, ' UTC')}</time>; refreshes every 2 s. Rate: attempts per second over the last 10 s; answers, conn errors, retries, p50, p99 and the sparkline (attempts a blue line, failures orange bars): the last 60 s. JSON with <code>Accept: application/json</code>.</p>
+${sharedLine(shared, now)}
 ${upstreams.map((u) => table(u, now)).join('\n')}
 </body></html>`
 }

@@ -128,6 +128,11 @@ export class Target implements Pickable {
   #probationFailures = 0
   /** Ramping its share up since then (ms); 0 when not. */
   rampFrom = 0
+  /** Out of rotation on a peer replica's report until then (ms); 0 when not (see shared-state.ts). */
+  peerUntil = 0
+  peerSince = 0
+  /** Whose report and why. */
+  peerReason = ''
 
   readonly breaker: CircuitBreaker | null
   /** Its metrics, with label sets made once. */
@@ -192,7 +197,7 @@ export class Target implements Pickable {
 
   /** No cause flagged: counts as healthy for the panic threshold. Reads only. */
   healthy (now: number): boolean {
-    return !this.#draining && this.#down.isUp && !this.hcDown && !(this.ejectedUntil > now)
+    return !this.#draining && this.#down.isUp && !this.hcDown && !(this.ejectedUntil > now) && !(this.peerUntil > now)
   }
 
   /**
@@ -203,7 +208,7 @@ export class Target implements Pickable {
    */
   available (now: number): boolean {
     if (this.#draining || !this.#down.canBegin(now, false)) return false
-    return this.#owner.panic || (!this.hcDown && !(this.ejectedUntil > now))
+    return this.#owner.panic || (!this.hcDown && !(this.ejectedUntil > now) && !(this.peerUntil > now))
   }
 
   /**
@@ -219,7 +224,8 @@ export class Target implements Pickable {
     const down = this.#down
     if (!down.isUp && !down.canBegin(owner.now(), owner.quickRecovery)) return false
     if (this.ejectedUntil !== 0 && owner.now() >= this.ejectedUntil) this.#endEjection()
-    if (!panic && (this.hcDown || this.ejectedUntil !== 0)) return false
+    if (this.peerUntil !== 0 && owner.now() >= this.peerUntil) this.clearPeer('the peer\'s deadline passed')
+    if (!panic && (this.hcDown || this.ejectedUntil !== 0 || this.peerUntil !== 0)) return false
     // A tunnel holds a connection of its own, outside the pool and its caps.
     if (!tunnel && !this.#pool.hasCapacity()) return false
     // On probation: one attempt at a time.
@@ -329,6 +335,7 @@ export class Target implements Pickable {
     const now = this.#owner.now()
     if (failed || result.status === 429) this.score.fail(result.headers ?? result.latency, now, result.retryAfter)
     else this.score.observe(result.headers ?? result.latency, now)
+    if (!failed && this.peerUntil !== 0) this.clearPeer('an attempt of this replica\'s own succeeded')
     this.#observe(failed, result.latency)
     this.#owner.observed(this, failed, result.latency)
     const outcome = statusClass(result)
@@ -447,6 +454,24 @@ export class Target implements Pickable {
     if (!down) this.#startRamp()
   }
 
+  /** A peer replica took it out of rotation until then (its deadline, on this replica's clock). */
+  setPeer (until: number, reason: string): void {
+    const now = this.#owner.now()
+    const was = this.peerUntil > now
+    this.peerUntil = until
+    this.peerReason = reason
+    if (was) return
+    this.peerSince = now
+    this.#owner.healthChanged(this, 'peer', 'down', reason)
+  }
+
+  /** Back from a peer's report: the peer says so, its deadline passed, or this replica's own attempt or probe succeeded. */
+  clearPeer (reason: string): void {
+    if (this.peerUntil === 0) return
+    this.peerUntil = 0
+    this.#owner.healthChanged(this, 'peer', 'up', reason)
+  }
+
   /** Outlier detection ejects it until then. */
   eject (until: number, reason: string): void {
     this.probation = 0
@@ -509,6 +534,7 @@ export class Target implements Pickable {
     if (s.kind !== 'up') out.push({ cause: DOWN_CAUSE[s.cause], since: s.since, until: s.until, reason: s.reason })
     if (this.hcDown) out.push({ cause: 'active_health', since: this.hcSince, until: null, reason: this.hcReason })
     if (this.ejectedUntil > now) out.push({ cause: 'ejected', since: this.ejectedSince, until: this.ejectedUntil, reason: this.ejectedReason })
+    if (this.peerUntil > now) out.push({ cause: 'peer', since: this.peerSince, until: this.peerUntil, reason: this.peerReason })
     return out
   }
 

@@ -156,6 +156,8 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
   #noTunnels: Array<() => void> = []
   /** Where the targets come from; null for a static list. */
   readonly discovery: Discovery | null
+  /** Where this replica's own changes of a target's rotation go to its peers (shared state); null when off. */
+  share: ((upstream: string, origin: string, event: 'down' | 'up', cause: TargetHealthCause | null, reason: string, ttl: number) => void) | null = null
 
   constructor (config: ResolvedUpstream, deps: UpstreamDeps = {}) {
     super()
@@ -474,8 +476,35 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
       const refused = this.#noTargetLog.take()
       this.#log.info(refused === 0 ? fields : { ...fields, refused }, `target back in rotation: ${cause} cleared`)
     }
+    if (this.share !== null && cause !== 'peer' && cause !== 'draining') this.#shareChange(target)
     this.#updatePanic()
     this.#admission.drain()
+  }
+
+  /**
+   * Tells the peers where the target stands after a change of this replica's
+   * own: out (with its first cause, and the latest deadline of its causes; an
+   * open-ended one, active health, holds `pool.maxRetryInterval`) or back.
+   */
+  #shareChange (target: Target): void {
+    const now = this.now()
+    const own = target.causes(now).filter((c) => c.cause !== 'peer' && c.cause !== 'draining')
+    if (own.length === 0) {
+      this.share!(this.name, target.origin, 'up', null, '', 0)
+      return
+    }
+    let until = 0
+    for (const c of own) until = Math.max(until, c.until ?? now + this.maxRetryInterval)
+    this.share!(this.name, target.origin, 'down', own[0].cause, own[0].reason, until - now)
+  }
+
+  /** A peer's report on one of its targets (see shared-state.ts): false when it has no such target. */
+  peerReport (origin: string, event: 'down' | 'up', until: number, reason: string): boolean {
+    const target = this.targets.find((t) => t.origin === origin)
+    if (target === undefined) return false
+    if (event === 'down') target.setPeer(until, reason)
+    else target.clearPeer(reason)
+    return true
   }
 
   #flapsOf (target: Target): FlapLog {
@@ -587,6 +616,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
 
   #probed (target: Target, result: ProbeResult, epoch: number): void {
     if (result.connected) target.probed(epoch, result.ok)
+    if (result.ok) target.clearPeer('an active check of this replica\'s own passed')
     if (!result.ok) {
       target.hcFailures++
       this.#log.debug({ upstream: this.name, target: target.url, reason: result.reason }, 'active check failed')

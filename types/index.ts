@@ -415,6 +415,44 @@ export interface SssonectorOptions extends UpstreamDefaults {
   status?: StatusOptions | false
   /** @default { delay: '10s' } */
   gracefulClose?: GracefulCloseOptions | false
+  /** Target state shared between replicas of one configuration: through Redis, or between node:cluster workers through the primary. @default off */
+  shared?: SharedOptions | false
+}
+
+/**
+ * Shared target state (see README, Scaling): when a target leaves rotation in
+ * one replica (failed connects, breaker open, ejection, active health), the
+ * others take it out too (cause `peer`) until that replica's deadline, and
+ * back when it is back. Never on the request path.
+ */
+export type SharedOptions = {
+  /** A Redis URL (`redis://` or `rediss://`): replicas meet on its pub/sub channel `<key>:targets`. */
+  redis: string
+  /** The namespace of the channel: replicas of one configuration share it, others must not. @default 'sssonector' */
+  key?: string
+  cluster?: undefined
+} | {
+  /** Between node:cluster workers, through the primary over IPC (the primary runs `relayClusterState()`). */
+  cluster: true
+  key?: string
+  redis?: undefined
+}
+
+export interface SharedStats {
+  /** Through what: `redis` or `cluster`. */
+  mode: 'redis' | 'cluster'
+  /** This replica's id, as its messages carry it. */
+  replica: string
+  /** Connected to Redis (both connections: publish and subscribe), or the IPC channel to the primary open. */
+  connected: boolean
+  /** Since when connected or not (ms since the epoch). */
+  since: number
+  /** Reports sent; received from peers (own echoes aside); applied to a target; ignored (another version, an unknown upstream or target, a clock off by more than 5 s); dropped (not sent: disconnected, or too many in flight). */
+  sent: number
+  received: number
+  applied: number
+  ignored: number
+  dropped: number
 }
 
 /** What can fail an attempt or a request, as logged and counted. */
@@ -440,7 +478,7 @@ export type ErrorCategory =
   | 'unknown'
 
 /** Why a target is out of rotation: each cause is flagged apart. */
-export type TargetHealthCause = 'connect_failed' | 'circuit_open' | 'active_health' | 'ejected' | 'draining'
+export type TargetHealthCause = 'connect_failed' | 'circuit_open' | 'active_health' | 'ejected' | 'draining' | 'peer'
 
 export interface TargetStats {
   url: string
@@ -672,6 +710,8 @@ export interface SssonectorDecorator {
   upstream(name: string): SssonectorUpstream
   /** The names of all upstreams. */
   readonly names: readonly string[]
+  /** Shared target state, null when `shared` is off. */
+  sharedStats(): SharedStats | null
   /** True from the close signal (or `app.close()`) on: answer readiness probes with 503. */
   readonly closing: boolean
 }

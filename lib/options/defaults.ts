@@ -281,4 +281,6 @@ export interface ResolvedOptions {
   }
   status: { path: string | false, onRequest: ((request: FastifyRequest, reply: unknown) => unknown) | undefined }
   gracefulClose: { delay: number, preStop: number } | false
+  /** null: off */
+  shared: { mode: 'redis' | 'cluster', url: string | null, key: string } | null
 }

@@ -2,7 +2,7 @@
 // The schema lives in ./upstream.ts (upstreams and their blocks) and ./route.ts
 // (routes); the top-level blocks of their own (metrics, status, gracefulClose) here.
 import type { Registry } from 'prom-client'
-import type { GracefulCloseOptions, MetricsOptions, SssonectorOptions, StatusOptions } from '../../types/index.js'
+import type { GracefulCloseOptions, MetricsOptions, SharedOptions, SssonectorOptions, StatusOptions } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type { ResolvedOptions } from './defaults.js'
 import { arrayAt, boolAt, fail, intAt, keysOf, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
@@ -17,7 +17,8 @@ export type {
 } from './defaults.js'
 
 // Each list is checked against its type in types/ (see keysOf).
-const TOP_KEYS = keysOf<SssonectorOptions>()('upstreams', 'routes', 'metrics', 'status', 'gracefulClose', ...DEFAULT_KEYS)
+const TOP_KEYS = keysOf<SssonectorOptions>()('upstreams', 'routes', 'metrics', 'status', 'gracefulClose', 'shared', ...DEFAULT_KEYS)
+const SHARED_KEYS = keysOf<Exclude<SharedOptions, false>>()('redis', 'cluster', 'key')
 const METRICS_KEYS = keysOf<MetricsOptions>()('path', 'prefix', 'registry', 'defaultMetrics', 'onRequest', 'port', 'host')
 const STATUS_KEYS = keysOf<StatusOptions>()('path', 'onRequest')
 const GRACEFUL_KEYS = keysOf<GracefulCloseOptions>()('delay', 'preStop')
@@ -91,5 +92,25 @@ export function resolveOptions (input: unknown): ResolvedOptions {
     if (gracefulClose.preStop >= gracefulClose.delay) fail('gracefulClose.preStop', gracefulClose.preStop, `is not less than gracefulClose.delay (${gracefulClose.delay} ms)`)
   }
 
-  return { upstreams, routes, metrics, status, gracefulClose }
+  return { upstreams, routes, metrics, status, gracefulClose, shared: checkShared(o.shared) }
+}
+
+/** `shared`: `{ redis, key }` or `{ cluster: true, key }`; off when absent or false. */
+function checkShared (value: unknown): ResolvedOptions['shared'] {
+  if (value === undefined || value === false) return null
+  const o = objectAt(value, 'shared', SHARED_KEYS)
+  const key = o.key === undefined ? 'sssonector' : stringAt(o.key, 'shared.key')
+  if (key === '' || /[\s*?[\]]/.test(key)) fail('shared.key', o.key, 'is not a plain key (no spaces, no glob characters)')
+  if (o.redis !== undefined && o.cluster !== undefined) fail('shared', '{...}', 'gives redis and cluster: give one')
+  if (o.cluster !== undefined) {
+    if (o.cluster !== true) fail('shared.cluster', o.cluster, 'is not true')
+    return { mode: 'cluster', url: null, key }
+  }
+  if (o.redis === undefined) fail('shared', '{...}', 'needs redis (a redis:// URL) or cluster: true')
+  let url: URL | null = null
+  try {
+    url = new URL(String(o.redis))
+  } catch {}
+  if (typeof o.redis !== 'string' || url === null || (url.protocol !== 'redis:' && url.protocol !== 'rediss:')) fail('shared.redis', o.redis, 'is not a redis:// or rediss:// URL')
+  return { mode: 'redis', url: o.redis, key }
 }
