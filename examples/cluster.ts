@@ -1,14 +1,18 @@
-// Several processes (node:cluster), one scrape: each worker runs the gateway
-// with its metrics on a prom-client AggregatorRegistry, which answers the
-// primary's requests for them; the primary serves the merged series on a port
-// of its own (each metric merged by its aggregator: counters summed, states
-// such as panic or target health kept 0 or 1).
+// Several processes (node:cluster), one scrape, one view of the targets: each
+// worker runs the gateway with its metrics on a prom-client
+// AggregatorRegistry, which answers the primary's requests for them; the
+// primary serves the merged series on a port of its own (each metric merged by
+// its aggregator: counters summed, states such as panic or target health kept
+// 0 or 1). The workers share target state through the primary
+// (`shared: { cluster: true }`, the primary running `relayClusterState()`): a
+// target one worker finds dead leaves the others' rotation at once.
 // Run: npm run build && node dist/examples/cluster.js
 //
 // Environment: TARGETS (comma-separated URLs), WORKERS [2], HOST [127.0.0.1],
 // PORT [3000] (the gateway, shared by the workers), METRICS_PORT [9100] (the
 // primary's /metrics), HEALTH_PATH (active health checks on that path, off
-// when unset). Port 0 takes a free port; the primary prints where it listens.
+// when unset), SHARED [cluster] (`off`: each worker on its own state). Port 0
+// takes a free port; the primary prints where it listens.
 import cluster from 'node:cluster'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
@@ -16,16 +20,19 @@ import { availableParallelism } from 'node:os'
 import Fastify from 'fastify'
 import { AggregatorRegistry } from 'prom-client'
 import type { PrometheusContentType } from 'prom-client'
-import sssonectorPool from '../lib/index.js'
+import sssonectorPool, { relayClusterState } from '../lib/index.js'
 
 const TARGETS = (process.env.TARGETS ?? 'http://127.0.0.1:8081,http://127.0.0.1:8082').split(',')
 const HOST = process.env.HOST ?? '127.0.0.1'
 const PORT = Number(process.env.PORT ?? 3000)
 const METRICS_PORT = Number(process.env.METRICS_PORT ?? 9100)
 const HEALTH_PATH = process.env.HEALTH_PATH
+const SHARED = process.env.SHARED !== 'off'
 
 if (cluster.isPrimary) {
   const workers = Number(process.env.WORKERS ?? Math.min(2, availableParallelism()))
+  // Each worker's reports on its targets go to the others.
+  if (SHARED) relayClusterState()
   // Constructed in the primary, it collects the workers' answers.
   const aggregator = new AggregatorRegistry()
   const server = http.createServer((req, res) => {
@@ -73,7 +80,8 @@ if (cluster.isPrimary) {
   await app.register(sssonectorPool, {
     upstreams: { api: { targets: TARGETS, ...(HEALTH_PATH === undefined ? {} : { healthCheck: { path: HEALTH_PATH } }) } },
     routes: [{ prefix: '/api', upstream: 'api' }],
-    metrics: { registry, path: false } // kept, not served: the primary serves every worker's
+    metrics: { registry, path: false }, // kept, not served: the primary serves every worker's
+    ...(SHARED ? { shared: { cluster: true as const } } : {})
   })
   await app.listen({ port: PORT, host: HOST }) // the workers share the port
 }

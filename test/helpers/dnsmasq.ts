@@ -1,7 +1,7 @@
 // A real DNS server for the discovery tests: Debian's dnsmasq, started on a
 // loopback port with a hosts file the test rewrites (SIGHUP rereads it) and
 // SRV records given at start (a restart changes them).
-import { spawn, execFileSync } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
 import dgram from 'node:dgram'
 import { once } from 'node:events'
@@ -9,22 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { Teardown } from './servers.js'
+import { findBinary, skipWithout } from './binaries.js'
 
 /** dnsmasq's path (Debian's dnsmasq-base), or null. */
-export function findDnsmasq (): string | null {
-  for (const p of ['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq']) {
-    try {
-      execFileSync(p, ['--version'], { stdio: 'ignore' })
-      return p
-    } catch {}
-  }
-  return null
-}
-
-export const dnsmasq = findDnsmasq()
-const ci = process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'
+export const dnsmasq = findBinary(['/usr/sbin/dnsmasq', '/usr/bin/dnsmasq'])
 /** Under CI a missing dnsmasq fails the tests (.ci/run installs it); here they skip, saying so. */
-export const noDnsmasq = dnsmasq === null && !ci ? 'dnsmasq not found: install Debian\'s dnsmasq-base (apt-get install dnsmasq-base) to run this test' : false
+export const noDnsmasq = skipWithout(dnsmasq, 'dnsmasq not found: install Debian\'s dnsmasq-base (apt-get install dnsmasq-base) to run this test')
 
 export interface SrvRecord { name: string, target: string, port: number, priority?: number, weight?: number }
 

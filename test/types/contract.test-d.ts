@@ -76,6 +76,20 @@ const full: SssonectorOptions = {
 }
 void app.register(sssonectorPool, full)
 void app.register(sssonectorPool, { ...full, metrics: false, gracefulClose: false })
+// Discovery in place of targets; shared state.
+void app.register(sssonectorPool, {
+  upstreams: {
+    dns: { discovery: { dns: 'users.internal', port: 8080, protocol: 'https', family: 0, servers: ['127.0.0.1:53'], refresh: '30s', timeout: '5s', maxStale: '60s' } },
+    srv: { discovery: { srv: '_http._tcp.users.internal' } },
+    hook: { discovery: { discover: async (signal: AbortSignal) => signal.aborted ? [] : [{ url: 'http://10.0.0.1:80', host: 'users.internal', weight: 2 }] } }
+  },
+  shared: { redis: 'redis://127.0.0.1:6379', key: 'gw' }
+})
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, shared: { cluster: true } })
+// @ts-expect-error discovery and targets are one or the other
+void app.register(sssonectorPool, { upstreams: { users: { targets: [], discovery: { dns: 'a.internal' } } } })
+// @ts-expect-error shared takes redis or cluster, not both
+void app.register(sssonectorPool, { upstreams: { u: { targets: [] } }, shared: { redis: 'redis://x', cluster: true } })
 
 // Wrong options.
 // @ts-expect-error upstreams are required
