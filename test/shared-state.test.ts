@@ -142,15 +142,12 @@ t.test('a target killed under load: out of rotation in every replica within 100 
   const dead4 = await startUpstream(t)
   const dead1 = await startUpstream(t)
 
-  // One replica alone, its own state.
+  // One replica alone, on its own state, and four replicas sharing through Redis, side by side (each its own dead target).
   const alone = await replica(t, { targets: [...live.map((u) => u.url), dead1.url] })
-  const one = await outage([alone], dead1, 3000)
-  t.same(one.failed, [], 'one replica: no request failed')
-
-  // Four replicas sharing through Redis.
   const replicas = await Promise.all(Array.from({ length: 4 }, async () => await replica(t, { targets: [...live.map((u) => u.url), dead4.url], redis: redis.url })))
   await Promise.all(replicas.map(async (r) => await r.logged((l) => l.msg === 'shared state connected')))
-  const four = await outage(replicas, dead4, 3000)
+  const [one, four] = await Promise.all([outage([alone], dead1, 3000), outage(replicas, dead4, 3000)])
+  t.same(one.failed, [], 'one replica: no request failed')
   t.same(four.failed, [], 'four replicas: no request failed')
   t.ok(four.ok > 200, `under load (${four.ok} requests answered)`)
 
@@ -213,6 +210,39 @@ t.test('Redis killed and restarted under load, a target dying meanwhile: no requ
   const metrics = await (await request(`${replicas[0].url}/metrics`)).body.text()
   t.match(metrics, /\nsssonector_shared_state_connected 1\n/, 'the metric says connected')
   t.match(metrics, /sssonector_shared_reports_total\{event="sent"\} \d+/)
+})
+
+t.test('Redis hung (SIGSTOP) under load: no request waits for it or fails; reports flow again when it wakes', { skip }, async (t) => {
+  const redis = await startRedis(t)
+  const a = await startUpstream(t)
+  const b = await startUpstream(t)
+  const c = await startUpstream(t)
+  const replicas = await Promise.all(Array.from({ length: 2 }, async () => await replica(t, { targets: [a.url, b.url, c.url], redis: redis.url })))
+  await Promise.all(replicas.map(async (r) => await r.logged((l) => l.msg === 'shared state connected')))
+  const run = load(replicas.map((r) => r.url))
+  await once(a.events, 'request')
+  process.kill(redis.pid!, 'SIGSTOP')
+  t.teardown(() => { try { process.kill(redis.pid!, 'SIGCONT') } catch {} })
+  // A target dies while Redis hangs: the reports cannot get through, each replica finds out for itself.
+  await kill(a)
+  const own = await Promise.all(replicas.map(async (r) => await r.logged(outOf(a))))
+  t.same(own.map((l) => l.cause), ['connect_failed', 'connect_failed'], 'each replica took it out on its own failed connect')
+  await new Promise((resolve) => setTimeout(resolve, 2000)) // Redis stays hung this long, under load
+  process.kill(redis.pid!, 'SIGCONT')
+  // Awake: a fresh report goes through.
+  await kill(b)
+  const fresh = await Promise.race(replicas.map(async (r) => { await r.logged((l) => outOf(b)(l) && l.cause === 'peer'); return r }))
+  const { ok, failed } = await run.stop()
+  t.same(failed, [], 'no request failed while Redis hung')
+  t.ok(ok > 300, `requests went on being answered (${ok})`)
+  t.equal((await fresh.stats()).shared!.connected, true, 'connected throughout: a hung Redis is not a lost one')
+  const times = replicas.flatMap((r) => r.lines.filter((l) => l.msg === 'request completed').map((l) => l.responseTime as number))
+  const slowest = Math.max(...times)
+  t.ok(slowest < 1000, `no request waited on Redis (slowest of ${times.length}: ${slowest.toFixed(1)} ms)`)
+  for (const r of replicas) {
+    const html = await (await request(`${r.url}/status`, { headers: { accept: 'text/html' } })).body.text()
+    t.match(html, /shared state \(redis\): /, 'the status page says how shared state stands')
+  }
 })
 
 /** A transport the test drives: what is published, and a way to deliver. */

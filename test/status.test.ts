@@ -88,7 +88,7 @@ t.test('panic: targets failing their active checks are shown down but used, and 
     t.equal(r.cell('state'), 'DOWN, USED IN PANIC')
     t.match(r.cell('why'), /active_health for \d+s: failed active check: status 500/)
   }
-  t.match(html, /<p class="panic"><b>PANIC<\/b>.*Set aside: <code>active_health<\/code> and <code>ejected<\/code>/)
+  t.match(html, /<p class="panic"><b>PANIC<\/b>.*Set aside: <code>active_health<\/code>, <code>ejected<\/code> and <code>peer<\/code>/)
   t.match(html, new RegExp(`Used though flagged: ${one.url}, ${two.url}`))
   t.match(html, /2 of 2 targets out of rotation/)
 })
