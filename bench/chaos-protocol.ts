@@ -65,6 +65,8 @@ export interface GatewaySample {
   /** resident set size, V8 heap in use and committed, bytes */
   rss: number
   heapUsed: number
+  /** heapUsed after a heap snapshot's collection when the heap looked grown after gc (see chaos-gateway.ts), else heapUsed. */
+  heapLive: number
   heapTotal: number
   /** the process's active resources by type (`process.getActiveResourcesInfo()`) */
   resources: Record<string, number>

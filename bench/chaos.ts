@@ -530,8 +530,9 @@ class Run {
     const least = samples.reduce((a, b) => handles(b) < handles(a) ? b : a)
     return {
       rssMiB: Math.min(...samples.map((s) => s.rss)) / 2 ** 20,
-      netRssMiB: Math.min(...samples.map((s) => s.rss - Math.max(0, s.heapTotal - s.heapUsed))) / 2 ** 20,
-      heapMiB: Math.min(...samples.map((s) => s.heapUsed)) / 2 ** 20,
+      // RSS less the committed heap nothing live holds (heapLive: see chaos-gateway.ts)
+      netRssMiB: Math.min(...samples.map((s) => s.rss - Math.max(0, s.heapTotal - s.heapLive))) / 2 ** 20,
+      heapMiB: Math.min(...samples.map((s) => s.heapLive)) / 2 ** 20,
       handles: handles(least),
       timers: Math.min(...samples.map(timers)),
       resources: least.resources
