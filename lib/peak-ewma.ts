@@ -110,6 +110,22 @@ export class PeakEwma {
     return f === 0 ? e : e + (e * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
   }
 
+  /**
+   * Forgets what was learned (a `Retry-After` still running aside): the
+   * target left rotation, or is back after an outage (its trial connected,
+   * or its active checks passed), so what it did before says nothing of what
+   * it does now. It is scored as a target not heard from
+   * yet until its next answer (Linkerd scores an endpoint that comes back as a
+   * new one).
+   */
+  reset (): void {
+    this.#estimate = NaN
+    this.#stamp = 0
+    this.#failures = 0
+    this.#failureStamp = 0
+    // A Retry-After still running is the target's own word: it holds to its end.
+  }
+
   /** An answer that took `latency` ms (to its headers). */
   observe (latency: number, now: number): void {
     const e = this.estimate(now)

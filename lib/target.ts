@@ -395,6 +395,10 @@ export class Target implements Pickable {
   }
 
   #downChanged (event: DownEvent, cause: SkipCause, reason: string): void {
+    // Out of rotation (or back), its score starts afresh: the failures that took
+    // it out must not cost it its trial when the skip ends (peak EWMA would
+    // otherwise never pick it again); its trial and answers score it anew.
+    this.score.reset()
     if (event === 'up') {
       this.breaker?.reset()
       this.#startRamp()
@@ -451,7 +455,10 @@ export class Target implements Pickable {
     this.hcSince = this.#owner.now()
     this.hcReason = reason
     this.#owner.healthChanged(this, 'active_health', down ? 'down' : 'up', reason)
-    if (!down) this.#startRamp()
+    if (!down) {
+      this.score.reset()
+      this.#startRamp()
+    }
   }
 
   /** A peer replica took it out of rotation until then (its deadline, on this replica's clock). */

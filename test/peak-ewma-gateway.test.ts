@@ -106,3 +106,33 @@ t.test('peak EWMA: an answer\'s Retry-After holds the penalty: no request reache
   t.ok(rest.every((c) => c === 200))
   t.equal(busy.seen.length, before, 'none of the next 200 requests reached it')
 })
+
+t.test('peak EWMA: a target out after failed connects gets its trial when its skip ends, and back in rotation is scored afresh, not by the failures that took it out', async (t) => {
+  const steady = await startUpstream(t)
+  let back = await startUpstream(t)
+  const port = back.port
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [steady.url, back.url], balance: 'peak-ewma', pool: { retryInterval: '200ms' }, circuitBreaker: false, outlierDetection: false } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  t.ok((await load(gw, 20, 2)).every((c) => c === 200))
+  // Down: refused connects (each retried on the other target) feed its penalty.
+  back.server.closeAllConnections()
+  await back.close()
+  t.ok((await load(gw, 20, 2)).every((c) => c === 200), 'its failures were retried on the other target')
+  t.match(gw.app.sssonector.upstream('a').stats().targets.find((x) => x.url === back.url)!.health, [{ cause: 'connect_failed' }], 'out of rotation')
+  // Back on the same port: its trial connects, it is back in rotation.
+  back = await startUpstream(t, undefined, { port })
+  const pool = gw.app.sssonector.upstream('a')
+  const inRotation = (): boolean => pool.stats().targets.find((x) => x.url === back.url)!.health.length === 0
+  for (let i = 0; i < 200 && !inRotation(); i++) {
+    t.equal(await get(gw, `/trial${i}`), 200)
+    if (!inRotation()) await new Promise((resolve) => setTimeout(resolve, 20)) // its skip (200 ms) runs out
+  }
+  t.ok(inRotation(), 'its trial came and connected: back in rotation (the failures\' penalty would have lost it every draw)')
+  const fresh = scoreOf(gw, back)
+  t.same({ penalty: fresh.penalty, heldUntil: fresh.heldUntil }, { penalty: 0, heldUntil: null }, 'no penalty carried over from the outage')
+  const before = back.seen.length
+  t.ok((await load(gw, 100, 1)).every((c) => c === 200))
+  t.ok(back.seen.length - before >= 20, `it takes its share again at once: ${back.seen.length - before} of 100 (without the reset, about none until its penalty decayed)`)
+})

@@ -287,7 +287,7 @@ export type UpstreamOptions = UpstreamBase & ({
 })
 
 export interface UpstreamBase extends UpstreamDefaults {
-  /** @default 'peak-ewma' (see README, Balancing) */
+  /** @default 'least-request' (see README, Balancing) */
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
   hashKey?: (request: FastifyRequest) => string
