@@ -12,11 +12,8 @@ import { failed, send } from './chaos-protocol.js'
 import type { GatewayConfig, ToGateway } from './chaos-protocol.js'
 
 const config = JSON.parse(process.argv[2] ?? '{}') as GatewayConfig
-/** The least heap measured after a collection so far (the baseline's, at first); more than SNAPSHOT_ABOVE over it calls for a snapshot's collection. */
-let leastHeap = Infinity
-const SNAPSHOT_ABOVE = 8 * 2 ** 20
 
-async function sample (seq: number, gc: boolean): Promise<void> {
+async function sample (seq: number, gc: boolean, live: boolean): Promise<void> {
   const collect = (globalThis as { gc?: (options?: object) => void }).gc
   const ran = gc && collect !== undefined
   if (ran) {
@@ -33,16 +30,15 @@ async function sample (seq: number, gc: boolean): Promise<void> {
   for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
   const mem = process.memoryUsage()
   let heapLive = mem.heapUsed
-  if (ran && heapLive > leastHeap + SNAPSHOT_ABOVE) {
+  if (ran && live) {
     // gc() can leave tens of MiB counted in heapUsed that nothing holds: seen
     // here, 51.9 MiB after repeated last-resort collections, 26.1 MiB once a
     // heap snapshot was taken (its collection frees them; its live set is what
-    // a leak grows). Taken only when the heap looks grown, as it is costly, and
-    // after RSS was read: the snapshot's own native memory stays resident.
+    // a leak grows). Asked for last, after RSS was read: the snapshot's own
+    // native memory stays resident.
     getHeapSnapshot().destroy()
     heapLive = process.memoryUsage().heapUsed
   }
-  if (ran) leastHeap = Math.min(leastHeap, heapLive)
   send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, heapLive, resources, gc: ran })
 }
 
@@ -59,7 +55,7 @@ async function main (): Promise<void> {
   }
   process.on('disconnect', stop)
   process.on('message', (message: ToGateway) => {
-    if (message.type === 'sample') sample(message.seq, message.gc).catch(failed)
+    if (message.type === 'sample') sample(message.seq, message.gc, message.live === true).catch(failed)
   })
   send({ type: 'ready', port: (app.server.address() as AddressInfo).port })
 }

@@ -57,7 +57,8 @@ export interface GatewayConfig {
   log: string | null
 }
 
-export type ToGateway = { type: 'sample', seq: number, gc: boolean }
+/** `live`: after the collections, a heap snapshot's too, for `heapLive` (costly; its native memory stays resident, so taken last). */
+export type ToGateway = { type: 'sample', seq: number, gc: boolean, live?: boolean }
 
 export interface GatewaySample {
   type: 'sample'
@@ -65,7 +66,7 @@ export interface GatewaySample {
   /** resident set size, V8 heap in use and committed, bytes */
   rss: number
   heapUsed: number
-  /** heapUsed after a heap snapshot's collection when the heap looked grown after gc (see chaos-gateway.ts), else heapUsed. */
+  /** heapUsed after a heap snapshot's collection when asked (`live`), else heapUsed. */
   heapLive: number
   heapTotal: number
   /** the process's active resources by type (`process.getActiveResourcesInfo()`) */

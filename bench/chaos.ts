@@ -503,26 +503,35 @@ class Run {
     return body.upstreams
   }
 
-  async sample (gc: boolean): Promise<GatewaySample> {
+  async sample (gc: boolean, live = false): Promise<GatewaySample> {
     const gateway = this.gateway!
     const seq = ++this.sampleSeq
     const answer = message(gateway, (m) => {
       const s = m as FromGateway
       return s.type === 'sample' && s.seq === seq ? s : undefined
     }, 10_000, 'gateway sample')
-    gateway.send({ type: 'sample', seq, gc } satisfies ToGateway)
+    gateway.send({ type: 'sample', seq, gc, live } satisfies ToGateway)
     const s = await answer
     this.peakRss = Math.max(this.peakRss, s.rss)
     return s
   }
 
-  /** After the quiet period: three samples after gc, 150 ms apart, the least of each figure. */
-  async quietSample (): Promise<ResourceSample> {
+  /**
+   * After the quiet period: three samples after gc, 150 ms apart, the least of
+   * each figure. The final one (`live`) then takes a heap snapshot's
+   * collection for the heap's live size, after every RSS was read (see
+   * chaos-gateway.ts): the net RSS and the heap are taken against it.
+   */
+  async quietSample (live = false): Promise<ResourceSample> {
     await delay(this.opts.quietMs)
     const samples: GatewaySample[] = []
     for (let i = 0; i < 3; i++) {
       if (i > 0) await delay(150)
       samples.push(await this.sample(true))
+    }
+    if (live) {
+      const heapLive = (await this.sample(true, true)).heapLive
+      for (const s of samples) s.heapLive = Math.min(s.heapUsed, heapLive)
     }
     if (!samples[0]!.gc) this.harness.push('the gateway ran without --expose-gc: samples taken without a collection')
     const handles = (s: GatewaySample): number => Object.entries(s.resources).reduce((n, [k, v]) => k === 'Timeout' || k === 'Immediate' ? n : n + v, 0)
@@ -1098,7 +1107,7 @@ export async function runChaos (options: ChaosOptions = {}): Promise<ChaosReport
         clearInterval(progress)
       }
       if (withClientFaults) await run.edgeCheckpoint()
-      const final = await run.quietSample()
+      const final = await run.quietSample(true)
       if (withClientFaults) await run.edgeCheckpoint()
       return { baseline, final }
     })()
