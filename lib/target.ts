@@ -333,8 +333,12 @@ export class Target implements Pickable {
     const failed = category !== null || result.status >= 500
     if (category !== null && category !== 'http_5xx') this.errors[category] = (this.errors[category] ?? 0) + 1
     const now = this.#owner.now()
-    if (failed || result.status === 429) this.score.fail(result.headers ?? result.latency, now, result.retryAfter)
-    else this.score.observe(result.headers ?? result.latency, now)
+    // Out of rotation, its score waits for its trial: an attempt that began before the outage
+    // and ends after it must not undo the fresh start (see #downChanged).
+    if (this.#down.isUp || isTrial(ticket)) {
+      if (failed || result.status === 429) this.score.fail(result.headers ?? result.latency, now, result.retryAfter)
+      else this.score.observe(result.headers ?? result.latency, now)
+    }
     if (!failed && this.peerUntil !== 0) this.clearPeer('an attempt of this replica\'s own succeeded')
     this.#observe(failed, result.latency)
     this.#owner.observed(this, failed, result.latency)
