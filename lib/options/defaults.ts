@@ -196,34 +196,26 @@ export interface ResolvedTarget {
   servername: string | null
 }
 
-/** Where an upstream's targets come from (null: a static list). */
-export type ResolvedDiscovery = {
-  kind: 'dns'
-  name: string
-  port: number
-  protocol: 'http' | 'https'
-  family: 0 | 4 | 6
-  servers: string[] | null
-  refresh: number
-  timeout: number
-  maxStale: number
-} | {
-  kind: 'srv'
-  name: string
-  protocol: 'http' | 'https'
-  family: 0 | 4 | 6
-  servers: string[] | null
-  refresh: number
-  timeout: number
-  maxStale: number
-} | {
-  kind: 'discover'
-  name: 'discover'
-  discover: (signal: AbortSignal) => Promise<unknown>
+/** When a discovery source is read (ms). */
+interface ResolvedDiscoveryTimes {
   refresh: number
   timeout: number
   maxStale: number
 }
+
+/** What a DNS source (A/AAAA or SRV) is asked with. */
+interface ResolvedDnsSource extends ResolvedDiscoveryTimes {
+  name: string
+  protocol: 'http' | 'https'
+  family: 0 | 4 | 6
+  servers: string[] | null
+}
+
+/** Where an upstream's targets come from (null: a static list). */
+export type ResolvedDiscovery =
+  | (ResolvedDnsSource & { kind: 'dns', port: number })
+  | (ResolvedDnsSource & { kind: 'srv' })
+  | (ResolvedDiscoveryTimes & { kind: 'discover', name: 'discover', discover: (signal: AbortSignal) => Promise<unknown> })
 
 export interface ResolvedUpstream {
   name: string
