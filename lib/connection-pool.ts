@@ -1,7 +1,6 @@
-import { Client } from 'undici'
 import type { Dispatcher } from 'undici'
 import type { TlsOptions } from '../types/index.js'
-import type { ResolvedPool, ResolvedTimeouts } from './options/index.js'
+import type { ResolvedHttp2, ResolvedPool, ResolvedTimeouts } from './options/index.js'
 import { isFramingAnomaly } from './errors.js'
 import { IdleTimeoutLearner } from './idle-timeout.js'
 
@@ -10,6 +9,9 @@ export interface ConnectionSettings {
   pool: ResolvedPool
   timeouts: ResolvedTimeouts
   tls: TlsOptions
+  /** How targets are spoken to: HTTP/1.1 (one request per connection at a time), HTTP/2 (multiplexed), or ALPN's choice over TLS. */
+  protocol?: 'http1' | 'http2' | 'auto'
+  http2?: ResolvedHttp2
 }
 
 /**
@@ -19,31 +21,13 @@ export interface ConnectionSettings {
 export interface ConnectionClient {
   dispatch (opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean
   destroy (): Promise<void>
-  on (event: 'connect' | 'disconnect', listener: (...args: unknown[]) => void): unknown
+  on (event: 'connect' | 'disconnect' | 'goaway' | 'capacity', listener: (...args: unknown[]) => void): unknown
+  /** Multiplexed connections: the streams it may carry at once now (0 while it goes away). */
+  readonly capacity?: number
 }
 
 /** Makes the client of one connection: the seam tests and other transports use. */
 export type ConnectionFactory = (origin: string, settings: ConnectionSettings) => ConnectionClient
-
-export const undiciConnectionFactory: ConnectionFactory = (origin, { pool, timeouts, tls }) => new Client(origin, {
-  pipelining: 1,
-  // undici closes the socket itself at the upstream's Keep-Alive hint minus its
-  // margin (2 s), and never later than the idle timeout; the pool's sweep closes
-  // it at the idle timeout too, by its own clock.
-  keepAliveTimeout: Math.max(pool.idleTimeout, 1),
-  keepAliveMaxTimeout: Math.max(pool.idleTimeout, 1),
-  headersTimeout: timeouts.headers,
-  bodyTimeout: timeouts.body,
-  connect: {
-    timeout: timeouts.connect,
-    // Verified by default: reply-from turns verification off, we do not.
-    rejectUnauthorized: tls.rejectUnauthorized ?? true,
-    ...(tls.ca !== undefined ? { ca: tls.ca } : {}),
-    ...(tls.cert !== undefined ? { cert: tls.cert } : {}),
-    ...(tls.key !== undefined ? { key: tls.key } : {}),
-    ...(tls.servername !== undefined ? { servername: tls.servername } : {})
-  }
-})
 
 /** Connections open and idle across one upstream's targets, against its caps. */
 export class SharedLimits {
@@ -51,6 +35,8 @@ export class SharedLimits {
   open = 0
   /** Idle connections, watched ones included (see IdleTimeoutLearner). */
   idle = 0
+  /** Multiplexed upstreams: attempts in flight across its targets' connections. */
+  streams = 0
   readonly maxActive: number
   readonly maxIdle: number
   /** Asks for an idle sweep by then at the latest (the upstream sets it). */
@@ -94,6 +80,8 @@ export class Connection {
   watched = false
   /** Its watch is over: the verdict waits for the events of this turn. */
   watchEnding = false
+  /** Multiplexed: attempts on it now. */
+  streams = 0
 
   constructor (client: ConnectionClient, pool: TargetPool, now: number) {
     this.client = client
@@ -108,9 +96,23 @@ function onConnect (this: { conn: Connection }): void {
   this.conn.broken = false
 }
 
+function onGoaway (this: { conn: Connection }): void {
+  // Takes no new stream; its streams finish, then it closes.
+  this.conn.broken = true
+  this.conn.pool.drained(this.conn)
+}
+
+function onCapacity (this: { conn: Connection }): void {
+  this.conn.pool.grew()
+}
+
 function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: unknown, err: unknown): void {
   const conn = this.conn
   conn.broken = true
+  if (conn.pool.multiplexed) {
+    conn.pool.drained(conn)
+    return
+  }
   // A socket that closed on a framing anomaly (bytes on an idle socket, a second
   // answer, bytes after a complete response): undici destroyed it; the target hears.
   if (err != null && (conn.idleIndex !== -1 || conn.returning) && isFramingAnomaly(err)) conn.pool.observer?.anomaly(err as Error)
@@ -154,6 +156,8 @@ export class TargetPool {
   readonly #now: () => number
   readonly #onFree: () => void
   readonly #maxPerTarget: number
+  /** HTTP/2 (or ALPN's choice): a connection carries several attempts at once. */
+  readonly multiplexed: boolean
   /** Idle connections, most recently used last. */
   readonly idle: Connection[] = []
   /** Connections that exist (connecting, busy or idle). */
@@ -181,12 +185,14 @@ export class TargetPool {
     this.#now = now
     this.#onFree = onFree
     this.#maxPerTarget = settings.pool.maxActivePerTarget
+    this.multiplexed = (settings.protocol ?? 'http1') !== 'http1'
     this.keepAlive = new IdleTimeoutLearner(settings.pool.idleTimeout)
   }
 
   /** Whether `take()` can hand out a connection now, counting an idle one of another target that could be closed to make room. */
   hasCapacity (): boolean {
     if (this.#closing) return false
+    if (this.multiplexed) return this.#roomForStream() && (this.#withRoom() !== null || this.open < this.#maxPerTarget)
     if (this.idle.length > 0) return true
     if (this.open >= this.#maxPerTarget) return false
     return this.#limits.open < this.#limits.maxActive || this.#limits.idle > 0
@@ -194,7 +200,78 @@ export class TargetPool {
 
   /** Whether a new connection fits under both caps without closing anything. */
   canOpen (): boolean {
+    if (this.multiplexed && !this.#roomForStream()) return false
     return !this.#closing && this.open < this.#maxPerTarget && this.#limits.open < this.#limits.maxActive
+  }
+
+  /**
+   * Multiplexed: `maxActivePerTarget` and `maxActive` cap the attempts in
+   * flight (streams), as they cap connections in use over HTTP/1.1, where a
+   * connection carries one at a time.
+   */
+  #roomForStream (): boolean {
+    return this.busy < this.#maxPerTarget && this.#limits.streams < this.#limits.maxActive
+  }
+
+  /** Multiplexed: the open connection with room for a stream that carries the most already (streams packed on few connections), or null. */
+  #withRoom (): Connection | null {
+    let best: Connection | null = null
+    for (const c of this.#all) {
+      if (c.broken || c.closed || c.watched) continue
+      const cap = c.client.capacity ?? 1
+      if (c.streams < cap && (best === null || c.streams > best.streams)) best = c
+    }
+    return best
+  }
+
+  #takeStream (): Connection | undefined {
+    if (!this.#roomForStream()) return undefined
+    let conn = this.#withRoom()
+    if (conn === null) {
+      if (!this.canOpen()) return undefined
+      conn = this.#openConnection()
+    } else if (conn.idleIndex !== -1) {
+      this.#removeIdle(conn)
+    }
+    conn.streams++
+    this.busy++
+    this.#limits.streams++
+    conn.requests++
+    return conn
+  }
+
+  #putStream (conn: Connection): void {
+    conn.streams--
+    this.busy--
+    this.#limits.streams--
+    if (conn.streams === 0) {
+      if (conn.broken || this.#closing || this.#limits.idle >= this.#limits.maxIdle || this.#retired(conn, this.#now())) {
+        this.#destroy(conn)
+      } else {
+        conn.idleSince = this.#now()
+        conn.idleIndex = this.idle.length
+        this.idle.push(conn)
+        this.#limits.idle++
+      }
+    } else if (!conn.broken && this.#retired(conn, this.#now())) {
+      // Served its time: no new stream; closed when its last one ends.
+      conn.broken = true
+    }
+    this.#checkEmpty()
+    this.#onFree()
+  }
+
+  /** Multiplexed: a connection that takes no new stream (GOAWAY, closed): closed now if it carries none. */
+  drained (conn: Connection): void {
+    if (conn.streams !== 0 || conn.closed) return
+    this.#removeIdle(conn)
+    this.#destroy(conn)
+    this.#onFree()
+  }
+
+  /** A connection may carry more streams than it did (its settings came, ALPN chose HTTP/2): waiters may be served. */
+  grew (): void {
+    this.#onFree()
   }
 
   /**
@@ -204,6 +281,7 @@ export class TargetPool {
    */
   take (fresh = false): Connection | undefined {
     if (this.#closing) return undefined
+    if (this.multiplexed) return this.#takeStream()
     // A fresh one when asked and it fits; else the idle ones first.
     const idle = fresh && this.canOpen() ? [] : this.idle
     const retireAt = idle.length > 0 ? this.keepAlive.retireAt() : Infinity
@@ -226,17 +304,26 @@ export class TargetPool {
       return conn
     }
     if (!this.canOpen()) return undefined
+    const conn = this.#openConnection()
+    this.busy++
+    conn.requests++
+    return conn
+  }
+
+  #openConnection (): Connection {
     const client = this.#factory(this.origin, this.#settings)
     const conn = new Connection(client, this, this.#now())
     const ctx = { conn }
     client.on('connect', onConnect.bind(ctx))
     client.on('disconnect', onDisconnect.bind(ctx))
+    if (this.multiplexed) {
+      client.on('goaway', onGoaway.bind(ctx))
+      client.on('capacity', onCapacity.bind(ctx))
+    }
     this.#all.add(conn)
     this.open++
     this.opened++
     this.#limits.open++
-    this.busy++
-    conn.requests++
     this.observer?.opened()
     return conn
   }
@@ -250,6 +337,10 @@ export class TargetPool {
 
   /** Put: back to the idle set when it can serve again, else closed. */
   put (conn: Connection, reusable: boolean): void {
+    if (this.multiplexed) {
+      this.#putStream(conn)
+      return
+    }
     this.busy--
     // Idle from the end of its answer (putAfterTurn), the nearest we see to the target's own start of idle.
     const idleSince = conn.returning ? conn.idleSince : this.#now()
@@ -283,6 +374,11 @@ export class TargetPool {
    * dispatched on it meanwhile.
    */
   putAfterTurn (conn: Connection): void {
+    // A stream ends alone: the connection's other streams and frames are not its.
+    if (this.multiplexed) {
+      this.#putStream(conn)
+      return
+    }
     conn.returning = true
     conn.idleSince = this.#now()
     setImmediate(putReusable, this, conn)
@@ -297,6 +393,10 @@ export class TargetPool {
 
   /** An idle (or watched) connection's socket closed: a close of the target's is a sample of its idle timeout. */
   idleClosed (conn: Connection, err: unknown): void {
+    if (this.multiplexed) {
+      this.drained(conn)
+      return
+    }
     if (peerClosed(err)) this.keepAlive.closed(this.#now() - conn.idleSince)
     if (!conn.watched) {
       this.discard(conn)

@@ -35,12 +35,14 @@ export const ConnectTimeoutError = define('FST_SSSONECTOR_UPSTREAM_CONNECT_TIMEO
 export const DnsError = define('FST_SSSONECTOR_UPSTREAM_DNS', 'Upstream host did not resolve: %s', 502, 'dns')
 export const TlsError = define('FST_SSSONECTOR_UPSTREAM_TLS', 'Upstream TLS failed: %s', 502, 'tls')
 export const ResetError = define('FST_SSSONECTOR_UPSTREAM_RESET', 'Upstream closed the connection: %s', 502, 'reset')
+export const RefusedError = define('FST_SSSONECTOR_UPSTREAM_REFUSED', 'Upstream refused the stream: %s', 503, 'refused')
 export const HeadersTimeoutError = define('FST_SSSONECTOR_UPSTREAM_HEADERS_TIMEOUT', 'Upstream sent no response headers in time: %s', 504, 'headers_timeout')
 export const BodyTimeoutError = define('FST_SSSONECTOR_UPSTREAM_BODY_TIMEOUT', 'Upstream response body stalled: %s', 504, 'body_timeout')
 export const RequestTimeoutError = define('FST_SSSONECTOR_REQUEST_TIMEOUT', 'Request to upstream timed out: %s', 504, 'request_timeout')
 export const ProtocolError = define('FST_SSSONECTOR_UPSTREAM_PROTOCOL', 'Upstream sent a malformed response: %s', 502, 'protocol')
 export const UpstreamError = define('FST_SSSONECTOR_UPSTREAM_ERROR', 'Upstream request failed: %s', 502, 'unknown')
 export const UpstreamStatusError = define('FST_SSSONECTOR_UPSTREAM_STATUS', 'Upstream answered %s', 502, 'http_5xx')
+export const DeadlineError = define('FST_SSSONECTOR_DEADLINE', 'The call\'s own deadline passed: %s', 504, 'client_timeout')
 export const NoTargetError = define('FST_SSSONECTOR_NO_TARGET', 'No target of upstream %s can take the request', 503, 'no_target')
 export const PoolExhaustedError = define('FST_SSSONECTOR_POOL_EXHAUSTED', 'Upstream %s is at capacity', 503, 'pool_exhausted')
 export const BodyTooLargeError = define('FST_SSSONECTOR_BODY_TOO_LARGE', 'Request body is larger than %s bytes', 413, 'body_too_large')
@@ -64,6 +66,7 @@ const FAULT: Record<ErrorCategory, Fault> = {
   dns: 'target',
   tls: 'target',
   reset: 'target',
+  refused: 'target',
   headers_timeout: 'target',
   body_timeout: 'target',
   request_timeout: 'target',
@@ -177,6 +180,7 @@ const BY_CATEGORY: Partial<Record<ErrorCategory, Ctor>> = {
   dns: DnsError,
   tls: TlsError,
   reset: ResetError,
+  refused: RefusedError,
   headers_timeout: HeadersTimeoutError,
   body_timeout: BodyTimeoutError,
   request_timeout: RequestTimeoutError,

@@ -13,7 +13,7 @@ import { retryAfterMs } from './peak-ewma.js'
 import type { RetryBudget, RetryVerdict } from './retry-policy.js'
 import { fullJitter } from './backoff.js'
 import {
-  ClientBodyError, NoTargetError, RequestTimeoutError, UpstreamStatusError, faultOf, toUpstreamError
+  ClientBodyError, DeadlineError, NoTargetError, RequestTimeoutError, UpstreamStatusError, faultOf, toUpstreamError
 } from './errors.js'
 import type { SssonectorError } from './errors.js'
 
@@ -23,6 +23,9 @@ import type { SssonectorError } from './errors.js'
  * target's.
  */
 export const kKeepHost = Symbol('sssonector.keepHost')
+
+/** Set on a request's options: ms the whole exchange may take (a gRPC call's `grpc-timeout`), under `timeouts.request` when that is shorter. */
+export const kDeadline = Symbol('sssonector.deadline')
 
 /**
  * undici times a response's headers on a coarse clock (a tick of about half a
@@ -376,11 +379,15 @@ export class Exchange implements PickContext<Target> {
 
   /** Starts the first attempt, on the slot taken at admission; arms `timeouts.request`. */
   start (slot: Slot): void {
-    const ms = this.#host.config.timeouts.request
+    const configured = this.#host.config.timeouts.request
+    const given = (this.#opts as { [kDeadline]?: number })[kDeadline]
+    const ms = given === undefined ? configured : configured === 0 ? Math.max(1, given) : Math.max(1, Math.min(configured, given))
+    // The caller's own deadline, shorter than the upstream's: its end is the caller's, not the target's failure.
+    const own = given !== undefined && ms !== configured
     if (ms !== 0) {
       this.#deadline = setTimeout(() => {
         this.#deadline = null
-        this.abort(new RequestTimeoutError(`${ms} ms`))
+        this.abort(own ? new DeadlineError(`${ms} ms`) as Error : new RequestTimeoutError(`${ms} ms`))
       }, ms)
       this.#deadline.unref()
     }

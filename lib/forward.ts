@@ -71,6 +71,8 @@ export function forwardHeaders (headers: Headers, forwarded: Forwarded): unknown
   for (const name in headers) {
     const value = headers[name]
     if (value === undefined || NOT_FORWARDED.has(name) || (listed !== null && listed.includes(name))) continue
+    // An HTTP/2 client's pseudo-headers (:method, :path, :authority, :scheme) are the request line's, not headers.
+    if (name.charCodeAt(0) === 58) continue
     list.push(name, value)
   }
   if (forwarded.for !== null) list.push('x-forwarded-for', forwarded.for)

@@ -1,5 +1,9 @@
 import { Client } from 'undici'
-import type { ResolvedHealthCheck } from './options/index.js'
+import type { Dispatcher } from 'undici'
+import type { ResolvedHealthCheck, ResolvedHttp2, ResolvedPool } from './options/index.js'
+import { H2Client } from './h2-client.js'
+import { healthCheckRequest, healthCheckStatus } from './grpc.js'
+import { DEFAULTS } from './options/defaults.js'
 import type { TlsOptions } from '../types/index.js'
 import type { Target } from './target.js'
 import { CONNECT_FAILURES, categorize } from './errors.js'
@@ -58,8 +62,100 @@ export class ProbeCounter {
   }
 }
 
-/** A probe of its own: one undici Client per target, never a pooled socket. */
-export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectTimeout: number): { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } {
+/** What the probes of an HTTP/2 upstream are sent with: its protocol and connection settings. */
+export interface ProbeTransport {
+  protocol: 'http1' | 'http2' | 'auto'
+  http2: ResolvedHttp2
+  pool: ResolvedPool
+}
+
+interface ProbeAnswer { status: number, body: Buffer, trailers: Record<string, unknown>, headers: Record<string, unknown> }
+
+/** One request on a connection of the probe's own, through undici's handler API; rejects past `timeout`. */
+async function exchangeOn (client: H2Client, opts: Dispatcher.DispatchOptions, timeout: number): Promise<ProbeAnswer> {
+  return await new Promise<ProbeAnswer>((resolve, reject) => {
+    let status = 0
+    let headers: Record<string, unknown> = {}
+    const chunks: Buffer[] = []
+    let controller: Dispatcher.DispatchController | null = null
+    const timer = setTimeout(() => {
+      const err = Object.assign(new Error(`probe timed out after ${timeout} ms`), { code: 'UND_ERR_HEADERS_TIMEOUT' })
+      if (controller !== null) controller.abort(err)
+      else reject(err)
+    }, timeout)
+    client.dispatch(opts, {
+      onRequestStart (c) { controller = c },
+      onResponseStart (_c, s, h) { status = s; headers = h as Record<string, unknown> },
+      onResponseData (_c, chunk) { if (chunks.length < 64) chunks.push(chunk) },
+      onResponseEnd (_c, trailers) {
+        clearTimeout(timer)
+        resolve({ status, body: Buffer.concat(chunks), trailers: trailers as Record<string, unknown>, headers })
+      },
+      onResponseError (_c, err) {
+        clearTimeout(timer)
+        reject(err)
+      }
+    })
+  })
+}
+
+/**
+ * Probes over HTTP/2 (`protocol` 'http2' or 'auto'): one connection of the
+ * probes' own per target, never a pooled one. With `grpc`, the gRPC health
+ * protocol: healthy when the answer's status is OK and its message says SERVING.
+ */
+function h2Prober (opts: ResolvedHealthCheck, tls: TlsOptions, connectTimeout: number, transport: ProbeTransport): { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } {
+  const clients = new Map<Target, H2Client>()
+  const settings = {
+    pool: transport.pool,
+    timeouts: { ...DEFAULTS.timeouts, connect: Math.min(opts.timeout, connectTimeout), headers: opts.timeout, body: opts.timeout },
+    tls,
+    protocol: transport.protocol,
+    http2: { ...transport.http2, maxStreams: 1 }
+  }
+  const probe: Prober = async (target) => {
+    let client = clients.get(target)
+    if (client === undefined || client.draining) {
+      if (client !== undefined) client.destroy().catch(() => {})
+      const own = target.servername === undefined ? settings : { ...settings, tls: { ...tls, servername: target.servername } }
+      client = new H2Client(target.origin, own, own.http2, transport.protocol === 'auto')
+      clients.set(target, client)
+    }
+    const grpc = opts.grpc
+    try {
+      const answer = await exchangeOn(client, grpc === null
+        ? { method: opts.method as 'GET', path: opts.path, headers: { ...opts.headers, host: target.host, 'user-agent': 'fastify-sssonector-health-check' }, body: null }
+        : { method: 'POST', path: opts.path, headers: { ...opts.headers, host: target.host, 'content-type': 'application/grpc', te: 'trailers', 'user-agent': 'fastify-sssonector-health-check' }, body: healthCheckRequest(grpc) },
+      opts.timeout)
+      if (grpc === null) {
+        const [from, to] = opts.expectedStatus
+        return { ok: answer.status >= from && answer.status <= to, connected: true, reason: `status ${answer.status}` }
+      }
+      const code = String(answer.trailers['grpc-status'] ?? answer.headers['grpc-status'] ?? '')
+      if (code !== '0') return { ok: false, connected: true, reason: `grpc-status ${code === '' ? 'missing' : code}` }
+      const serving = healthCheckStatus(answer.body)
+      return { ok: serving === 1, connected: true, reason: serving === 1 ? 'SERVING' : `health status ${serving}` }
+    } catch (err) {
+      const reason = categorize(err)
+      return { ok: false, connected: !CONNECT_FAILURES.has(reason) && reason !== 'refused', reason }
+    }
+  }
+  const forget = async (t: Target): Promise<void> => {
+    const c = clients.get(t)
+    clients.delete(t)
+    await c?.destroy()
+  }
+  const close = async (): Promise<void> => {
+    const all = [...clients.values()]
+    clients.clear()
+    await Promise.all(all.map(async (c) => await c.destroy()))
+  }
+  return { probe, forget, close }
+}
+
+/** A probe of its own: one undici Client per target, never a pooled socket (an HTTP/2 connection of its own for HTTP/2 upstreams). */
+export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectTimeout: number, transport?: ProbeTransport): { probe: Prober, forget: (t: Target) => Promise<void>, close: () => Promise<void> } {
+  if (transport !== undefined && transport.protocol !== 'http1') return h2Prober(opts, tls, connectTimeout, transport)
   const clients = new Map<Target, Client>()
   const probe: Prober = async (target) => {
     let client = clients.get(target)

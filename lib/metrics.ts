@@ -2,12 +2,12 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { ErrorCategory, SharedStats, UpstreamStats } from '../types/index.js'
 
 // Categories counted as connection errors (the seed's connection_errors).
-const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'unknown']
+const CONNECTION_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'refused', 'headers_timeout', 'body_timeout', 'request_timeout', 'protocol', 'unknown']
 const STATUS_CLASSES = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error'] as const
 const REJECT_CATEGORIES: readonly ErrorCategory[] = ['no_target', 'pool_exhausted']
 const CLIENT_CATEGORIES: readonly ErrorCategory[] = ['client_abort', 'client_body', 'client_timeout', 'body_too_large', 'bad_request']
 // The categories a retry can follow: a failed connect, a reset, a malformed answer, a retriable status.
-const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'protocol', 'http_5xx']
+const RETRY_CATEGORIES: readonly ErrorCategory[] = ['connect_refused', 'connect_timeout', 'dns', 'tls', 'reset', 'refused', 'protocol', 'http_5xx']
 const UPGRADE_RESULTS: ReadonlyArray<keyof UpstreamStats['upgrades']> = ['ok', 'refused', 'failed', 'no_target', 'rejected']
 const BREAKER_STATES = { closed: 0, open: 1, 'half-open': 2 } as const
 const HEDGE_EVENTS = ['sent', 'won', 'cancelled', 'denied'] as const

@@ -17,8 +17,10 @@ import type { Target } from './target.js'
 import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 import { connectionListed, forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
-import { BufferedBody, prefetch } from './request-body.js'
-import { kKeepHost } from './exchange.js'
+import { BodyGuard, BufferedBody, prefetch } from './request-body.js'
+import { kDeadline, kKeepHost } from './exchange.js'
+import { endTrailersOnly, grpcErrorHead, grpcStatusOf, grpcTimeout, isGrpc } from './grpc.js'
+import { ClientBodyError } from './errors.js'
 import { hash32 } from './balancer.js'
 import { Relay, hasOnSend } from './relay.js'
 import type { RelayRoute } from './relay.js'
@@ -29,8 +31,10 @@ const kHeaders = Symbol('sssonector.headers')
 const kHeld = Symbol('sssonector.held')
 const kKey = Symbol('sssonector.key')
 const kBody = Symbol('sssonector.body')
+/** A gRPC call's end by its `grpc-timeout` (Date.now() ms), or 0 for none. */
+const kGrpc = Symbol('sssonector.grpc')
 const kUpstream = Symbol('sssonector.upstream')
-type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter, [kBody]?: Readable, [kUpstream]?: Upstream }
+type LeasedMessage = IncomingMessage & { [kLease]?: Lease, [kWaiter]?: RouteWaiter, [kBody]?: Readable, [kUpstream]?: Upstream, [kGrpc]?: number }
 type HoldingSocket = Socket & { [kHeld]?: LeasedMessage[] }
 type Headers = IncomingHttpHeaders & Record<string, string | string[] | number | undefined>
 
@@ -253,6 +257,17 @@ class RouteWaiter implements LeaseWaiter {
 
 function sendError (reply: FastifyReply, err: SssonectorError): void {
   if (reply.sent || reply.raw.destroyed) return
+  if ((reply.request.raw as LeasedMessage)[kGrpc] !== undefined) {
+    // A gRPC client reads a status, not an HTTP error: trailers-only, the status in the head.
+    reply.hijack()
+    const res = reply.raw
+    if (res.headersSent) {
+      res.destroy()
+      return
+    }
+    endTrailersOnly(res, 200, grpcErrorHead(grpcStatusOf(err.category, err.statusCode ?? 500, err.code), err.message, err.code))
+    return
+  }
   if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
   // The rest of an unread body would be taken for the next request: the connection ends with this answer.
   if (err.statusCode === 413 || !reply.request.raw.complete) reply.header('connection', 'close')
@@ -337,6 +352,21 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       return
     }
     const body = request.body as Readable | undefined | null
+    if (isGrpc(request.headers['content-type'])) {
+      const ms = grpcTimeout(request.headers['grpc-timeout'])
+      raw[kGrpc] = ms === null ? 0 : Date.now() + ms
+      if (body != null && typeof body.pipe === 'function') {
+        // A call streams both ways from its start (a client stream may wait for an answer before its next
+        // message): nothing is read ahead, no gap limit (the call's deadline bounds it), no size limit (its
+        // messages' are the client's and the server's).
+        const guard = new BodyGuard(Infinity, 0, 0)
+        body.on('error', (err) => { guard.destroy(new ClientBodyError(err.message, { cause: err })) })
+        request.body = raw[kBody] = body.pipe(guard)
+      }
+      if (then === null) done()
+      else then.call(scope, request, reply, done)
+      return
+    }
     if (body == null || typeof body.pipe !== 'function') {
       if (then === null) done()
       else then.call(scope, request, reply, done)
@@ -498,13 +528,19 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
       opts.bodyTimeout = timeout
     }
     if (list[1] !== '') opts[kKeepHost] = true
+    const grpcEnd = raw[kGrpc]
+    if (grpcEnd !== undefined && grpcEnd !== 0) {
+      // (already past it: the exchange's deadline fires at once, DEADLINE_EXCEEDED)
+      (opts as { [kDeadline]?: number })[kDeadline] = Math.max(1, grpcEnd - Date.now())
+    }
     relayRoute ??= {
       rewriteHeaders: options.rewriteHeaders,
       get verbatim () { return userRewriteHeaders === undefined && !app.closing },
       fail: sendError,
       logRequests
     }
-    lease.dispatch(opts, new Relay(relayRoute, request, reply, !hasOnSend(request)))
+    // A gRPC call goes straight to the client: onSend hooks (compression, say) would break its framing and lose its trailers.
+    lease.dispatch(opts, new Relay(relayRoute, request, reply, grpcEnd !== undefined || !hasOnSend(request), grpcEnd !== undefined))
     return undefined
   }
   const lean = userOpts.handler === undefined && userReply.onResponse === undefined && userReply.queryString === undefined &&

@@ -5,6 +5,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { ProtocolError, toUpstreamError } from './errors.js'
 import { connectionListed, hopByHopResponse } from './forward.js'
 import type { SssonectorError } from './errors.js'
+import { endTrailersOnly, endWithGrpcStatus, grpcStatusOf } from './grpc.js'
 
 type Controller = Dispatcher.DispatchController
 type Headers = Record<string, unknown>
@@ -75,6 +76,18 @@ function onDrain (this: ServerResponse & { [kResume]?: Controller | null }): voi
 
 const kResume = Symbol('sssonector.resume')
 
+/** Trailer fields as the client gets them, hop-by-hop and pseudo ones left out; null when none is left. */
+export function forwardedTrailers (trailers: IncomingHttpHeaders): Record<string, string | string[]> | null {
+  let out: Record<string, string | string[]> | null = null
+  for (const name in trailers) {
+    const value = trailers[name]
+    if (value === undefined || name.charCodeAt(0) === 58 || hopByHopResponse(name, [])) continue
+    out ??= {}
+    out[name] = value
+  }
+  return out
+}
+
 function push (list: string[], name: string, value: unknown): void {
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) list.push(name, String(value[i]))
@@ -118,14 +131,20 @@ export class Relay implements Dispatcher.DispatchHandler {
   readonly #request: FastifyRequest
   readonly #reply: FastifyReply
   readonly #direct: boolean
+  /** A gRPC call: a failure after the head ends it with a gRPC status in trailers. */
+  readonly #grpc: boolean
   #body: AnswerBody | null = null
   #started = false
+  /** A gRPC trailers-only head, held for the end. */
+  #trailersOnly: Headers | null = null
+  #trailersOnlyStatus = 200
 
-  constructor (route: RelayRoute, request: FastifyRequest, reply: FastifyReply, direct: boolean) {
+  constructor (route: RelayRoute, request: FastifyRequest, reply: FastifyReply, direct: boolean, grpc = false) {
     this.#route = route
     this.#request = request
     this.#reply = reply
     this.#direct = direct
+    this.#grpc = grpc
   }
 
   onRequestStart (): void {}
@@ -145,8 +164,16 @@ export class Relay implements Dispatcher.DispatchHandler {
       return
     }
     if (this.#route.logRequests) request.log.info('response received')
-    // An HTTP/1.1 connection whose request body was not read cannot carry another request.
-    const close = !request.raw.complete
+    if (this.#grpc && upstreamHeaders['grpc-status'] !== undefined) {
+      // gRPC's trailers-only answer (the status in the head): it goes out as it came, head and end in one frame.
+      this.#started = true
+      this.#trailersOnly = this.#route.rewriteHeaders(upstreamHeaders as Headers, request)
+      this.#trailersOnlyStatus = statusCode
+      reply.hijack()
+      return
+    }
+    // An HTTP/1.1 connection whose request body was not read cannot carry another request (an HTTP/2 stream ends alone).
+    const close = request.raw.httpVersionMajor < 2 && !request.raw.complete
     this.#started = true
     if (this.#direct && this.#route.verbatim && upstreamHeaders.location === undefined) {
       try {
@@ -232,6 +259,12 @@ export class Relay implements Dispatcher.DispatchHandler {
       return
     }
     const res = this.#reply.raw as ServerResponse & { [kResume]?: Controller | null }
+    const head = this.#trailersOnly
+    if (head !== null) {
+      // Not trailers-only after all: the head goes out first.
+      this.#trailersOnly = null
+      res.writeHead(this.#trailersOnlyStatus, this.#list(head))
+    }
     if (!res.write(chunk)) {
       controller.pause()
       if (res[kResume] === undefined) res.on('drain', onDrain)
@@ -239,14 +272,26 @@ export class Relay implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd (): void {
+  onResponseEnd (_controller: Controller, trailers?: IncomingHttpHeaders): void {
     const body = this.#body
     if (body !== null) {
       body.controller = null
       body.push(null)
       return
     }
-    this.#reply.raw.end()
+    const res = this.#reply.raw
+    const head = this.#trailersOnly
+    if (head !== null) {
+      this.#trailersOnly = null
+      endTrailersOnly(res as ServerResponse, this.#trailersOnlyStatus, head as Record<string, string | string[] | number>)
+      return
+    }
+    // The upstream's trailers (gRPC's status): HTTP/2 carries them; HTTP/1.1 in a chunked answer.
+    if (trailers !== undefined) {
+      const out = forwardedTrailers(trailers)
+      if (out !== null) res.addTrailers(out)
+    }
+    res.end()
   }
 
   onResponseError (_controller: Controller | undefined, err: Error): void {
@@ -257,6 +302,12 @@ export class Relay implements Dispatcher.DispatchHandler {
       return
     }
     if (this.#started) {
+      if (this.#grpc) {
+        // A gRPC client reads the call's end from its trailers: the gateway's status, not a reset it cannot tell apart.
+        const e = toUpstreamError(err)
+        endWithGrpcStatus(this.#reply.raw as ServerResponse, grpcStatusOf(e.category, e.statusCode, e.code), e.message)
+        return
+      }
       // The head promised a body that will not come whole: the client's connection ends.
       this.#reply.raw.destroy()
       return

@@ -36,7 +36,8 @@ export type RetryVerdict = 'no' | 'free' | 'counted' | 'elsewhere'
  */
 export function retryAfterError (policy: ResolvedRetry | null, category: ErrorCategory, facts: RetryFacts): RetryVerdict {
   if (policy === null || !facts.replayable || facts.attempts > facts.maxRetries) return 'no'
-  if (CONNECT_FAILURES.has(category)) return 'free'
+  // (a stream the HTTP/2 target refused, or left out of its GOAWAY, was never processed either)
+  if (CONNECT_FAILURES.has(category) || category === 'refused') return 'free'
   if (!policy.methods.has(facts.method) && !facts.keyed) return 'no'
   if (category === 'reset') return 'counted'
   if (category === 'protocol') return 'elsewhere'

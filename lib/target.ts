@@ -326,7 +326,8 @@ export class Target implements Pickable {
    */
   putResult (ticket: Ticket, result: AttemptResult): void {
     const category = result.category
-    if (category !== null && faultOf(category) !== 'target') {
+    // A stream it refused, or left out of its GOAWAY (it closes the connection, as NGINX every `keepalive_requests`): not a failure.
+    if (category !== null && (faultOf(category) !== 'target' || category === 'refused')) {
       this.#down.abandon(ticket)
       return
     }

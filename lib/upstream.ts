@@ -6,7 +6,8 @@ import type { ResolvedUpstream } from './options/index.js'
 import { parseTarget } from './options/index.js'
 import { Target } from './target.js'
 import type { TargetOwner } from './target.js'
-import { SharedLimits, undiciConnectionFactory } from './connection-pool.js'
+import { SharedLimits } from './connection-pool.js'
+import { undiciConnectionFactory } from './transports.js'
 import type { Connection, ConnectionFactory, ConnectionSettings } from './connection-pool.js'
 import { makeBalancer } from './balancer.js'
 import type { Balancer, PickContext, Random } from './balancer.js'
@@ -176,7 +177,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     this.meter = deps.meter ?? null
     this.#flapWindow = deps.flapWindow ?? FLAP_WINDOW
     this.#panicFlaps = new FlapLog(this.#flapWindow, FLAP_LINES)
-    this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls }
+    this.#settings = { pool: config.pool, timeouts: config.timeouts, tls: config.tls, protocol: config.protocol, http2: config.http2 }
     this.limits = new SharedLimits(config.pool.maxActive, config.pool.maxIdle)
     this.limits.sweepBy = (due) => { this.#sweepBy(due) }
     this.budget = new RetryBudget(config.retry?.budget)
@@ -601,7 +602,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     }
     const hc = this.config.healthCheck
     if (hc === null || this.#health !== null || this.closed) return
-    if (this.#customProber === undefined) this.#prober = httpProber(hc, this.config.tls, this.config.timeouts.connect)
+    if (this.#customProber === undefined) this.#prober = httpProber(hc, this.config.tls, this.config.timeouts.connect, this.config)
     const probe = this.#customProber ?? this.#prober!.probe
     this.#health = new HealthChecker(hc, probe, this.random, (target, result, epoch) => { this.#probed(target, result, epoch) })
     await this.#health.start(this.targets)

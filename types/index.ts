@@ -130,6 +130,11 @@ export interface HealthCheckOptions {
   unhealthyThreshold?: number
   /** Statuses counted as healthy, inclusive range. @default [200, 399] */
   expectedStatus?: [number, number]
+  /**
+   * Probe with the gRPC health protocol (`grpc.health.v1.Health/Check`) in place of `path`: the service
+   * name to ask of (`''`: the server as a whole). Healthy when it answers SERVING. Needs `protocol` `'http2'` (or `'auto'` over TLS).
+   */
+  grpc?: string
 }
 
 export interface CircuitBreakerOptions {
@@ -273,6 +278,26 @@ export interface UpstreamDefaults {
   tls?: TlsOptions
   /** The limit of requests in flight follows the upstream's latency; `false` (or absent) for none. @default off */
   adaptiveConcurrency?: AdaptiveConcurrencyOptions | false
+  /**
+   * How targets are spoken to: `'http1'` (one request per connection at a time),
+   * `'http2'` (multiplexed; over `http://`, h2c with prior knowledge; over `https://`, ALPN h2),
+   * or `'auto'` (over `https://` ALPN offers h2 and http/1.1 and the target chooses; HTTP/1.1 over `http://`).
+   * @default 'http1'
+   */
+  protocol?: UpstreamProtocol
+  /** HTTP/2 connections (with `protocol` `'http2'` or `'auto'`). */
+  http2?: Http2Options
+}
+
+export type UpstreamProtocol = 'http1' | 'http2' | 'auto'
+
+export interface Http2Options {
+  /** Streams at most on one connection; the target's SETTINGS_MAX_CONCURRENT_STREAMS may lower it. A new connection opens when every one is full. @default 100 */
+  maxStreams?: number
+  /** A PING goes out on each connection this often; `0` for none. @default '10s' */
+  pingInterval?: Duration
+  /** A PING unanswered this long closes its connection (its streams fail as resets and are retried as such). @default '5s' */
+  pingTimeout?: Duration
 }
 
 /** An upstream: its targets, as a list (`targets`) or from `discovery`, one of the two. */
@@ -462,6 +487,8 @@ export type ErrorCategory =
   | 'dns'
   | 'tls'
   | 'reset'
+  /** HTTP/2: the target refused the stream, or its GOAWAY left it out: never processed, retried elsewhere whatever the method, not the target's failure. */
+  | 'refused'
   | 'headers_timeout'
   | 'body_timeout'
   | 'request_timeout'

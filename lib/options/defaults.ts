@@ -45,6 +45,12 @@ export const DEFAULTS = {
     failureRateFactor: 3,
     latencyFactor: 3
   },
+  protocol: 'http1' as 'http1' | 'http2' | 'auto',
+  http2: {
+    maxStreams: 100,
+    pingInterval: 10 * 1000, // 10s
+    pingTimeout: 5 * 1000 // 5s
+  },
   panicThreshold: 50, // percent, Envoy's default
   slowStart: 0, // off
   retry: {
@@ -105,6 +111,8 @@ export interface ResolvedPool {
 
 export interface ResolvedHealthCheck {
   path: string
+  /** The gRPC health protocol's service name; null: an HTTP probe of `path`. */
+  grpc: string | null
   method: string
   headers: Record<string, string>
   interval: number
@@ -242,6 +250,15 @@ export interface ResolvedUpstream {
   tls: TlsOptions
   /** null: off */
   adaptiveConcurrency: ResolvedAdaptiveConcurrency | null
+  protocol: 'http1' | 'http2' | 'auto'
+  http2: ResolvedHttp2
+}
+
+export interface ResolvedHttp2 {
+  maxStreams: number
+  /** ms; 0: none */
+  pingInterval: number
+  pingTimeout: number
 }
 
 export interface ResolvedRoute {

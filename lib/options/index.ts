@@ -12,7 +12,7 @@ import { resolveRoute } from './route.js'
 export { parseDuration } from './check.js'
 export { parseTarget } from './upstream.js'
 export type {
-  ResolvedCircuitBreaker, ResolvedDiscovery, ResolvedHealthCheck, ResolvedHedge, ResolvedOptions, ResolvedOutlierDetection, ResolvedPool,
+  ResolvedCircuitBreaker, ResolvedDiscovery, ResolvedHealthCheck, ResolvedHedge, ResolvedOptions, ResolvedOutlierDetection, ResolvedPool, ResolvedHttp2,
   ResolvedRetry, ResolvedRoute, ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
 } from './defaults.js'
 

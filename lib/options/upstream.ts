@@ -3,12 +3,12 @@
 // (defaults) under an upstream's own, key by key.
 import type {
   AdaptiveConcurrencyOptions, BalancePolicy, CircuitBreakerOptions, DnsDiscoveryOptions, HealthCheckOptions, HookDiscoveryOptions, SrvDiscoveryOptions, HedgeOptions, OutlierDetectionOptions, PoolOptions, RetryBudget, RetryOptions,
-  TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions
+  TargetInput, TimeoutOptions, TlsOptions, UpstreamDefaults, UpstreamOptions, Http2Options
 } from '../../types/index.js'
 import { DEFAULTS } from './defaults.js'
 import type {
   ResolvedAdaptiveConcurrency, ResolvedCircuitBreaker, ResolvedDiscovery, ResolvedHealthCheck, ResolvedHedge, ResolvedOutlierDetection, ResolvedPool, ResolvedRetry,
-  ResolvedTarget, ResolvedTimeouts, ResolvedUpstream
+  ResolvedTarget, ResolvedTimeouts, ResolvedUpstream, ResolvedHttp2
 } from './defaults.js'
 import { isIP } from 'node:net'
 import { arrayAt, boolAt, fail, isPlainObject, intAt, keysOf, numberAt, objectAt, parseDuration, pathAt, positiveDuration, stringAt } from './check.js'
@@ -142,7 +142,7 @@ export function checkDiscovery (value: unknown, path: string): ResolvedDiscovery
 
 // Each list is checked against its type in types/ (see keysOf): a key added there must be handled here.
 const POOL_KEYS = keysOf<PoolOptions>()('maxActive', 'maxActivePerTarget', 'maxIdle', 'idleTimeout', 'retryInterval', 'maxRetryInterval', 'maxRetries', 'maxQueue', 'queueTimeout', 'maxRequestsPerConnection', 'maxConnectionAge', 'maxTunnels')
-const HC_KEYS = keysOf<HealthCheckOptions>()('path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus')
+const HC_KEYS = keysOf<HealthCheckOptions>()('path', 'method', 'headers', 'interval', 'unhealthyInterval', 'timeout', 'healthyThreshold', 'unhealthyThreshold', 'expectedStatus', 'grpc')
 const CB_KEYS = keysOf<CircuitBreakerOptions>()('consecutiveFailures', 'failureRate', 'window', 'minimumRequests', 'halfOpenRequests')
 const OD_KEYS = keysOf<OutlierDetectionOptions>()('interval', 'baseEjectionTime', 'maxEjectionTime', 'maxEjectionPercent', 'minimumRequests', 'failureRateFactor', 'latencyFactor')
 const RETRY_KEYS = keysOf<RetryOptions>()('methods', 'statusCodes', 'baseDelay', 'maxDelay', 'budget', 'bufferBody', 'idempotencyKey')
@@ -151,7 +151,18 @@ const TIMEOUT_KEYS = keysOf<TimeoutOptions>()('connect', 'headers', 'body', 'req
 const TLS_KEYS = keysOf<TlsOptions>()('ca', 'cert', 'key', 'servername', 'rejectUnauthorized')
 const AC_KEYS = keysOf<AdaptiveConcurrencyOptions>()('sampleWindow', 'percentile', 'minRttInterval', 'minRttRequests', 'jitter', 'minRttBuffer', 'minLimit', 'maxLimit')
 /** The blocks the top level gives as defaults and an upstream may override. */
-export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls', 'adaptiveConcurrency')
+export const DEFAULT_KEYS = keysOf<UpstreamDefaults>()('pool', 'healthCheck', 'circuitBreaker', 'outlierDetection', 'panicThreshold', 'slowStart', 'retry', 'timeouts', 'tls', 'adaptiveConcurrency', 'protocol', 'http2')
+const H2_KEYS = keysOf<Http2Options>()('maxStreams', 'pingInterval', 'pingTimeout')
+const PROTOCOLS = ['http1', 'http2', 'auto'] as const
+
+function checkHttp2 (value: unknown, path: string): Partial<ResolvedHttp2> {
+  const o = objectAt(value, path, H2_KEYS)
+  const out: Partial<ResolvedHttp2> = {}
+  if (o.maxStreams !== undefined) out.maxStreams = intAt(o.maxStreams, `${path}.maxStreams`, 1, 2 ** 31 - 1)
+  if (o.pingInterval !== undefined) out.pingInterval = parseDuration(o.pingInterval, `${path}.pingInterval`)
+  if (o.pingTimeout !== undefined) out.pingTimeout = positiveDuration(o.pingTimeout, `${path}.pingTimeout`)
+  return out
+}
 const UPSTREAM_KEYS = keysOf<UpstreamOptions>()('targets', 'discovery', 'balance', 'hashKey', 'hedge', ...DEFAULT_KEYS)
 const BALANCE: readonly BalancePolicy[] = keysOf<Record<BalancePolicy, true>>()('round-robin', 'least-request', 'random', 'consistent-hash', 'peak-ewma')
 const HTTP_METHOD = /^[A-Z]+$/
@@ -182,6 +193,10 @@ function checkHealthCheck (value: unknown, path: string): Partial<ResolvedHealth
   const o = objectAt(value, path, HC_KEYS)
   const out: Partial<ResolvedHealthCheck> = {}
   if (o.path !== undefined) out.path = pathAt(o.path, `${path}.path`)
+  if (o.grpc !== undefined) {
+    if (typeof o.grpc !== 'string') fail(`${path}.grpc`, o.grpc, 'is not a string (the service name; \'\' for the whole server)')
+    out.grpc = o.grpc
+  }
   if (o.method !== undefined) {
     if (o.method !== 'GET' && o.method !== 'HEAD' && o.method !== 'OPTIONS') fail(`${path}.method`, o.method, 'is not one of "GET", "HEAD", "OPTIONS"')
     out.method = o.method
@@ -367,6 +382,8 @@ export interface Layer {
   circuitBreaker?: Partial<ResolvedCircuitBreaker> | false
   outlierDetection?: Partial<ResolvedOutlierDetection> | false
   panicThreshold?: number
+  protocol?: 'http1' | 'http2' | 'auto'
+  http2?: Partial<ResolvedHttp2>
   slowStart?: number
   retry?: PartialRetry | false
   timeouts?: Partial<ResolvedTimeouts>
@@ -387,6 +404,11 @@ export function checkLayer (o: Record<string, unknown>, path: string): Layer {
   if (o.timeouts !== undefined) layer.timeouts = checkTimeouts(o.timeouts, at('timeouts'))
   if (o.tls !== undefined) layer.tls = checkTls(o.tls, at('tls'))
   if (o.adaptiveConcurrency !== undefined) layer.adaptiveConcurrency = checkAdaptiveConcurrency(o.adaptiveConcurrency, at('adaptiveConcurrency'))
+  if (o.protocol !== undefined) {
+    if (!PROTOCOLS.includes(o.protocol as typeof PROTOCOLS[number])) fail(at('protocol'), o.protocol, `is not one of ${PROTOCOLS.map((p) => `"${p}"`).join(', ')}`)
+    layer.protocol = o.protocol as typeof PROTOCOLS[number]
+  }
+  if (o.http2 !== undefined) layer.http2 = checkHttp2(o.http2, at('http2'))
   return layer
 }
 
@@ -444,11 +466,14 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
 
   const hcIn = mergeBlock(top.healthCheck, own.healthCheck)
   let healthCheck: ResolvedHealthCheck | null = null
-  if (hcIn !== false && hcIn.path !== undefined) {
+  if (hcIn !== false && (hcIn.path !== undefined || (hcIn.grpc !== undefined && hcIn.grpc !== null))) {
     const d = DEFAULTS.healthCheck
     const interval = hcIn.interval ?? d.interval
+    const grpc = hcIn.grpc ?? null
+    if (grpc !== null && hcIn.path !== undefined) fail(`${path}.healthCheck.grpc`, grpc, 'and healthCheck.path are given: a probe is one or the other')
     healthCheck = {
-      path: hcIn.path,
+      path: grpc !== null ? '/grpc.health.v1.Health/Check' : hcIn.path!,
+      grpc,
       method: hcIn.method ?? d.method,
       headers: hcIn.headers ?? { ...d.headers },
       interval,
@@ -492,6 +517,8 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     if (retry.maxDelay < retry.baseDelay) fail(`${path}.retry.maxDelay`, retry.maxDelay, `is less than retry.baseDelay (${retry.baseDelay} ms)`)
   }
 
+  const protocol = own.protocol ?? top.protocol ?? DEFAULTS.protocol
+  if (healthCheck?.grpc != null && protocol === 'http1') fail(`${path}.healthCheck.grpc`, healthCheck.grpc, 'needs protocol "http2" or "auto" (gRPC runs over HTTP/2)')
   const timeouts: ResolvedTimeouts = { ...DEFAULTS.timeouts, ...top.timeouts, ...own.timeouts }
   const tls: TlsOptions = { ...top.tls, ...own.tls }
   const hedge = checkHedge(o.hedge, `${path}.hedge`, retry)
@@ -512,6 +539,8 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     hedge,
     timeouts,
     tls,
-    adaptiveConcurrency: resolveAdaptiveConcurrency(top.adaptiveConcurrency, own.adaptiveConcurrency, pool, path)
+    adaptiveConcurrency: resolveAdaptiveConcurrency(top.adaptiveConcurrency, own.adaptiveConcurrency, pool, path),
+    protocol,
+    http2: { ...DEFAULTS.http2, ...top.http2, ...own.http2 }
   }
 }
