@@ -24,6 +24,8 @@ export interface ConnectionClient {
   on (event: 'connect' | 'disconnect' | 'goaway' | 'capacity', listener: (...args: unknown[]) => void): unknown
   /** Multiplexed connections: the streams it may carry at once now (0 while it goes away). */
   readonly capacity?: number
+  /** Multiplexed connections: the upstream's SETTINGS came (until then `capacity` is our own cap, a guess). */
+  readonly settled?: boolean
 }
 
 /** Makes the client of one connection: the seam tests and other transports use. */
@@ -103,7 +105,7 @@ function onGoaway (this: { conn: Connection }): void {
 }
 
 function onCapacity (this: { conn: Connection }): void {
-  this.conn.pool.grew()
+  this.conn.pool.grew(this.conn)
 }
 
 function onDisconnect (this: { conn: Connection }, _origin: unknown, _targets: unknown, err: unknown): void {
@@ -172,6 +174,15 @@ export class TargetPool {
   readonly keepAlive: IdleTimeoutLearner
   /** The retired connection watched now, if any (one at a time). */
   #watched: Connection | null = null
+  /**
+   * Multiplexed: the streams a connection to this target may carry at once,
+   * as the SETTINGS of the last that had them said (with our own cap). A new
+   * connection is packed to it until its own SETTINGS come, a round trip
+   * later: packed to `maxStreams` meanwhile, a burst would leave streams
+   * waiting on it for slots the target does not give, while the pool could
+   * open another connection for them.
+   */
+  #streamLimit = Infinity
   readonly #all = new Set<Connection>()
   readonly #destroying = new Set<Promise<void>>()
   #closing = false
@@ -218,7 +229,7 @@ export class TargetPool {
     let best: Connection | null = null
     for (const c of this.#all) {
       if (c.broken || c.closed || c.watched) continue
-      const cap = c.client.capacity ?? 1
+      const cap = c.client.settled === false ? Math.min(c.client.capacity ?? 1, this.#streamLimit) : c.client.capacity ?? 1
       if (c.streams < cap && (best === null || c.streams > best.streams)) best = c
     }
     return best
@@ -269,8 +280,10 @@ export class TargetPool {
     this.#onFree()
   }
 
-  /** A connection may carry more streams than it did (its settings came, ALPN chose HTTP/2): waiters may be served. */
-  grew (): void {
+  /** A connection's capacity changed (its settings came, ALPN chose HTTP/2): the target's limit is learned, waiters may be served. */
+  grew (conn: Connection): void {
+    const cap = conn.client.capacity ?? 0
+    if (conn.client.settled === true && cap > 0) this.#streamLimit = cap
     this.#onFree()
   }
 

@@ -139,6 +139,19 @@ interface KeptAnswer {
 }
 
 type Body = Dispatcher.DispatchOptions['body']
+
+/**
+ * A request body that streams and can still be sent again (request-body.ts
+ * ReplayBody): each attempt reads a view of its own; it reads as a stream
+ * nothing has read (`readableDidRead` false) while all of it is kept.
+ */
+interface ReplayableBody {
+  view: () => NodeJS.ReadableStream
+}
+
+function replayableBody (body: unknown): ReplayableBody | null {
+  return body != null && typeof (body as Partial<ReplayableBody>).view === 'function' ? body as ReplayableBody : null
+}
 type BodyStream = { readableDidRead?: boolean, destroyed?: boolean, errored?: unknown, readableEnded?: boolean, pipe?: unknown }
 
 /** Whether a request body can be sent again: none, a buffer, or a stream nothing has read yet. */
@@ -351,6 +364,13 @@ export class Exchange implements PickContext<Target> {
   /** The caller's own timeouts when it gave them (reply-from's per-route `timeout`, undici's per-request options), else the upstream's. */
   readonly #headersTimeout: number
   readonly #bodyTimeout: number
+  /** The request body when each attempt reads a view of it (see ReplayableBody), else null. */
+  readonly #replayBody: ReplayableBody | null
+
+  /** The request body as the caller gave it. */
+  get #body (): Body {
+    return (this.#replayBody ?? this.#opts.body) as Body
+  }
 
   constructor (host: ExchangeHost, record: ExchangeRecord, opts: Dispatcher.DispatchOptions, inner: Handler, key: string | undefined) {
     this.#host = host
@@ -360,6 +380,7 @@ export class Exchange implements PickContext<Target> {
     this.#current = typeof inner.onRequestStart === 'function'
     this.key = key
     this.#keepHost = (opts as { [kKeepHost]?: boolean })[kKeepHost] === true
+    this.#replayBody = replayableBody(opts.body)
     this.#headersTimeout = typeof opts.headersTimeout === 'number' ? opts.headersTimeout : host.config.timeouts.headers
     this.#bodyTimeout = typeof opts.bodyTimeout === 'number' ? opts.bodyTimeout : host.config.timeouts.body
   }
@@ -426,6 +447,7 @@ export class Exchange implements PickContext<Target> {
     const headersTimeout = this.#headersTimeout
     o.headersTimeout = headersTimeout
     o.bodyTimeout = this.#bodyTimeout
+    if (this.#replayBody !== null) o.body = this.#replayBody.view() as unknown as Body
     const attempt = new Attempt(this, slot, host.clock(), hedge)
     if (hedge) this.#hedge = attempt
     else this.#attempt = attempt
@@ -549,7 +571,7 @@ export class Exchange implements PickContext<Target> {
    * otherwise, as undici tells.
    */
   #failure (err: Error): SssonectorError {
-    const body = this.#opts.body
+    const body = this.#body
     const broken = bodyFailure(body)
     if (broken !== null) {
       const b = toUpstreamError(broken)
@@ -568,7 +590,7 @@ export class Exchange implements PickContext<Target> {
 
   #facts (): { method: string, keyed: boolean, replayable: boolean, attempts: number, maxRetries: number } {
     const opts = this.#opts
-    return { method: opts.method, keyed: keyedRequest(this.#host.config.retry, opts.method, opts.headers), replayable: replayable(opts.body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
+    return { method: opts.method, keyed: keyedRequest(this.#host.config.retry, opts.method, opts.headers), replayable: replayable(this.#body), attempts: this.#record.attempts, maxRetries: this.#host.config.pool.maxRetries }
   }
 
   /** Whether an answer with this status is set aside for a retry: by policy, with a target to go to (the budget is asked when the retry starts; a kept answer waits for it). */

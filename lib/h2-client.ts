@@ -164,7 +164,8 @@ class H2Request implements Controller {
     stream.on('response', (headers) => { this.#onResponse(headers) })
     stream.on('data', (chunk: Buffer) => { this.#onData(chunk) })
     stream.on('trailers', (trailers) => { this.#trailers = plainHeaders(trailers) })
-    stream.on('end', () => { this.#onEnd() })
+    // The readable side ends on a reset too (the peer died mid-answer): the answer is whole only if the stream then closes cleanly.
+    stream.on('end', () => { this.#ended = true })
     stream.on('error', () => {})
     stream.on('close', () => { this.#onClose(stream) })
     if (hasBody) {
@@ -199,6 +200,9 @@ class H2Request implements Controller {
     this.handler.onResponseEnd?.(this, this.#trailers ?? {})
   }
 
+  /** Its answer's END_STREAM came (see #onClose). */
+  #ended = false
+
   #onClose (stream: http2.ClientHttp2Stream): void {
     this.client.streamClosed()
     if (this.#done) return
@@ -208,7 +212,7 @@ class H2Request implements Controller {
       this.fail(new RefusedStreamError(`HTTP/2 stream refused (${code === NGHTTP2_REFUSED_STREAM ? 'REFUSED_STREAM' : 'GOAWAY'})`))
       return
     }
-    if (this.answered && code === NGHTTP2_NO_ERROR && stream.readableEnded) {
+    if (this.answered && this.#ended && (code === NGHTTP2_NO_ERROR || code === undefined)) {
       this.#onEnd()
       return
     }
@@ -290,6 +294,8 @@ export class H2Client extends EventEmitter implements ConnectionClient {
   draining = false
   /** What the upstream allows at once, with our own cap. */
   remoteMax = Infinity
+  /** The upstream's SETTINGS came: `capacity` is its word, no longer our guess. */
+  settled = false
   lastError: Error | null = null
   /** Streams open now. */
   streams = 0
@@ -423,11 +429,12 @@ export class H2Client extends EventEmitter implements ConnectionClient {
       if (this.#auto) this.emit('capacity')
     })
     session.on('remoteSettings', (settings) => {
-      if (typeof settings.maxConcurrentStreams === 'number') {
-        const before = this.capacity
-        this.remoteMax = settings.maxConcurrentStreams
-        if (this.capacity > before) this.emit('capacity')
-      }
+      const before = this.capacity
+      const first = !this.settled
+      this.settled = true
+      if (typeof settings.maxConcurrentStreams === 'number') this.remoteMax = settings.maxConcurrentStreams
+      // The first SETTINGS, or a change: the pool learns the target's limit (its next connections are packed to it) and serves waiters.
+      if (first || this.capacity !== before) this.emit('capacity')
     })
     session.on('goaway', (code: number, lastStreamID: number) => {
       this.#goawayLast = lastStreamID

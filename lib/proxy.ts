@@ -17,7 +17,7 @@ import type { Target } from './target.js'
 import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 import { connectionListed, forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
-import { BodyGuard, BufferedBody, prefetch } from './request-body.js'
+import { BodyGuard, BufferedBody, ReplayBody, prefetch } from './request-body.js'
 import { kDeadline, kKeepHost } from './exchange.js'
 import { endTrailersOnly, grpcErrorHead, grpcStatusOf, grpcTimeout, isGrpc } from './grpc.js'
 import { ClientBodyError } from './errors.js'
@@ -359,9 +359,12 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
         // A call streams both ways from its start (a client stream may wait for an answer before its next
         // message): nothing is read ahead, no gap limit (the call's deadline bounds it), no size limit (its
         // messages' are the client's and the server's).
+        // What it passed on is kept up to `retry.bufferBody`, so that a stream the upstream never processed can go elsewhere.
         const guard = new BodyGuard(Infinity, 0, 0)
         body.on('error', (err) => { guard.destroy(new ClientBodyError(err.message, { cause: err })) })
         request.body = raw[kBody] = body.pipe(guard)
+        // (reply-from, on a route that takes it, reads a stream)
+        if (lean) request.body = new ReplayBody(guard, upstream.config.retry?.bufferBody ?? 0)
       }
       if (then === null) done()
       else then.call(scope, request, reply, done)

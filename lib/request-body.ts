@@ -145,3 +145,85 @@ export function prefetch (source: Readable, length: number, max: number, limit: 
   source.on('error', onError)
   source.on('close', onClose)
 }
+
+/**
+ * A request body that streams from its start and can still be sent again:
+ * what it passed on is kept, up to `limit` bytes, so an attempt the upstream
+ * never processed (a refused HTTP/2 stream, one past a GOAWAY) can go to
+ * another connection with the whole body (Envoy's retry buffer, for a gRPC
+ * call that cannot be read ahead). Each attempt reads a `view()` of its own:
+ * the bytes kept, then the rest as it comes. Past `limit` it is no longer
+ * replayable, and the exchange retries it no more.
+ */
+export class ReplayBody {
+  readonly source: Readable
+  readonly #limit: number
+  readonly #kept: Buffer[] = []
+  #size = 0
+  #overflow = false
+  #ended = false
+  #view: BodyView | null = null
+
+  constructor (source: Readable, limit: number) {
+    this.source = source
+    this.#limit = limit
+    source.on('end', () => {
+      this.#ended = true
+      this.#view?.push(null)
+    })
+    source.on('error', (err) => { this.#view?.destroy(err) })
+    source.on('readable', () => { this.#flow() })
+  }
+
+  /** Nothing of it is lost yet: it can be sent again. (Read by the exchange as a stream's `readableDidRead`.) */
+  get readableDidRead (): boolean { return this.#overflow }
+  /** Destroyed before its end (a source that ended is destroyed too, with all of it kept). */
+  get destroyed (): boolean { return this.source.destroyed && !this.#ended }
+  get errored (): unknown { return this.source.errored }
+  get readableEnded (): boolean { return this.#ended }
+  /** (a stream, for the exchange) */
+  pipe (): never { throw new Error('ReplayBody is read through view()') }
+
+  /** A stream of the whole body for one attempt: what was kept, then the rest; the view before it stops. */
+  view (): Readable {
+    this.#view?.destroy()
+    const view = this.#view = new BodyView(this)
+    for (const chunk of this.#kept) view.push(chunk)
+    if (this.#ended) view.push(null)
+    return view
+  }
+
+  /** Moves what the source has to the current view, as fast as it reads. */
+  flow (view: BodyView): void {
+    if (view === this.#view) this.#flow()
+  }
+
+  #flow (): void {
+    const view = this.#view
+    if (view === null || view.destroyed) return
+    let chunk: Buffer | null
+    while ((chunk = this.source.read() as Buffer | null) !== null) {
+      if (!this.#overflow) {
+        this.#size += chunk.length
+        if (this.#size > this.#limit) {
+          this.#overflow = true
+          this.#kept.length = 0
+        } else this.#kept.push(chunk)
+      }
+      if (!view.push(chunk)) return
+    }
+  }
+}
+
+class BodyView extends Readable {
+  readonly #body: ReplayBody
+
+  constructor (body: ReplayBody) {
+    super()
+    this.#body = body
+  }
+
+  override _read (): void {
+    this.#body.flow(this)
+  }
+}
