@@ -200,6 +200,14 @@ export class TargetPool {
     this.keepAlive = new IdleTimeoutLearner(settings.pool.idleTimeout)
   }
 
+  /** Connections in use now: over HTTP/1.1 the attempts in flight (`busy`); over HTTP/2 those carrying a stream at least. */
+  busyConnections (): number {
+    if (!this.multiplexed) return this.busy
+    let n = 0
+    for (const c of this.#all) if (c.streams > 0) n++
+    return n
+  }
+
   /** Whether `take()` can hand out a connection now, counting an idle one of another target that could be closed to make room. */
   hasCapacity (): boolean {
     if (this.#closing) return false

@@ -360,7 +360,7 @@ export class H2Client extends EventEmitter implements ConnectionClient {
     if (timeouts.connect > 0) {
       this.#connectTimer = setTimeout(() => {
         this.#connectTimer = null
-        this.#sessionFailed(new errors.ConnectTimeoutError())
+        this.#sessionFailed(new errors.ConnectTimeoutError(`no HTTP/2 connection preface (SETTINGS) within ${timeouts.connect} ms`))
       }, timeouts.connect)
       this.#connectTimer.unref()
     }
@@ -373,7 +373,7 @@ export class H2Client extends EventEmitter implements ConnectionClient {
           this.#open(http2.connect(this.origin, { createConnection: () => socket, settings: { enablePush: false } }))
           return
         }
-        this.#useH1(socket)
+        this.#useH1(socket, tlsOptions)
       })
       return
     }
@@ -381,7 +381,7 @@ export class H2Client extends EventEmitter implements ConnectionClient {
   }
 
   /** The upstream answered ALPN with HTTP/1.1: an undici Client on this socket serves from here, one request at a time. */
-  #useH1 (socket: tls.TLSSocket): void {
+  #useH1 (socket: tls.TLSSocket, tlsOptions: tls.ConnectionOptions): void {
     this.#clearConnectTimer()
     socket.removeAllListeners('error')
     this.protocol = 'http/1.1'
@@ -394,14 +394,18 @@ export class H2Client extends EventEmitter implements ConnectionClient {
       headersTimeout: timeouts.headers,
       bodyTimeout: timeouts.body,
       // The socket ALPN opened, once; a reconnect is a fresh one that offers HTTP/1.1 alone.
-      connect: (_opts, cb) => {
+      connect: (connectOpts, cb) => {
         if (!given) {
           given = true
-          cb(null, socket)
+          // Never synchronously: undici connects from inside its resume loop, and a callback
+          // made before the connector returns finds that loop still running and is lost (the
+          // request queued on it is never written).
+          process.nextTick(cb, null, socket)
           return
         }
+        // With the first's TLS options (client certificate, server name), and the name undici asks for when it has one.
         const url = new URL(this.origin)
-        const s = tls.connect({ host: url.hostname, port: Number(url.port || 443), ALPNProtocols: ['http/1.1'], rejectUnauthorized: this.settings.tls.rejectUnauthorized ?? true, ...(this.settings.tls.ca !== undefined ? { ca: this.settings.tls.ca } : {}) })
+        const s = tls.connect({ host: url.hostname.replace(/^\[|\]$/g, ''), port: Number(url.port || 443), ALPNProtocols: ['http/1.1'], ...tlsOptions, ...(typeof connectOpts.servername === 'string' && connectOpts.servername !== '' ? { servername: connectOpts.servername } : {}) })
         s.once('secureConnect', () => { cb(null, s) })
         s.once('error', (err) => { cb(err, null) })
       }
@@ -416,23 +420,12 @@ export class H2Client extends EventEmitter implements ConnectionClient {
 
   #open (session: http2.ClientHttp2Session): void {
     this.#session = session
-    session.on('connect', () => {
-      this.#clearConnectTimer()
-      this.#connected = true
-      this.protocol = 'h2'
-      this.emit('connect', this.origin, [this])
-      this.#armPing()
-      // Requests start once it connected: a failed connect leaves their bodies unread, for another target.
-      const waiting = this.#waiting
-      this.#waiting = []
-      for (const [opts, handler] of waiting) this.#start(opts, handler)
-      if (this.#auto) this.emit('capacity')
-    })
     session.on('remoteSettings', (settings) => {
       const before = this.capacity
       const first = !this.settled
       this.settled = true
       if (typeof settings.maxConcurrentStreams === 'number') this.remoteMax = settings.maxConcurrentStreams
+      if (first) this.#ready()
       // The first SETTINGS, or a change: the pool learns the target's limit (its next connections are packed to it) and serves waiters.
       if (first || this.capacity !== before) this.emit('capacity')
     })
@@ -452,6 +445,26 @@ export class H2Client extends EventEmitter implements ConnectionClient {
     session.on('close', () => { this.#closed() })
     session.on('frameError', () => {})
     session.unref()
+  }
+
+  /**
+   * Connected: the target's first SETTINGS came (its connection preface), not
+   * merely the socket. A process that is stopped or hung has its connection
+   * accepted by the kernel all the same; it never sends SETTINGS, and the
+   * connect timeout fails it as a failed connect (retried elsewhere, whatever
+   * the method; the target taken out), before any request went out on it.
+   * Requests start only now, so the first are also packed to the target's own
+   * stream limit, and a failed connect leaves their bodies unread.
+   */
+  #ready (): void {
+    this.#clearConnectTimer()
+    this.#connected = true
+    this.protocol = 'h2'
+    this.emit('connect', this.origin, [this])
+    this.#armPing()
+    const waiting = this.#waiting
+    this.#waiting = []
+    for (const [opts, handler] of waiting) this.#start(opts, handler)
   }
 
   /** The connect failed: every request waiting on it fails with its error (a failed connect: nothing was sent). */

@@ -328,6 +328,8 @@ export class Target implements Pickable {
     const category = result.category
     // A stream it refused, or left out of its GOAWAY (it closes the connection, as NGINX every `keepalive_requests`): not a failure.
     if (category !== null && (faultOf(category) !== 'target' || category === 'refused')) {
+      // (counted, as its connection errors are: refusals are seen, not held against it)
+      if (category === 'refused') this.errors.refused = (this.errors.refused ?? 0) + 1
       this.#down.abandon(ticket)
       return
     }
@@ -576,7 +578,7 @@ export class Target implements Pickable {
       score: { estimate: Math.round(this.score.estimate(now) * 10) / 10, penalty: Math.round(this.score.penalty(now) * 10) / 10, heldUntil: this.score.heldUntil(now) || null },
       active: this.active,
       tunnels: this.tunnels,
-      busy: pool.busy,
+      busy: pool.busyConnections(),
       idle: pool.idle.length,
       connections: pool.open,
       opened: pool.opened,

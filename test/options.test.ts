@@ -198,6 +198,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
   t.equal(noRetry.retry, null)
   t.same(noRetry.healthCheck, {
     path: '/ready',
+    grpc: null,
     method: 'GET',
     headers: {},
     interval: 2000,

@@ -74,9 +74,9 @@ export interface HookDiscoveryOptions extends DiscoveryCommon {
 }
 
 export interface PoolOptions {
-  /** Connections open at once to one upstream, across its targets, busy or idle. @default 1000 */
+  /** Connections open at once to one upstream, across its targets, busy or idle; over HTTP/2 (`protocol`), streams in flight. @default 1000 */
   maxActive?: number
-  /** Connections open at once to one target (HAProxy `maxconn`). @default maxActive */
+  /** Connections open at once to one target (HAProxy `maxconn`); over HTTP/2, streams in flight on it. @default maxActive */
   maxActivePerTarget?: number
   /** Idle keep-alive connections kept per upstream. @default 100 */
   maxIdle?: number
@@ -554,7 +554,7 @@ export interface TargetStats {
   active: number
   /** Tunnels (proxied WebSockets) open to this target now. */
   tunnels: number
-  /** Connections in use now (handed to a request, busy or about to be). */
+  /** Connections in use now (handed to a request, busy or about to be); over HTTP/2, those carrying a stream. */
   busy: number
   /** Idle keep-alive connections. */
   idle: number

@@ -32,7 +32,7 @@ const POOL_RETRIES = 'the pool retries, on another target; use the upstream\'s r
 const ROUTE_OWNED: Record<Exclude<HttpProxyOption, (typeof ROUTE_KEYS)[number]>, string> = {
   undici: 'the pool owns the upstream connections; use the upstream\'s pool and timeouts options',
   http: 'the pool speaks HTTP/1.1 through undici; use the upstream\'s pool and timeouts options',
-  http2: 'HTTP/2 to upstreams is not supported yet',
+  http2: 'HTTP/2 to upstreams is the upstream\'s `protocol: "http2"` (or "auto"), which balances over its targets',
   base: 'the route\'s upstream (a name) chooses the targets',
   globalAgent: 'the pool owns the upstream connections',
   destroyAgent: 'the pool owns the upstream connections',
