@@ -471,6 +471,32 @@ t.test('PING: a target process stopped (SIGSTOP) while the gateway holds an idle
   process.kill(stopped.pid, 'SIGCONT')
 })
 
+t.test('the breaker over HTTP/2: a target answering 503 to everything opens its breaker under load; GETs are retried on the other; its connection stays', async (t) => {
+  const failing = await startH2(t, (stream) => {
+    stream.respond({ ':status': 503, 'content-length': '4' })
+    stream.end('down')
+  })
+  const good = await startH2(t)
+  const gw = await startGateway(t, {
+    upstreams: { a: { targets: [failing.url, good.url], protocol: 'http2', balance: 'round-robin', circuitBreaker: { consecutiveFailures: 3 }, outlierDetection: false, pool: { retryInterval: 60_000, maxRetryInterval: 60_000 } } },
+    routes: [{ prefix: '/', upstream: 'a' }]
+  })
+  const u = gw.app.sssonector.upstream('a')
+  const answers = await Promise.all(Array.from({ length: 4 }, async (_, loop) => {
+    const out: number[] = []
+    for (let i = 0; i < 10; i++) out.push((await send(gw, `/l${loop}/${i}`)).status)
+    return out
+  }))
+  t.same(answers.flat().filter((x) => x !== 200), [], 'every GET was answered 200: a 503 was retried on the good target')
+  const s = u.stats().targets.find((x) => x.url === failing.url)!
+  t.equal(s.breaker?.state, 'open', 'the failing target\'s breaker opened')
+  t.ok(s.health.some((h) => h.cause === 'circuit_open'), `it is out of rotation (${s.health.map((h) => h.cause).join(',')})`)
+  const seen = failing.seen.length
+  await Promise.all(Array.from({ length: 10 }, async (_, i) => await send(gw, `/after/${i}`)))
+  t.equal(failing.seen.length, seen, 'once open, no request reaches it')
+  t.equal(failing.accepted.length, 1, 'all on one HTTP/2 connection: a 503 does not cost the connection')
+})
+
 t.test('a target process stopped (SIGSTOP) before the gateway connects: no SETTINGS within timeouts.connect is a failed connect; POSTs go to the other target; it leaves rotation', async (t) => {
   const stopped = await h2Process(t)
   const other = await startH2(t)
