@@ -182,7 +182,7 @@ function table (u: UpstreamStats, now: number): string {
   const refused = Object.entries(u.rejected).map(([k, v]) => `${v} ${k}`).join(', ')
   const rows = u.targets.map((t, i) => row(t, states[i], now)).join('\n')
   return `<section data-upstream="${esc(u.name)}">
-<h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${adaptive(u)}${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
+<h2>${esc(u.name)} <small>${esc(u.balance)}, ${u.protocol === 'http2' ? 'HTTP/2, ' : u.protocol === 'auto' ? 'HTTP/2 or 1.1 by ALPN, ' : ''}${u.active} active, ${u.pending} queued, ${u.connections} connections (${u.idle} idle), ${u.retriesActive} retries in flight, ${u.tunnels} tunnels, ${u.admitted} admitted${adaptive(u)}${refused === '' ? '' : `, refused: ${esc(refused)}`}${hedges(u)}</small></h2>
 ${verdict(u, states)}
 ${discovery(u, now)}
 ${panicNote(u, states)}

@@ -804,6 +804,7 @@ export class Upstream extends Lifecycle implements SssonectorUpstream, TargetOwn
     return {
       name: this.name,
       balance: this.config.balance,
+      protocol: this.config.protocol,
       active: a.active,
       pending: a.pending,
       panic: this.panic,

@@ -289,6 +289,7 @@ t.test('pool.maxActivePerTarget 8: the target sees at most 8 streams at once; th
   t.equal(up.inflight, 8, 'the server has 8 streams open, no more')
   t.equal(a.stats().targets[0].active, 8, 'the pool counts 8 in flight')
   t.equal(a.stats().targets[0].busy, 1, 'on 1 busy connection')
+  t.equal(a.stats().protocol, 'http2', 'stats say how the targets are spoken to')
   gate.open()
   const res = await all
   t.same(res.filter((r, i) => r.status !== 200 || r.body !== `GET /q${i} 0`), [], 'all 64 answered 200 with their own bodies')

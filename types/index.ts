@@ -617,6 +617,8 @@ export type UpgradeResult = 'ok' | 'refused' | 'failed' | 'no_target' | 'rejecte
 export interface UpstreamStats {
   name: string
   balance: BalancePolicy
+  /** How its targets are spoken to (the `protocol` option). */
+  protocol: UpstreamProtocol
   /** Requests admitted and not yet released. */
   active: number
   /** Requests waiting for a connection (the queue; a request gets its target when it leaves it). */
