@@ -200,7 +200,7 @@ interface H2Process { pid: number, port: number, url: string, exited: Promise<un
 
 /** fixtures/h2-upstream.mjs in a process of its own (on `port`, 0 for any); killed at teardown, woken first if stopped. */
 async function h2Process (t: Teardown, port = 0): Promise<H2Process> {
-  const child = spawn(process.execPath, [fixture, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const child = spawn(process.execPath, [fixture, String(port)], { stdio: ['pipe', 'pipe', 'inherit'] })
   const exited = once(child, 'exit')
   t.teardown(async () => {
     if (child.exitCode !== null || child.signalCode !== null) return

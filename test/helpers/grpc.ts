@@ -30,7 +30,7 @@ export async function startGrpcServer (t: Teardown, name: string, options: { por
     env.TLS_CERT = `${fixtures}cert.pem`
     env.TLS_KEY = `${fixtures}key.pem`
   }
-  const proc = spawn(process.execPath, [`${fixtures}grpc-server.mjs`], { env, stdio: ['ignore', 'pipe', 'inherit'] })
+  const proc = spawn(process.execPath, [`${fixtures}grpc-server.mjs`], { env, stdio: ['pipe', 'pipe', 'inherit'] })
   const exited = once(proc, 'exit')
   t.teardown(async () => {
     if (proc.exitCode === null && proc.signalCode === null) {
