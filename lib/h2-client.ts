@@ -88,6 +88,19 @@ function rawOf (headers: IncomingHttpHeaders | null): Buffer[] | null {
   return out
 }
 
+const kRequest = Symbol('sssonector.h2Request')
+type RequestStream = http2.ClientHttp2Stream & { [kRequest]: H2Request }
+const NO_CONTEXT = Object.freeze({})
+
+function noop (): void {}
+function onHeadersTimeout (req: H2Request): void { req.headersTimedOut() }
+function onBodyTimeout (req: H2Request): void { req.bodyTimedOut() }
+function onStreamResponse (this: RequestStream, headers: http2.IncomingHttpHeaders): void { this[kRequest].streamResponse(headers) }
+function onStreamData (this: RequestStream, chunk: Buffer): void { this[kRequest].streamData(chunk) }
+function onStreamTrailers (this: RequestStream, trailers: http2.IncomingHttpHeaders): void { this[kRequest].trailersCame(trailers) }
+function onStreamEnd (this: RequestStream): void { this[kRequest].readableEnded() }
+function onStreamClose (this: RequestStream): void { this[kRequest].streamClosed(this) }
+
 /** One request on one HTTP/2 stream, with the controller its handler holds (undici's current handler API). */
 class H2Request implements Controller {
   readonly client: H2Client
@@ -155,19 +168,17 @@ class H2Request implements Controller {
     this.client.streamOpened()
     const headersTimeout = typeof opts.headersTimeout === 'number' ? opts.headersTimeout : this.client.settings.timeouts.headers
     if (headersTimeout > 0) {
-      this.#headersTimer = setTimeout(() => {
-        this.#headersTimer = null
-        this.abort(new errors.HeadersTimeoutError())
-      }, headersTimeout)
+      this.#headersTimer = setTimeout(onHeadersTimeout, headersTimeout, this)
       this.#headersTimer.unref()
     }
-    stream.on('response', (headers) => { this.#onResponse(headers) })
-    stream.on('data', (chunk: Buffer) => { this.#onData(chunk) })
-    stream.on('trailers', (trailers) => { this.#trailers = plainHeaders(trailers) })
-    // The readable side ends on a reset too (the peer died mid-answer): the answer is whole only if the stream then closes cleanly.
-    stream.on('end', () => { this.#ended = true })
-    stream.on('error', () => {})
-    stream.on('close', () => { this.#onClose(stream) })
+    // Listeners shared by every stream, which finds its request on itself: no closures per stream.
+    (stream as RequestStream)[kRequest] = this
+    stream.on('response', onStreamResponse)
+    stream.on('data', onStreamData)
+    stream.on('trailers', onStreamTrailers)
+    stream.on('end', onStreamEnd)
+    stream.on('error', noop)
+    stream.on('close', onStreamClose)
     if (hasBody) {
       if (typeof body === 'string' || body instanceof Uint8Array) stream.end(body)
       else {
@@ -175,10 +186,32 @@ class H2Request implements Controller {
         body.pipe(stream)
       }
     }
-    this.handler.onRequestStart?.(this, {})
+    this.handler.onRequestStart?.(this, NO_CONTEXT)
   }
 
-  #onResponse (headers: http2.IncomingHttpHeaders): void {
+  /** Its headers timer fired (see start). */
+  headersTimedOut (): void {
+    this.#headersTimer = null
+    this.abort(new errors.HeadersTimeoutError())
+  }
+
+  /** Its answer's body stalled (see #armBodyTimer). */
+  bodyTimedOut (): void {
+    this.#bodyTimer = null
+    this.abort(new errors.BodyTimeoutError())
+  }
+
+  /** Its answer's trailers. */
+  trailersCame (trailers: http2.IncomingHttpHeaders): void {
+    this.#trailers = plainHeaders(trailers)
+  }
+
+  /** The readable side ended: on a reset too (the peer died mid-answer), so the answer is whole only if the stream then closes cleanly (see streamClosed). */
+  readableEnded (): void {
+    this.#ended = true
+  }
+
+  streamResponse (headers: http2.IncomingHttpHeaders): void {
     if (this.#done) return
     const status = Number(headers[':status'])
     this.#stopHeadersTimer()
@@ -188,7 +221,7 @@ class H2Request implements Controller {
     this.handler.onResponseStart?.(this, status, this.#headers, '')
   }
 
-  #onData (chunk: Buffer): void {
+  streamData (chunk: Buffer): void {
     if (this.#done) return
     this.#bodyTimer?.refresh()
     this.handler.onResponseData?.(this, chunk)
@@ -200,10 +233,10 @@ class H2Request implements Controller {
     this.handler.onResponseEnd?.(this, this.#trailers ?? {})
   }
 
-  /** Its answer's END_STREAM came (see #onClose). */
+  /** Its answer's END_STREAM came (see streamClosed). */
   #ended = false
 
-  #onClose (stream: http2.ClientHttp2Stream): void {
+  streamClosed (stream: http2.ClientHttp2Stream): void {
     this.client.streamClosed()
     if (this.#done) return
     const code = stream.rstCode
@@ -227,10 +260,7 @@ class H2Request implements Controller {
       this.#bodyTimer.refresh()
       return
     }
-    this.#bodyTimer = setTimeout(() => {
-      this.#bodyTimer = null
-      this.abort(new errors.BodyTimeoutError())
-    }, ms)
+    this.#bodyTimer = setTimeout(onBodyTimeout, ms, this)
     this.#bodyTimer.unref()
   }
 

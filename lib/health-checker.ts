@@ -71,6 +71,22 @@ export interface ProbeTransport {
 
 interface ProbeAnswer { status: number, body: Buffer, trailers: Record<string, unknown>, headers: Record<string, unknown> }
 
+/** A prober's `forget` (a target's client closed) and `close` (all of them), over its clients by target. */
+function forgetting (clients: Map<Target, { destroy: () => Promise<void> }>): { forget: (t: Target) => Promise<void>, close: () => Promise<void> } {
+  return {
+    forget: async (t) => {
+      const c = clients.get(t)
+      clients.delete(t)
+      await c?.destroy()
+    },
+    close: async () => {
+      const all = [...clients.values()]
+      clients.clear()
+      await Promise.all(all.map(async (c) => { await c.destroy() }))
+    }
+  }
+}
+
 /** One request on a connection of the probe's own, through undici's handler API; rejects past `timeout`. */
 async function exchangeOn (client: H2Client, opts: Dispatcher.DispatchOptions, timeout: number): Promise<ProbeAnswer> {
   return await new Promise<ProbeAnswer>((resolve, reject) => {
@@ -140,17 +156,7 @@ function h2Prober (opts: ResolvedHealthCheck, tls: TlsOptions, connectTimeout: n
       return { ok: false, connected: !CONNECT_FAILURES.has(reason) && reason !== 'refused', reason }
     }
   }
-  const forget = async (t: Target): Promise<void> => {
-    const c = clients.get(t)
-    clients.delete(t)
-    await c?.destroy()
-  }
-  const close = async (): Promise<void> => {
-    const all = [...clients.values()]
-    clients.clear()
-    await Promise.all(all.map(async (c) => await c.destroy()))
-  }
-  return { probe, forget, close }
+  return { probe, ...forgetting(clients) }
 }
 
 /** A probe of its own: one undici Client per target, never a pooled socket (an HTTP/2 connection of its own for HTTP/2 upstreams). */
@@ -189,17 +195,7 @@ export function httpProber (opts: ResolvedHealthCheck, tls: TlsOptions, connectT
       return { ok: false, connected: !CONNECT_FAILURES.has(reason), reason }
     }
   }
-  const forget = async (t: Target): Promise<void> => {
-    const c = clients.get(t)
-    clients.delete(t)
-    await c?.destroy()
-  }
-  const close = async (): Promise<void> => {
-    const all = [...clients.values()]
-    clients.clear()
-    await Promise.all(all.map(async (c) => await c.destroy()))
-  }
-  return { probe, forget, close }
+  return { probe, ...forgetting(clients) }
 }
 
 interface Watch {

@@ -9,7 +9,7 @@ import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
 import grpc from '@grpc/grpc-js'
 import type { SssonectorOptions } from '../types/index.js'
-import { refusedPort, startGateway } from './helpers/servers.js'
+import { eventually, refusedPort, startGateway } from './helpers/servers.js'
 import type { Gateway, Teardown } from './helpers/servers.js'
 import { echoClient, serverStream, startGrpcServer, unary } from './helpers/grpc.js'
 import type { EchoMsg } from './helpers/grpc.js'
@@ -157,10 +157,7 @@ test('when the gateway fails a call, the client reads a gRPC status in a trailer
   const full = await grpcGateway(t, { targets: [slow.url], pool: { maxActive: 1, maxQueue: 0 } })
   const fullClient = echoClient(t, full.address)
   const holding = unary(fullClient, { text: 'slow400' })
-  await new Promise<void>((resolve) => {
-    const check = (): void => { if (full.app.sssonector.upstream('g').stats().active >= 1) resolve(); else setImmediate(check) }
-    check()
-  })
+  await eventually(() => full.app.sssonector.upstream('g').stats().active >= 1)
   const shed = await unary(fullClient, { text: 'hi' })
   t.equal(shed.err?.code, grpc.status.UNAVAILABLE, 'shed at capacity: UNAVAILABLE')
   t.equal((await holding).err, null, 'the call in flight went on')
@@ -274,8 +271,8 @@ test('gRPC health checks (grpc.health.v1): NOT_SERVING takes a target out, calls
   const healthy = await h2get(gw.url, '/metrics')
   t.equal(value(healthy, 'sssonector_target_healthy', { upstream: 'g', target: a.url }), 1)
   a.signal('SIGUSR2')
-  // (the active check's own timer moves it: watched at its pace, 20 polls a second, bounded)
-  for (let i = 0; i < 100 && !statsOf(a.url).health.some((h) => h.cause === 'active_health'); i++) await new Promise((resolve) => setTimeout(resolve, 20))
+  // (the active check's own timer moves it; no event to await: checked each turn, bounded by tap's timeout)
+  await eventually(() => statsOf(a.url).health.some((h) => h.cause === 'active_health'))
   t.ok(statsOf(a.url).health.some((h) => h.cause === 'active_health'), 'a answering NOT_SERVING left rotation (active_health)')
   const client = echoClient(t, gw.address)
   const calls = await Promise.all(Array.from({ length: 10 }, async () => await unary(client, { text: 'hi' })))
