@@ -28,7 +28,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Pool } from 'undici'
-import { isChildMessage } from './protocol.js'
+import { intFromEnv, isChildMessage } from './protocol.js'
 import { table } from './report.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
 
@@ -46,14 +46,6 @@ const ARMS: CostArm[] = [
   { name: 'bare', kind: 'bare', targets: 1 },
   { name: 'bare-balanced', kind: 'bare', targets: 3 }
 ]
-
-function intFromEnv (name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw.trim() === '') return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: ${JSON.stringify(raw)} is not an integer from ${min} to ${max}`)
-  return n
-}
 
 const children = new Set<ChildProcess>()
 process.on('exit', () => { for (const c of children) c.kill('SIGKILL') })

@@ -58,7 +58,7 @@ import http2 from 'node:http2'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, intFromEnv, isChildMessage, stopProcess } from './protocol.js'
 import type { UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { ClientAnswer, ClientCommand, LoadResult } from './h2-client.js'
@@ -112,14 +112,6 @@ interface Settings {
   maxStreams: number | null
 }
 
-function intFromEnv (name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw.trim() === '') return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: ${JSON.stringify(raw)} is not an integer from ${min} to ${max}`)
-  return n
-}
-
 function listFromEnv (name: string, fallback: string[]): string[] {
   const raw = process.env[name]
   if (raw === undefined || raw.trim() === '') return fallback
@@ -155,22 +147,7 @@ function readSettings (): Settings {
 
 // ---------------------------------------------------------------- processes
 
-const children = new Set<ChildProcess>()
-
-function killChildren (): void {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  }
-}
-
-process.on('exit', killChildren)
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    process.stderr.write(`\nbench:h2: ${signal}, stopping\n`)
-    killChildren()
-    process.exit(130)
-  })
-}
+const { children, killChildren } = childrenKilledOnExit('bench:h2')
 
 interface Child {
   name: string

@@ -197,3 +197,36 @@ export async function stopProcess (cp: import('node:child_process').ChildProcess
   else cp.kill('SIGTERM')
   await exited
 }
+
+/** An integer from the environment variable `name`, `fallback` when it is unset or blank; a value outside [min, max] throws, naming it. */
+export function intFromEnv (name: string, fallback: number, min: number, max: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw.trim() === '') return fallback
+  const n = Number(raw)
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: ${JSON.stringify(raw)} is not an integer from ${min} to ${max}`)
+  return n
+}
+
+/**
+ * The child processes of a bench run (add each one started), killed by their
+ * PIDs when the run exits, or on SIGINT/SIGTERM (after `before`, with a line
+ * naming `label`, then exit 130).
+ */
+export function childrenKilledOnExit (label: string, before: () => void = () => {}): { children: Set<import('node:child_process').ChildProcess>, killChildren: () => void } {
+  const children = new Set<import('node:child_process').ChildProcess>()
+  const killChildren = (): void => {
+    for (const child of children) {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+    }
+  }
+  process.on('exit', killChildren)
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      process.stderr.write(`\n${label}: ${signal}, stopping\n`)
+      before()
+      killChildren()
+      process.exit(130)
+    })
+  }
+  return { children, killChildren }
+}

@@ -35,7 +35,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, isChildMessage, stopProcess } from './protocol.js'
 import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
 import { runAtRate, stopAllRate } from './open-loop.js'
@@ -116,24 +116,10 @@ interface Arm {
   peakRssKiB: number | null
 }
 
-const children = new Set<ChildProcess>()
-
-function killChildren (): void {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  }
-}
-
-process.on('exit', killChildren)
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    process.stderr.write(`\nbench: ${signal}, stopping\n`)
-    stopAllLoad()
-    stopAllRate()
-    killChildren()
-    process.exit(130)
-  })
-}
+const { children, killChildren } = childrenKilledOnExit('bench', () => {
+  stopAllLoad()
+  stopAllRate()
+})
 
 function readSettings (): Settings {
   const list = process.env.BENCH_SCENARIOS ?? process.env.BENCH_SCENARIO

@@ -48,7 +48,7 @@ import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, intFromEnv, isChildMessage, stopProcess } from './protocol.js'
 import type { MemoryMessage, UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
@@ -98,14 +98,6 @@ interface Settings {
   pin: boolean
 }
 
-function intFromEnv (name: string, fallback: number, min: number, max: number): number {
-  const raw = process.env[name]
-  if (raw === undefined || raw.trim() === '') return fallback
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`${name}: ${JSON.stringify(raw)} is not an integer from ${min} to ${max}`)
-  return n
-}
-
 function readSettings (): Settings {
   const sizes = (process.env.WSBENCH_SIZES ?? '64,16384').split(',').map((s) => s.trim()).filter((s) => s !== '').map((s) => {
     const n = Number(s)
@@ -136,22 +128,7 @@ function readSettings (): Settings {
 
 // ---------------------------------------------------------------- processes
 
-const children = new Set<ChildProcess>()
-
-function killChildren (): void {
-  for (const child of children) {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  }
-}
-
-process.on('exit', killChildren)
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    process.stderr.write(`\nbench:ws: ${signal}, stopping\n`)
-    killChildren()
-    process.exit(130)
-  })
-}
+const { children, killChildren } = childrenKilledOnExit('bench:ws')
 
 interface Child {
   name: string
