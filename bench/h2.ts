@@ -52,13 +52,14 @@
 // H2BENCH_WARMUP (s, 1), H2BENCH_PREWARM (s, 3), H2BENCH_MAX_STREAMS (the upstream's http2.maxStreams;
 // unset: the plugin's default, 100). Results also go to .bench/h2-last.json.
 import { fork } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
 import http2 from 'node:http2'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { childrenKilledOnExit, intFromEnv, isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, intFromEnv, isChildMessage } from './protocol.js'
+import { next, stopChild as stopChildOf, track } from './children.js'
+import type { Child } from './children.js'
 import type { UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { ClientAnswer, ClientCommand, LoadResult } from './h2-client.js'
@@ -149,49 +150,10 @@ function readSettings (): Settings {
 
 const { children, killChildren } = childrenKilledOnExit('bench:h2')
 
-interface Child {
-  name: string
-  process: ChildProcess
-  port: number
-  exit: string | null
-}
-
 function spawnChild (name: string, script: string, args: string[]): Child {
   const cp = fork(fileURLToPath(new URL(script, import.meta.url)), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] })
-  children.add(cp)
-  const child: Child = { name, process: cp, port: 0, exit: null }
-  cp.once('exit', (code, signal) => {
-    child.exit = signal !== null ? `killed by ${signal}` : `exited with code ${String(code)}`
-  })
-  cp.on('error', () => {})
+  const child = track(name, cp, children)
   return child
-}
-
-/** Waits for a child's first message `accept` takes; rejects on its failure, exit or silence. */
-async function next<T> (child: Child, accept: (m: unknown) => T | undefined, timeout: number, what: string): Promise<T> {
-  const cp = child.process
-  return await new Promise<T>((resolve, reject) => {
-    const done = (err: Error | null, value?: T): void => {
-      clearTimeout(timer)
-      cp.off('message', onMessage)
-      cp.off('exit', onExit)
-      if (err === null) resolve(value as T)
-      else reject(err)
-    }
-    const onMessage = (m: unknown): void => {
-      if (isChildMessage(m) && m.type === 'failed') {
-        done(new Error(`${child.name}: ${m.error}`))
-        return
-      }
-      const value = accept(m)
-      if (value !== undefined) done(null, value)
-    }
-    const onExit = (): void => done(new Error(`${child.name} ${child.exit ?? 'exited'} before ${what}`))
-    const timer = setTimeout(() => done(new Error(`${child.name}: no ${what} within ${timeout} ms`)), timeout)
-    cp.on('message', onMessage)
-    cp.once('exit', onExit)
-    if (child.exit !== null) onExit()
-  })
 }
 
 async function startServer (name: string, script: string, config: H2GatewayConfig | H2UpstreamConfig): Promise<Child> {
@@ -212,9 +174,7 @@ async function usage (child: Child): Promise<UsageMessage> {
 }
 
 async function stopChild (child: Child): Promise<void> {
-  const cp = child.process
-  if (child.exit === null && cp.exitCode === null && cp.signalCode === null) await stopProcess(cp, STOP_TIMEOUT)
-  children.delete(cp)
+  await stopChildOf(child, children, STOP_TIMEOUT)
 }
 
 /** The client child: runs one command at a time. */

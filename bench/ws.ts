@@ -44,11 +44,12 @@
 // (handshakes at a time, 200), WSBENCH_ARMS (direct,http-proxy,http-proxy',sssonector),
 // WSBENCH_PIN (off or on). Results also go to .bench/ws-last.json.
 import { spawn, spawnSync } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { childrenKilledOnExit, intFromEnv, isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, intFromEnv, isChildMessage } from './protocol.js'
+import { next, stopChild as stopChildOf, track } from './children.js'
+import type { Child } from './children.js'
 import type { MemoryMessage, UsageMessage } from './protocol.js'
 import { median, table } from './report.js'
 import type { GatewayConfig, GatewayKind } from './scenarios.js'
@@ -130,13 +131,6 @@ function readSettings (): Settings {
 
 const { children, killChildren } = childrenKilledOnExit('bench:ws')
 
-interface Child {
-  name: string
-  process: ChildProcess
-  port: number
-  exit: string | null
-}
-
 /** The soft and hard limits of open files of this process (`Infinity` for unlimited). */
 async function fileLimits (): Promise<{ soft: number, hard: number }> {
   const text = await readFile('/proc/self/limits', 'utf8').catch(() => '')
@@ -169,12 +163,7 @@ function spawnChild (name: string, script: string, args: string[], opts: { files
   const cp = opts.files > ownFiles
     ? spawn('sh', ['-c', `ulimit -n ${opts.files} && exec "$0" "$@"`, process.execPath, ...node], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
     : spawn(process.execPath, node, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  children.add(cp)
-  const child: Child = { name, process: cp, port: 0, exit: null }
-  cp.once('exit', (code, signal) => {
-    child.exit = signal !== null ? `killed by ${signal}` : `exited with code ${String(code)}`
-  })
-  cp.on('error', () => {})
+  const child = track(name, cp, children)
   if (pinning !== null && cp.pid !== undefined) {
     const failed = taskset(opts.gateway ? pinning.gateway : pinning.rest, cp.pid)
     if (failed !== null) process.stderr.write(`bench:ws: could not pin ${name}: ${failed}\n`)
@@ -183,33 +172,6 @@ function spawnChild (name: string, script: string, args: string[], opts: { files
 }
 
 let ownFiles = Infinity
-
-/** Waits for a child's first message of `type`; rejects on its failure, exit or silence. */
-async function next<T> (child: Child, accept: (m: unknown) => T | undefined, timeout: number, what: string): Promise<T> {
-  const cp = child.process
-  return await new Promise<T>((resolve, reject) => {
-    const done = (err: Error | null, value?: T): void => {
-      clearTimeout(timer)
-      cp.off('message', onMessage)
-      cp.off('exit', onExit)
-      if (err === null) resolve(value as T)
-      else reject(err)
-    }
-    const onMessage = (m: unknown): void => {
-      if (isChildMessage(m) && m.type === 'failed') {
-        done(new Error(`${child.name}: ${m.error}`))
-        return
-      }
-      const value = accept(m)
-      if (value !== undefined) done(null, value)
-    }
-    const onExit = (): void => done(new Error(`${child.name} ${child.exit ?? 'exited'} before ${what}`))
-    const timer = setTimeout(() => done(new Error(`${child.name}: no ${what} within ${timeout} ms`)), timeout)
-    cp.on('message', onMessage)
-    cp.once('exit', onExit)
-    if (child.exit !== null) onExit()
-  })
-}
 
 async function startServer (name: string, script: string, config: GatewayConfig | WsUpstreamConfig, files: number, gateway: boolean, execArgv?: string[]): Promise<Child> {
   const child = spawnChild(name, script, [JSON.stringify(config)], { files, gateway, execArgv })
@@ -231,11 +193,7 @@ async function ask (child: Child, type: 'usage' | 'memory'): Promise<UsageMessag
 }
 
 async function stopChild (child: Child): Promise<void> {
-  const cp = child.process
-  if (child.exit === null && cp.exitCode === null && cp.signalCode === null) {
-    await stopProcess(cp, STOP_TIMEOUT)
-  }
-  children.delete(cp)
+  await stopChildOf(child, children, STOP_TIMEOUT)
 }
 
 /** The client child: runs one command at a time. */
