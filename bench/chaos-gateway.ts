@@ -39,7 +39,7 @@ async function sample (seq: number, gc: boolean, live: boolean): Promise<void> {
     getHeapSnapshot().destroy()
     heapLive = process.memoryUsage().heapUsed
   }
-  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, heapLive, resources, gc: ran })
+  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, heapLive, external: mem.external, resources, gc: ran })
 }
 
 async function main (): Promise<void> {

@@ -69,6 +69,8 @@ export interface GatewaySample {
   /** heapUsed after a heap snapshot's collection when asked (`live`), else heapUsed. */
   heapLive: number
   heapTotal: number
+  /** memory of C++ objects bound to JS objects, Buffers and ArrayBuffers included (`process.memoryUsage().external`) */
+  external: number
   /** the process's active resources by type (`process.getActiveResourcesInfo()`) */
   resources: Record<string, number>
   /** whether global.gc ran before the sample */
