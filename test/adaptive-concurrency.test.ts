@@ -42,12 +42,12 @@ t.test('adaptiveConcurrency: off by default; {} takes the defaults (maxLimit: po
   })
   const [plain, on, tuned] = r.upstreams
   t.equal(plain.adaptiveConcurrency, null, 'false at the upstream turns the top level\'s off')
-  t.same(on.adaptiveConcurrency, { sampleWindow: 100, percentile: 90, minRttInterval: 60000, minRttRequests: 50, jitter: 0, minRttBuffer: 25, minLimit: 3, maxLimit: 200 })
-  t.same(tuned.adaptiveConcurrency, { sampleWindow: 250, percentile: 90, minRttInterval: 60000, minRttRequests: 50, jitter: 0, minRttBuffer: 25, minLimit: 5, maxLimit: 1000 })
+  t.same(on.adaptiveConcurrency, { sampleWindow: 100, percentile: 90, minRttInterval: 60000, minRttRequests: 50, jitter: 0, minRttBuffer: 0, minLimit: 3, maxLimit: 200 })
+  t.same(tuned.adaptiveConcurrency, { sampleWindow: 250, percentile: 90, minRttInterval: 60000, minRttRequests: 50, jitter: 0, minRttBuffer: 0, minLimit: 5, maxLimit: 1000 })
   const none = resolveOptions({ upstreams: { a: { targets: [] } } })
   t.equal(none.upstreams[0].adaptiveConcurrency, null, 'off unless given')
   const empty = resolveOptions({ upstreams: { a: { targets: [], adaptiveConcurrency: {} } } })
-  t.same(empty.upstreams[0].adaptiveConcurrency, { sampleWindow: 100, percentile: 50, minRttInterval: 60000, minRttRequests: 50, jitter: 15, minRttBuffer: 25, minLimit: 3, maxLimit: 1000 })
+  t.same(empty.upstreams[0].adaptiveConcurrency, { sampleWindow: 100, percentile: 50, minRttInterval: 60000, minRttRequests: 50, jitter: 15, minRttBuffer: 0, minLimit: 3, maxLimit: 1000 })
 })
 
 // ---------------------------------------------------------------- a capacity-limited upstream

@@ -254,7 +254,7 @@ export interface AdaptiveConcurrencyOptions {
   minRttRequests?: number
   /** Up to this percent of `minRttInterval` is added at random to each interval (0 to 100). @default 15 */
   jitter?: number
-  /** Latency up to this percent over the minimum RTT counts as unloaded (0 to 1000). @default 25 */
+  /** Latency up to this percent over the minimum RTT counts as unloaded (0 to 1000; Envoy's default is 25). @default 0 */
   minRttBuffer?: number
   /** The limit never goes below this (nor the measurement's). @default 3 */
   minLimit?: number
