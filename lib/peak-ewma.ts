@@ -28,8 +28,14 @@
 
 /** The estimate of a target not heard from yet, ms (Linkerd's default RTT). */
 export const DEFAULT_RTT = 30
-/** Time constant of the estimate's decay, ms (Linkerd's). */
-export const DECAY = 10_000
+/**
+ * Time constant of the estimate's decay, ms. Linkerd's and Finagle's is 10 s:
+ * a target's one slow answer (its GC, a cold start) then cost it a share of
+ * the traffic for seconds, and three equal targets started cold spread 12%
+ * apart over 10 s (bench:cold); at 500 ms 0.3-3%, while a target 200 ms slow
+ * still got under 0.1% of the requests (its every answer sets the peak again).
+ */
+export const DECAY = 500
 /** Each attempt's weight in the failure ratio: about the last 10 attempts count. */
 export const FAILURE_WEIGHT = 0.1
 /** Time constant of the failure ratio's decay while the target gets no attempt, ms. */

@@ -174,7 +174,7 @@ t.test('defaults are the seed\'s and DESIGN\'s; an upstream block merges over th
     maxConnectionAge: 0,
     maxTunnels: 10000
   })
-  t.equal(plain.balance, 'least-request', 'least-request by default')
+  t.equal(plain.balance, 'peak-ewma', 'peak EWMA by default (DESIGN said least-request; it won bench:cold)')
   t.same(plain.targets, [{ url: 'http://127.0.0.1:1', origin: 'http://127.0.0.1:1', weight: 1, host: '127.0.0.1:1', servername: null }])
   t.same(plain.timeouts, { connect: 100, headers: 30000, body: 30000, request: 0, clientBody: 60000, tunnelIdle: 3600000, tunnelDrain: 10000 })
   t.same([...plain.retry!.methods], ['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])

@@ -256,5 +256,6 @@ t.test('a target whose answer held its penalty with Retry-After is avoided until
   clock.now = 19_000
   t.equal(b.pick(), ts[0], 'held: the other one, however busy')
   clock.now = 20_000 + 8 * PENALTY_DECAY
+  ts[0].score.observe(2, clock.now) // a kept answering in 2 ms, busy as it was
   t.equal(b.pick(), ts[1], 'the hold over and the penalty decayed: it is picked again')
 })

@@ -312,7 +312,7 @@ export type UpstreamOptions = UpstreamBase & ({
 })
 
 export interface UpstreamBase extends UpstreamDefaults {
-  /** @default 'least-request' (see README, Balancing) */
+  /** @default 'peak-ewma' (see README, Balancing) */
   balance?: BalancePolicy
   /** The key for `consistent-hash`. */
   hashKey?: (request: FastifyRequest) => string

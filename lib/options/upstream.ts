@@ -432,7 +432,7 @@ export function resolveUpstream (name: string, value: unknown, top: Layer): Reso
     if (seen.has(t.origin)) fail(`${path}.targets[${i}]`, t.url, 'is listed twice')
     seen.add(t.origin)
   })
-  let balance: BalancePolicy = 'least-request'
+  let balance: BalancePolicy = 'peak-ewma'
   if (o.balance !== undefined) {
     if (!BALANCE.includes(o.balance as BalancePolicy)) fail(`${path}.balance`, o.balance, `is not one of ${BALANCE.map((b) => `"${b}"`).join(', ')}`)
     balance = o.balance as BalancePolicy
