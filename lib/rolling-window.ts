@@ -4,6 +4,12 @@ import type { TargetWindowStats } from '../types/index.js'
 export const WINDOW_SECONDS = 60
 /** The rate is the mean over this many most recent seconds (the current one, begun, included). */
 export const RATE_SECONDS = 10
+/**
+ * The request path's quantile (hedging's delay) reads this many most recent
+ * seconds: over the whole minute, a burst of load a minute ago kept the
+ * delay at its p95 (20 ms where 2 ms was usual now) for as long.
+ */
+export const QUANTILE_SECONDS = 10
 /** The outcome of an attempt that failed with no answer (connect, reset, timeout, malformed answer); 0..4 are answers 1xx..5xx. */
 export const FAILED = 5
 
@@ -74,8 +80,9 @@ export class RollingWindow {
   }
 
   /**
-   * The latency (ms) under which a fraction q of the window's attempts ended
-   * (as `snapshot()` reads p99), or null while it holds fewer than `min`. For
+   * The latency (ms) under which a fraction q of the attempts of the last
+   * QUANTILE_SECONDS ended (as `snapshot()` reads p99 over the minute), or
+   * null while they are fewer than `min`. For
    * the request path: a value is read at most once a second per q, then kept
    * for the rest of that second; allocates nothing.
    */
@@ -86,7 +93,7 @@ export class RollingWindow {
     const sums = this.#sums.fill(0)
     let total = 0
     let max = 0
-    for (let k = 0; k < WINDOW_SECONDS; k++) {
+    for (let k = 0; k < QUANTILE_SECONDS; k++) {
       const second = current - k
       const slot = ((second % WINDOW_SECONDS) + WINDOW_SECONDS) % WINDOW_SECONDS
       if (this.#second[slot] !== second) continue
