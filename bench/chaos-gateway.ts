@@ -5,7 +5,7 @@
 // active resources (after global.gc when asked and started with --expose-gc).
 import Fastify from 'fastify'
 import type { AddressInfo } from 'node:net'
-import { setImmediate as tick } from 'node:timers/promises'
+import { setImmediate as tick, setTimeout as delay } from 'node:timers/promises'
 import { getHeapSnapshot } from 'node:v8'
 import sssonectorPool from '../lib/index.js'
 import { failed, send } from './chaos-protocol.js'
@@ -30,6 +30,7 @@ async function sample (seq: number, gc: boolean, live: boolean): Promise<void> {
   for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
   const mem = process.memoryUsage()
   let heapLive = mem.heapUsed
+  let external = mem.external
   if (ran && live) {
     // gc() can leave tens of MiB counted in heapUsed that nothing holds: seen
     // here, 51.9 MiB after repeated last-resort collections, 26.1 MiB once a
@@ -37,9 +38,16 @@ async function sample (seq: number, gc: boolean, live: boolean): Promise<void> {
     // a leak grows). Asked for last, after RSS was read: the snapshot's own
     // native memory stays resident.
     getHeapSnapshot().destroy()
-    heapLive = process.memoryUsage().heapUsed
+    // Buffers no object holds are freed once V8's sweeper has run, off the
+    // main thread: on a loaded machine a sample right after gc() can still
+    // count them. Read again after the snapshot's collection and a pause.
+    await delay(100)
+    collect!({ type: 'major', execution: 'sync', flavor: 'last-resort' })
+    const after = process.memoryUsage()
+    heapLive = Math.min(heapLive, after.heapUsed)
+    external = after.external
   }
-  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, heapLive, external: mem.external, resources, gc: ran })
+  send({ type: 'sample', seq, rss: mem.rss, heapUsed: mem.heapUsed, heapTotal: mem.heapTotal, heapLive, external, resources, gc: ran })
 }
 
 async function main (): Promise<void> {

@@ -542,8 +542,11 @@ class Run {
       samples.push(await this.sample(true))
     }
     if (live) {
-      const heapLive = (await this.sample(true, true)).heapLive
-      for (const s of samples) s.heapLive = Math.min(s.heapUsed, heapLive)
+      const last = await this.sample(true, true)
+      for (const s of samples) {
+        s.heapLive = Math.min(s.heapUsed, last.heapLive)
+        s.external = Math.min(s.external, last.external)
+      }
     }
     if (!samples[0]!.gc) this.harness.push('the gateway ran without --expose-gc: samples taken without a collection')
     const handles = (s: GatewaySample): number => Object.entries(s.resources).reduce((n, [k, v]) => k === 'Timeout' || k === 'Immediate' ? n : n + v, 0)
