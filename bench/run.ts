@@ -30,12 +30,13 @@
 // BENCH_DURATION and BENCH_CONNECTIONS, when set, apply to every scenario.
 // Results also go to .bench/last.json.
 import { fork, spawnSync } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
-import { childrenKilledOnExit, isChildMessage, stopProcess } from './protocol.js'
+import { childrenKilledOnExit, isChildMessage } from './protocol.js'
+import { next, stopChild, track } from './children.js'
+import type { Child } from './children.js'
 import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
 import { runAtRate, stopAllRate } from './open-loop.js'
@@ -86,14 +87,6 @@ interface Plan {
   warmup: number
   /** the fixed-rate phase, when the scenario has one */
   rate: { rate: number, duration: number, connections: number } | null
-}
-
-interface Child {
-  name: string
-  process: ChildProcess
-  port: number
-  /** set once the process is gone */
-  exit: string | null
 }
 
 /** One target of a scenario: its port and, unless it is dead, its upstream child. */
@@ -227,7 +220,7 @@ function forkChild (name: string, script: string, config: GatewayConfig | Upstre
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     execArgv: []
   })
-  children.add(cp)
+  const child = track(name, cp, children)
   if (pinning !== null && cp.pid !== undefined) {
     if ('kind' in config) {
       const failed = taskset(pinning.gateway, cp.pid)
@@ -237,40 +230,12 @@ function forkChild (name: string, script: string, config: GatewayConfig | Upstre
       if (os.getPriority(cp.pid) !== 0) os.setPriority(cp.pid, 0)
     } catch {}
   }
-  const child: Child = { name, process: cp, port: 0, exit: null }
-  cp.once('exit', (code, signal) => {
-    child.exit = signal !== null ? `killed by ${signal}` : `exited with code ${String(code)}`
-  })
-  // a child that failed to fork shows as an exit; the error itself needs a listener
-  cp.on('error', () => {})
   return child
 }
 
 /** Waits for a child's `ready` or `standby` message; rejects on its failure, exit or silence. */
 async function waitFor (child: Child, type: 'ready' | 'standby'): Promise<ChildMessage> {
-  const cp = child.process
-  return await new Promise<ChildMessage>((resolve, reject) => {
-    const done = (err: Error | null, message?: ChildMessage): void => {
-      clearTimeout(timer)
-      cp.off('message', onMessage)
-      cp.off('exit', onExit)
-      cp.off('error', onError)
-      if (err === null) resolve(message!)
-      else reject(err)
-    }
-    const onMessage = (message: unknown): void => {
-      if (!isChildMessage(message)) return
-      if (message.type === type) done(null, message)
-      else if (message.type === 'failed') done(new Error(message.error))
-    }
-    const onExit = (): void => done(new Error(`${child.name} ${child.exit ?? 'exited'} before ${type === 'ready' ? 'listening' : 'standing by'}`))
-    const onError = (err: Error): void => done(err)
-    const timer = setTimeout(() => done(new Error(`${child.name} did not report ${type} within ${START_TIMEOUT} ms`)), START_TIMEOUT)
-    cp.on('message', onMessage)
-    cp.once('exit', onExit)
-    cp.once('error', onError)
-    if (child.exit !== null) onExit()
-  })
+  return await next(child, (m) => isChildMessage(m) && m.type === type ? m : undefined, START_TIMEOUT, type === 'ready' ? 'listening' : 'standing by')
 }
 
 /** Forks a child script and waits for it to listen (or to fail). */
@@ -318,14 +283,6 @@ async function procPeakRss (pid: number | undefined): Promise<number | null> {
   } catch {
     return null
   }
-}
-
-async function stopChild (child: Child): Promise<void> {
-  const cp = child.process
-  if (child.exit === null) {
-    await stopProcess(cp, STOP_TIMEOUT)
-  }
-  children.delete(cp)
 }
 
 /** Kills a child at once and waits for it to be gone. */
@@ -656,8 +613,8 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
       arm.peakRssKiB = usage?.maxRSS ?? await procPeakRss(arm.gateway.process.pid)
     }
     await Promise.all([
-      ...arms.flatMap((a) => a.gateway === null ? [] : [stopChild(a.gateway)]),
-      ...slots.flatMap((s) => s.child === null ? [] : [stopChild(s.child)])
+      ...arms.flatMap((a) => a.gateway === null ? [] : [stopChild(a.gateway, children, STOP_TIMEOUT)]),
+      ...slots.flatMap((s) => s.child === null ? [] : [stopChild(s.child, children, STOP_TIMEOUT)])
     ])
   }
 
