@@ -1,7 +1,10 @@
 // The parent side of a bench's child processes: each one tracked until it
 // exits, its messages awaited with a timeout, and stopped by its PID.
+import { fork } from 'node:child_process'
 import type { ChildProcess } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { isChildMessage, stopProcess } from './protocol.js'
+import type { UsageMessage } from './protocol.js'
 
 /** A child process as the parent tracks it. */
 export interface Child {
@@ -56,4 +59,28 @@ export async function stopChild (child: Child, children: Set<ChildProcess>, time
   const cp = child.process
   if (child.exit === null && cp.exitCode === null && cp.signalCode === null) await stopProcess(cp, timeout)
   children.delete(cp)
+}
+
+/** Forks a bench script (`args` its argv, IPC open, stdout and stderr shared) and tracks it. */
+export function forkTracked (name: string, script: URL, args: string[], children: Set<ChildProcess>, execArgv: string[] = []): Child {
+  return track(name, fork(fileURLToPath(script), args, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv }), children)
+}
+
+/** Waits for a child's `ready` and keeps its port; stops it by its PID when it fails, exits or stays silent. */
+export async function listening (child: Child, children: Set<ChildProcess>, timeout: number, stopTimeout: number): Promise<Child> {
+  try {
+    child.port = await next(child, (m) => isChildMessage(m) && m.type === 'ready' ? m.port : undefined, timeout, 'listening')
+    return child
+  } catch (err) {
+    await stopChild(child, children, stopTimeout)
+    throw err
+  }
+}
+
+/** A child's answer to a `usage` request; null when it does not answer within `timeout`. */
+export async function askUsage (child: Child, timeout: number): Promise<UsageMessage | null> {
+  if (child.exit !== null || !child.process.connected) return null
+  const answer = next(child, (m) => isChildMessage(m) && m.type === 'usage' ? m : undefined, timeout, 'a usage answer').catch(() => null)
+  child.process.send({ type: 'usage' }, () => {})
+  return await answer
 }

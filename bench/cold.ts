@@ -18,12 +18,10 @@
 // (peak-ewma,least-request), COLD_DURATION (s, 10), COLD_CONNECTIONS (64),
 // COLD_ROUNDS (3), COLD_SPLIT (ms, 1000: "after the first second").
 // Results also go to .bench/cold.json.
-import { fork } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
-import { isChildMessage, stopProcess } from './protocol.js'
-import type { UsageMessage } from './protocol.js'
+import { askUsage, forkTracked, listening, stopChild } from './children.js'
+import type { Child } from './children.js'
+import { childrenKilledOnExit } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
 import type { GatewayConfig, UpstreamBehaviour, UpstreamConfig } from './scenarios.js'
 import type { BalancePolicy } from '../types/index.js'
@@ -68,60 +66,15 @@ const scenarios: ColdScenario[] = [
   }
 ]
 
-interface Child { name: string, process: ChildProcess, port: number }
-
-const children = new Set<ChildProcess>()
-process.on('exit', () => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL') })
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    stopAllLoad()
-    process.exit(130)
-  })
-}
+const { children } = childrenKilledOnExit('bench:cold', stopAllLoad)
 
 async function startChild (name: string, script: string, config: GatewayConfig | UpstreamConfig): Promise<Child> {
-  const cp = fork(fileURLToPath(new URL(script, import.meta.url)), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] })
-  children.add(cp)
-  cp.on('error', () => {})
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${name} did not listen within ${START_TIMEOUT} ms`)), START_TIMEOUT)
-    cp.on('message', (m: unknown) => {
-      if (!isChildMessage(m)) return
-      if (m.type === 'ready') {
-        clearTimeout(timer)
-        resolve(m.port)
-      } else if (m.type === 'failed') {
-        clearTimeout(timer)
-        reject(new Error(m.error))
-      }
-    })
-    cp.once('exit', () => {
-      clearTimeout(timer)
-      reject(new Error(`${name} exited before listening`))
-    })
-  })
-  return { name, process: cp, port }
-}
-
-async function stopChild (child: Child): Promise<void> {
-  await stopProcess(child.process, STOP_TIMEOUT)
-  children.delete(child.process)
+  return await listening(forkTracked(name, new URL(script, import.meta.url), [JSON.stringify(config)], children), children, START_TIMEOUT, STOP_TIMEOUT)
 }
 
 /** Requests an upstream child received so far. */
 async function received (child: Child): Promise<number> {
-  const cp = child.process
-  const usage = await new Promise<UsageMessage | null>((resolve) => {
-    const timer = setTimeout(() => finish(null), USAGE_TIMEOUT)
-    const onMessage = (m: unknown): void => { if (isChildMessage(m) && m.type === 'usage') finish(m) }
-    function finish (v: UsageMessage | null): void {
-      clearTimeout(timer)
-      cp.off('message', onMessage)
-      resolve(v)
-    }
-    cp.on('message', onMessage)
-    cp.send({ type: 'usage' }, (err) => { if (err !== null) finish(null) })
-  })
+  const usage = await askUsage(child, USAGE_TIMEOUT)
   if (usage?.requests === undefined) throw new Error(`${child.name} did not tell its requests`)
   return usage.requests
 }
@@ -178,7 +131,7 @@ async function runArm (arm: Arm, scenario: ColdScenario, ups: Child[], duration:
       counts
     }
   } finally {
-    await stopChild(gateway)
+    await stopChild(gateway, children, STOP_TIMEOUT)
   }
 }
 
@@ -237,7 +190,7 @@ async function main (): Promise<void> {
       }
       console.log(`  noise (http-proxy vs http-proxy', A vs A): req/s ${noise((f) => f.rps)}, p99 ${noise((f) => f.p99)}`)
     } finally {
-      for (const u of ups) await stopChild(u)
+      for (const u of ups) await stopChild(u, children, STOP_TIMEOUT)
     }
   }
   await mkdir('.bench', { recursive: true })

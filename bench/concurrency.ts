@@ -23,11 +23,10 @@
 // CONC_ARMS (a comma list of the arms to run; all by default), CONC_ADAPTIVE
 // (the `adaptive` arm's adaptiveConcurrency options, in JSON; {}). Results
 // also go to .bench/concurrency.json.
-import { fork } from 'node:child_process'
-import type { ChildProcess } from 'node:child_process'
 import { mkdir, writeFile } from 'node:fs/promises'
-import { fileURLToPath } from 'node:url'
-import { isChildMessage, stopProcess } from './protocol.js'
+import { forkTracked, listening, stopChild } from './children.js'
+import type { Child } from './children.js'
+import { childrenKilledOnExit } from './protocol.js'
 import { runAtRate, stopAllRate } from './open-loop.js'
 import type { RateResult } from './open-loop.js'
 import type { GatewayConfig, UpstreamConfig } from './scenarios.js'
@@ -82,30 +81,11 @@ const ARMS = process.env.CONC_ARMS === undefined || process.env.CONC_ARMS.trim()
     return arm
   })
 
-const children = new Set<ChildProcess>()
-process.on('exit', () => { for (const cp of children) if (cp.exitCode === null && cp.signalCode === null) cp.kill('SIGKILL') })
-for (const signal of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(signal, () => {
-    stopAllRate()
-    process.exit(130)
-  })
-}
+const { children, killChildren } = childrenKilledOnExit('bench:concurrency', stopAllRate)
 
 /** Forks a bench child and waits for its port. */
-async function start (name: string, script: string, config: GatewayConfig | UpstreamConfig): Promise<{ cp: ChildProcess, port: number }> {
-  const cp = fork(fileURLToPath(new URL(script, import.meta.url)), [JSON.stringify(config)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: [] })
-  children.add(cp)
-  cp.on('error', () => {})
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => { reject(new Error(`${name} did not start within ${START_TIMEOUT} ms`)) }, START_TIMEOUT)
-    cp.on('message', (m: unknown) => {
-      if (!isChildMessage(m)) return
-      if (m.type === 'ready') { clearTimeout(timer); resolve(m.port) }
-      if (m.type === 'failed') { clearTimeout(timer); reject(new Error(`${name}: ${m.error}`)) }
-    })
-    cp.once('exit', () => { clearTimeout(timer); reject(new Error(`${name} exited before listening`)) })
-  })
-  return { cp, port }
+async function start (name: string, script: string, config: GatewayConfig | UpstreamConfig): Promise<Child> {
+  return await listening(forkTracked(name, new URL(script, import.meta.url), [JSON.stringify(config)], children), children, START_TIMEOUT, STOP_TIMEOUT)
 }
 
 async function load (port: number, rate: number, duration = DURATION): Promise<RateResult> {
@@ -144,7 +124,7 @@ async function main (): Promise<number> {
     port: 0
   })
   const target = `http://${HOST}:${upstream.port}`
-  const gateways = new Map<string, { cp: ChildProcess, port: number }>()
+  const gateways = new Map<string, Child>()
   for (const arm of ARMS) gateways.set(arm.name, await start(arm.name, './gateway.js', { ...arm.config, targets: [target], prefix: '/' }))
   console.log(`upstream: ${CAPACITY} at a time, ${SERVICE} ± ${SPREAD} ms each (about ${Math.round(CAPACITY_RPS)} req/s at most), queues the rest itself`)
   console.log(`load: open loop, unloaded ${UNLOADED_RPS} req/s (a third of its capacity), loaded ${LOADED_RPS} req/s (three times), ${DURATION} s measured after ${LEAD_IN} s; ${ROUNDS} rounds, after ${WARMUP} s of warm-up per arm at the unloaded rate`)
@@ -196,13 +176,13 @@ async function main (): Promise<number> {
 
   await mkdir('.bench', { recursive: true })
   await writeFile('.bench/concurrency.json', JSON.stringify({ capacity: CAPACITY, serviceMs: SERVICE, spreadMs: SPREAD, unloadedRps: UNLOADED_RPS, loadedRps: LOADED_RPS, duration: DURATION, rounds: ROUNDS, figures, noise }, null, 2))
-  for (const g of gateways.values()) await stopProcess(g.cp, STOP_TIMEOUT)
-  await stopProcess(upstream.cp, STOP_TIMEOUT)
+  for (const g of gateways.values()) await stopChild(g, children, STOP_TIMEOUT)
+  await stopChild(upstream, children, STOP_TIMEOUT)
   return met ? 0 : 1
 }
 
 main().then((code) => { process.exitCode = code }, (err: unknown) => {
   process.stderr.write(`bench:concurrency: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
   process.exitCode = 1
-  for (const cp of children) cp.kill('SIGKILL')
+  killChildren()
 })

@@ -35,7 +35,7 @@ import net from 'node:net'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { childrenKilledOnExit, isChildMessage } from './protocol.js'
-import { next, stopChild, track } from './children.js'
+import { askUsage, next, stopChild, track } from './children.js'
 import type { Child } from './children.js'
 import type { ChildMessage, UsageMessage } from './protocol.js'
 import { runLoad, stopAllLoad } from './load.js'
@@ -251,28 +251,6 @@ async function startChild (name: string, script: string, config: GatewayConfig |
   }
 }
 
-/** A child's usage numbers over IPC; null when it does not answer. */
-async function askUsage (child: Child): Promise<UsageMessage | null> {
-  const cp = child.process
-  if (child.exit !== null || !cp.connected) return null
-  return await new Promise<UsageMessage | null>((resolve) => {
-    const finish = (value: UsageMessage | null): void => {
-      clearTimeout(timer)
-      cp.off('message', onMessage)
-      cp.off('exit', onExit)
-      resolve(value)
-    }
-    const onMessage = (message: unknown): void => {
-      if (isChildMessage(message) && message.type === 'usage') finish(message)
-    }
-    const onExit = (): void => finish(null)
-    const timer = setTimeout(() => finish(null), USAGE_TIMEOUT)
-    cp.on('message', onMessage)
-    cp.once('exit', onExit)
-    cp.send({ type: 'usage' }, (err) => { if (err !== null) finish(null) })
-  })
-}
-
 /** Peak RSS from /proc, for a child that does not answer over IPC. */
 async function procPeakRss (pid: number | undefined): Promise<number | null> {
   if (pid === undefined) return null
@@ -315,7 +293,7 @@ async function usageOf (slots: Slot[]): Promise<UpstreamUsage[]> {
   const out: UpstreamUsage[] = []
   for (const slot of slots) {
     if (slot.child === null) out.push({ pid: undefined, usage: null, dead: true })
-    else out.push({ pid: slot.child.process.pid, usage: await askUsage(slot.child), dead: false })
+    else out.push({ pid: slot.child.process.pid, usage: await askUsage(slot.child, USAGE_TIMEOUT), dead: false })
   }
   return out
 }
@@ -376,7 +354,7 @@ async function prepareRestart (slot: Slot, disruption: Disruption): Promise<{ ru
       try {
         await sleep(Math.max(0, startedAt + disruption.killAt * durationMs - performance.now()))
         const old = slot.child
-        const last = old === null ? null : await askUsage(old)
+        const last = old === null ? null : await askUsage(old, USAGE_TIMEOUT)
         const killedAt = performance.now() - startedAt
         if (old !== null) await killChild(old)
         await sleep(Math.max(0, startedAt + disruption.backAt * durationMs - performance.now()))
@@ -396,7 +374,7 @@ async function prepareRestart (slot: Slot, disruption: Disruption): Promise<{ ru
 }
 
 async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Promise<Omit<Run, 'round'>> {
-  const before = arm.gateway === null ? null : await askUsage(arm.gateway)
+  const before = arm.gateway === null ? null : await askUsage(arm.gateway, USAGE_TIMEOUT)
   const upBefore = await usageOf(slots)
   const d = plan.scenario.disruption
   const restart = d === undefined ? null : await prepareRestart(slots[d.target]!, d)
@@ -426,7 +404,7 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Prom
   if (load.status === 'rejected') throw load.reason
   const result = load.value
   const upAfter = await usageOf(slots)
-  const after = arm.gateway === null ? null : await askUsage(arm.gateway)
+  const after = arm.gateway === null ? null : await askUsage(arm.gateway, USAGE_TIMEOUT)
   let gatewayCpuPerResponse: number | null = null
   if (before !== null && after !== null && result.responses > 0) {
     const cpu = (after.cpuUser + after.cpuSystem) - (before.cpuUser + before.cpuSystem)
@@ -444,13 +422,13 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Prom
 
 /** Loads two gateways at once, each with the scenario's connections, for one run. */
 async function sideBySide (a: Child, b: Child, aUrls: string[], bUrls: string[], plan: Plan, bFirst: boolean): Promise<Omit<DuelRound, 'round'>> {
-  const before = [await askUsage(a), await askUsage(b)]
+  const before = [await askUsage(a, USAGE_TIMEOUT), await askUsage(b, USAGE_TIMEOUT)]
   const load = (urls: string[]): Promise<LoadResult> => runLoad({ urls, request: plan.scenario.request, connections: plan.connections, pipelining: plan.pipelining, duration: plan.duration })
   let ra: LoadResult
   let rb: LoadResult
   if (bFirst) [rb, ra] = await Promise.all([load(bUrls), load(aUrls)])
   else [ra, rb] = await Promise.all([load(aUrls), load(bUrls)])
-  const after = [await askUsage(a), await askUsage(b)]
+  const after = [await askUsage(a, USAGE_TIMEOUT), await askUsage(b, USAGE_TIMEOUT)]
   const cpu = (i: number, responses: number): number | null => {
     const x = before[i]
     const y = after[i]
@@ -609,7 +587,7 @@ async function runScenario (plan: Plan): Promise<ScenarioResult> {
   } finally {
     for (const arm of arms) {
       if (arm.gateway === null) continue
-      const usage = await askUsage(arm.gateway)
+      const usage = await askUsage(arm.gateway, USAGE_TIMEOUT)
       arm.peakRssKiB = usage?.maxRSS ?? await procPeakRss(arm.gateway.process.pid)
     }
     await Promise.all([
