@@ -32,8 +32,10 @@ export const DEFAULT_RTT = 30
  * Time constant of the estimate's decay, ms. Linkerd's and Finagle's is 10 s:
  * a target's one slow answer (its GC, a cold start) then cost it a share of
  * the traffic for seconds, and three equal targets started cold spread 12%
- * apart over 10 s (bench:cold); at 500 ms 0.3-3%, while a target 200 ms slow
- * still got under 0.1% of the requests (its every answer sets the peak again).
+ * apart over 10 s (bench:cold); at 500 ms 2-9% (and under 1.1% once the
+ * balancer took scores within SCORE_BAND of each other as alike), while a
+ * target 200 ms slow still got under 0.1% of the requests (its every answer
+ * sets the peak again).
  */
 export const DECAY = 500
 /** Each attempt's weight in the failure ratio: about the last 10 attempts count. */
@@ -71,6 +73,8 @@ export class PeakEwma {
   #failureStamp = 0
   /** Until when a `Retry-After` holds the ratio at 1 (ms), 0 when none has. */
   #heldUntil = 0
+  /** When it last answered or failed (ms), -Infinity before that. */
+  #heard = -Infinity
 
   /** The latency estimate now, ms. */
   /** Whether an answer has been timed yet (else the estimate is the default). */
@@ -104,6 +108,15 @@ export class PeakEwma {
     return f === 0 ? 0 : (this.estimate(now) * FAILURE_FACTOR + FAILURE_FLOOR * f) * f
   }
 
+  /**
+   * Whether it answered or failed within the last DECAY ms: its estimate is
+   * being measured now, not only decaying from what it was (a target shunned
+   * for being slow has no answer to lower it; its estimate falls by time alone).
+   */
+  current (now: number): boolean {
+    return now - this.#heard <= DECAY
+  }
+
   /** Until when a `Retry-After` holds the penalty (ms), or 0 when none does now. */
   heldUntil (now: number): number {
     return this.#heldUntil > now ? this.#heldUntil : 0
@@ -129,6 +142,7 @@ export class PeakEwma {
     this.#stamp = 0
     this.#failures = 0
     this.#failureStamp = 0
+    this.#heard = -Infinity
     // A Retry-After still running is the target's own word: it holds to its end.
   }
 
@@ -137,6 +151,7 @@ export class PeakEwma {
     const e = this.estimate(now)
     this.#estimate = Number.isNaN(this.#estimate) || latency > e ? latency : e
     this.#stamp = now
+    this.#heard = now
     if (this.#failures !== 0 || now < this.#heldUntil) {
       this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT)
       this.#failureStamp = Math.max(now, this.#heldUntil)
@@ -156,6 +171,7 @@ export class PeakEwma {
     }
     this.#failures = this.failureRatio(now) * (1 - FAILURE_WEIGHT) + FAILURE_WEIGHT
     this.#failureStamp = now
+    this.#heard = now
     if (retryAfter > 0) {
       // Held at 1 until then; it decays from 1 after.
       this.#failures = 1

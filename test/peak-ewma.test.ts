@@ -1,5 +1,5 @@
 import t from 'tap'
-import { LeastRequest, PeakEwmaP2C } from '../lib/balancer.js'
+import { LeastRequest, PeakEwmaP2C, SCORE_BAND } from '../lib/balancer.js'
 import type { Balancer, Pickable } from '../lib/balancer.js'
 import { DECAY, DEFAULT_RTT, FAILURE_FACTOR, FAILURE_FLOOR, FAILURE_WEIGHT, MAX_RETRY_AFTER, PENALTY_DECAY, PeakEwma, retryAfterMs } from '../lib/peak-ewma.js'
 import { seeded } from './helpers/random.js'
@@ -199,6 +199,43 @@ t.test('all targets equal: the spread stays within 5%', async (t) => {
   const r = simulate(b, ts, { connections: 64, ms: 10_000, after: 0, random, clock })
   const spread = Math.max(...r.total) / Math.min(...r.total) - 1
   t.ok(spread < 0.05, `served ${r.total.join(' / ')}: spread ${(100 * spread).toFixed(2)}%`)
+})
+
+t.test(`scores within ${SCORE_BAND}x of each other, both measured lately, are the same to the pick: the fewer outstanding wins; past that, or for a target not heard from lately, the cost does`, async (t) => {
+  const ts = [new Sim('a', fast), new Sim('b', fast)]
+  const b = new PeakEwmaP2C<Sim>(seeded(SEED + 7), () => 0)
+  b.update(ts)
+  ts[0].score.observe(10, 0)
+  ts[1].score.observe(10 * SCORE_BAND * 0.9, 0)
+  ts[0].outstanding = 5
+  ts[1].outstanding = 4 // dearer by cost (18 x 5 = 90 > 10 x 6 = 60), but within the band and fewer outstanding
+  t.equal(b.pick(), ts[1], 'within the band: fewer outstanding wins')
+  ts[1].outstanding = 6
+  t.equal(b.pick(), ts[0], 'within the band: fewer outstanding wins, the other way')
+  const c = [new Sim('c', fast), new Sim('d', fast)]
+  const b2 = new PeakEwmaP2C<Sim>(seeded(SEED + 8), () => 0)
+  b2.update(c)
+  c[0].score.observe(10, 0)
+  c[1].score.observe(10 * SCORE_BAND * 1.1, 0)
+  c[0].outstanding = 5
+  c[1].outstanding = 4 // 22 x 5 = 110 > 10 x 6 = 60
+  t.equal(b2.pick(), c[0], 'past the band: the cost decides, though it has more outstanding')
+
+  // A target not heard from for longer than the decay time: its score fell by time alone, so it is compared by cost.
+  const clock = { now: 0 }
+  const d = [new Sim('e', fast), new Sim('shunned', fast)]
+  const b3 = new PeakEwmaP2C<Sim>(seeded(SEED + 9), () => clock.now)
+  b3.update(d)
+  d[1].score.observe(10 * SCORE_BAND * 0.9 * Math.exp(1), 0) // decays to 18 ms at DECAY
+  clock.now = DECAY
+  d[0].score.observe(10, clock.now)
+  d[0].outstanding = 5
+  d[1].outstanding = 4 // 18 x 5 = 90 > 10 x 6 = 60
+  t.ok(d[1].score.current(clock.now), 'last heard one decay time ago: still current')
+  t.equal(b3.pick(), d[1], 'within the band and current: fewer outstanding wins')
+  clock.now += 1
+  t.notOk(d[1].score.current(clock.now), 'past one decay time without an answer: not current')
+  t.equal(b3.pick(), d[0], 'not current: the cost decides')
 })
 
 t.test('a pick asks O(1) targets: about two with 3 targets or 300', async (t) => {
