@@ -220,8 +220,12 @@ export async function rawRequest (port: number, data: string | Buffer, until?: R
  * that changes on another component's event the test cannot subscribe to. No timer:
  * tap's own timeout bounds it.
  */
-export async function eventually (predicate: () => boolean): Promise<void> {
-  while (!predicate()) await new Promise((resolve) => setImmediate(resolve))
+export async function eventually (predicate: () => boolean, within = 15_000, what = 'the condition'): Promise<void> {
+  const deadline = Date.now() + within
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`${what} did not hold within ${within} ms`)
+    await new Promise((resolve) => setImmediate(resolve))
+  }
 }
 
 /** Plain @fastify/http-proxy with the given options on 127.0.0.1, for side-by-side checks; its URL. */
