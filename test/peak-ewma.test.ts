@@ -201,14 +201,14 @@ t.test('all targets equal: the spread stays within 5%', async (t) => {
   t.ok(spread < 0.05, `served ${r.total.join(' / ')}: spread ${(100 * spread).toFixed(2)}%`)
 })
 
-t.test(`scores within ${SCORE_BAND}x of each other, both measured lately, are the same to the pick: the fewer outstanding wins; past that, or for a target not heard from lately, the cost does`, async (t) => {
+t.test(`scores within ${SCORE_BAND}x of each other (here 2.5x; 3.5x is past it), both measured lately, are the same to the pick: the fewer outstanding wins; past that, or for a target not heard from lately, the cost does`, async (t) => {
   const ts = [new Sim('a', fast), new Sim('b', fast)]
   const b = new PeakEwmaP2C<Sim>(seeded(SEED + 7), () => 0)
   b.update(ts)
   ts[0].score.observe(10, 0)
-  ts[1].score.observe(10 * SCORE_BAND * 0.9, 0)
+  ts[1].score.observe(25, 0)
   ts[0].outstanding = 5
-  ts[1].outstanding = 4 // dearer by cost (18 x 5 = 90 > 10 x 6 = 60), but within the band and fewer outstanding
+  ts[1].outstanding = 4 // dearer by cost (25 x 5 = 125 > 10 x 6 = 60), but within the band (2.5x) and fewer outstanding
   t.equal(b.pick(), ts[1], 'within the band: fewer outstanding wins')
   ts[1].outstanding = 6
   t.equal(b.pick(), ts[0], 'within the band: fewer outstanding wins, the other way')
@@ -216,9 +216,9 @@ t.test(`scores within ${SCORE_BAND}x of each other, both measured lately, are th
   const b2 = new PeakEwmaP2C<Sim>(seeded(SEED + 8), () => 0)
   b2.update(c)
   c[0].score.observe(10, 0)
-  c[1].score.observe(10 * SCORE_BAND * 1.1, 0)
+  c[1].score.observe(35, 0)
   c[0].outstanding = 5
-  c[1].outstanding = 4 // 22 x 5 = 110 > 10 x 6 = 60
+  c[1].outstanding = 4 // 3.5x: 35 x 5 = 175 > 10 x 6 = 60
   t.equal(b2.pick(), c[0], 'past the band: the cost decides, though it has more outstanding')
 
   // A target not heard from for longer than the decay time: its score fell by time alone, so it is compared by cost.
@@ -226,11 +226,11 @@ t.test(`scores within ${SCORE_BAND}x of each other, both measured lately, are th
   const d = [new Sim('e', fast), new Sim('shunned', fast)]
   const b3 = new PeakEwmaP2C<Sim>(seeded(SEED + 9), () => clock.now)
   b3.update(d)
-  d[1].score.observe(10 * SCORE_BAND * 0.9 * Math.exp(1), 0) // decays to 18 ms at DECAY
+  d[1].score.observe(25 * Math.exp(1), 0) // decays to 25 ms at DECAY
   clock.now = DECAY
   d[0].score.observe(10, clock.now)
   d[0].outstanding = 5
-  d[1].outstanding = 4 // 18 x 5 = 90 > 10 x 6 = 60
+  d[1].outstanding = 4 // 25 x 5 = 125 > 10 x 6 = 60
   t.ok(d[1].score.current(clock.now), 'last heard one decay time ago: still current')
   t.equal(b3.pick(), d[1], 'within the band and current: fewer outstanding wins')
   clock.now += 1
