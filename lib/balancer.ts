@@ -46,9 +46,9 @@ function scoreOf (t: Pickable, now: number): number {
  * which of them drew the last slow answer (a pause anywhere on the path), and
  * weighing that as latency moved one equal target's share 2-9% over 10 s
  * (bench:cold, 5 rounds: median 6.2%; with a band of 2, 1.8% and up to 5.7%;
- * with 3, 0.3-1.1%). Within the band the
- * fewer outstanding requests per unit of weight win (least request, which by
- * itself sends less to a target that answers a little slower); past it the
+ * with 3, 0.3-1.1%). Within the band the fewer outstanding requests per unit
+ * of weight win (least request, which by itself sends less to a target that
+ * answers a little slower); past it the
  * cost does, so a target 200 ms slow or answering fast 5xx (its score tens of
  * times another's) still loses every draw. Only scores measured now count as
  * alike (both targets answered within the estimate's decay time): a target
@@ -274,9 +274,9 @@ export class LeastRequest<T extends Pickable = Pickable> extends WeightedDraws<T
  * estimate plus failure penalty, see peak-ewma.ts) times its outstanding
  * requests plus one, per unit of weight. O(1) a pick. A slow target, or one
  * answering fast 5xx, loses nearly every draw from its first answers on, with
- * no warm-up and no detector's interval; targets whose scores are within
- * SCORE_BAND of each other are compared by outstanding requests alone (least
- * request).
+ * no warm-up and no detector's interval; two targets both measured lately,
+ * their scores within SCORE_BAND of each other, are compared by outstanding
+ * requests alone (least request).
  */
 export class PeakEwmaP2C<T extends Pickable = Pickable> extends WeightedDraws<T> {
   readonly #now: () => number

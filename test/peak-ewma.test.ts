@@ -202,24 +202,23 @@ t.test('all targets equal: the spread stays within 5%', async (t) => {
 })
 
 t.test(`scores within ${SCORE_BAND}x of each other (here 2.5x; 3.5x is past it), both measured lately, are the same to the pick: the fewer outstanding wins; past that, or for a target not heard from lately, the cost does`, async (t) => {
-  const ts = [new Sim('a', fast), new Sim('b', fast)]
-  const b = new PeakEwmaP2C<Sim>(seeded(SEED + 7), () => 0)
-  b.update(ts)
-  ts[0].score.observe(10, 0)
-  ts[1].score.observe(25, 0)
-  ts[0].outstanding = 5
-  ts[1].outstanding = 4 // dearer by cost (25 x 5 = 125 > 10 x 6 = 60), but within the band (2.5x) and fewer outstanding
+  /** Two targets answering in 10 and `other` ms, with 5 and 4 requests outstanding, on a balancer of their own. */
+  const pair = (other: number, seed: number): { b: PeakEwmaP2C<Sim>, ts: Sim[] } => {
+    const ts = [new Sim('a', fast), new Sim('b', fast)]
+    const b = new PeakEwmaP2C<Sim>(seeded(seed), () => 0)
+    b.update(ts)
+    ts[0].score.observe(10, 0)
+    ts[1].score.observe(other, 0)
+    ts[0].outstanding = 5
+    ts[1].outstanding = 4
+    return { b, ts }
+  }
+  const { b, ts } = pair(25, SEED + 7) // dearer by cost (25 x 5 = 125 > 10 x 6 = 60), but within the band (2.5x) and fewer outstanding
   t.equal(b.pick(), ts[1], 'within the band: fewer outstanding wins')
   ts[1].outstanding = 6
   t.equal(b.pick(), ts[0], 'within the band: fewer outstanding wins, the other way')
-  const c = [new Sim('c', fast), new Sim('d', fast)]
-  const b2 = new PeakEwmaP2C<Sim>(seeded(SEED + 8), () => 0)
-  b2.update(c)
-  c[0].score.observe(10, 0)
-  c[1].score.observe(35, 0)
-  c[0].outstanding = 5
-  c[1].outstanding = 4 // 3.5x: 35 x 5 = 175 > 10 x 6 = 60
-  t.equal(b2.pick(), c[0], 'past the band: the cost decides, though it has more outstanding')
+  const past = pair(35, SEED + 8) // 3.5x: 35 x 5 = 175 > 10 x 6 = 60
+  t.equal(past.b.pick(), past.ts[0], 'past the band: the cost decides, though it has more outstanding')
 
   // A target not heard from for longer than the decay time: its score fell by time alone, so it is compared by cost.
   const clock = { now: 0 }
