@@ -57,7 +57,7 @@ class Relay implements Dispatcher.DispatchHandler {
   }
 }
 
-export async function startBare (targets: string[]): Promise<{ port: number, close: () => Promise<void> }> {
+export async function startBare (targets: string[], port = 0): Promise<{ port: number, close: () => Promise<void> }> {
   const pools = targets.map((t) => ({ pool: new Pool(t), host: new URL(t).host }))
   let next = 0
   const server = http.createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -78,7 +78,7 @@ export async function startBare (targets: string[]): Promise<{ port: number, clo
     pool.dispatch({ path: req.url!, method: req.method! as Dispatcher.HttpMethod, headers, body: hasBody ? req : null }, new Relay(res))
   })
   server.keepAliveTimeout = 65_000
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve))
   return {
     port: (server.address() as AddressInfo).port,
     close: async () => {

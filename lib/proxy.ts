@@ -14,7 +14,7 @@ import type { TunnelLease } from './tunnel-lease.js'
 import { Tunnel, upgradeOf } from './tunnel.js'
 import type { Upgrade } from './tunnel.js'
 import type { Target } from './target.js'
-import { BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
+import { BadRequestError, BodyTooLargeError, UnknownUpstreamError, toUpstreamError } from './errors.js'
 import type { SssonectorError } from './errors.js'
 import { connectionListed, forwardHeaders, forwardedFor, stripResponseHeaders, userHeaders } from './forward.js'
 import { BodyGuard, BufferedBody, ReplayBody, prefetch } from './request-body.js'
@@ -220,22 +220,80 @@ function hold (req: LeasedMessage): void {
   held.push(req)
 }
 
+/** What a request does once it has its lease: forwards it, or goes on to the route's handler (`done`). */
+type Proceed = (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => void
+
+/**
+ * A path @fastify/http-proxy's check (WHATWG URL resolution, against the
+ * rewrite prefix) leaves as it is: rooted, not `//`, no `%`, `\\`, `?`, `#`,
+ * space or control character, and no segment that starts with a dot (`..`,
+ * `.`, and `..;`, which some servers take for `..`).
+ */
+const SIMPLE_PATH = /^\/(?!\/)[\w\-.~!$&'()*+,;=:@/]*$/
+
+function simplePath (path: string): boolean {
+  return SIMPLE_PATH.test(path) && !path.includes('/.')
+}
+
+/**
+ * Whether a destination climbs: a `..` anywhere at a segment's edge, once
+ * percent-decoded (`..;/` too, which Tomcat and others resolve as `..`), or
+ * one that does not decode. reply-from refuses these with 400; so does the
+ * route that forwards itself.
+ */
+export function climbs (dest: string): boolean {
+  let decoded = dest
+  if (dest.includes('%')) {
+    try {
+      decoded = decodeURIComponent(dest)
+    } catch {
+      return true
+    }
+  }
+  return decoded === '..' || decoded.includes('/..') || decoded.includes('../')
+}
+
+/**
+ * The prefix a destination must stay within, as @fastify/http-proxy's handler
+ * derives it (the route's rewrite prefix) and checks it (the prefix itself, or
+ * under it), when a simple destination can be checked by its text; null when
+ * it cannot (a prefix with parameters, or one URL parsing would change), and
+ * the handler checks every request.
+ */
+export function destinationBoundary (scopePrefix: string, rewritePrefix: string | undefined): string | null {
+  if (scopePrefix.includes(':')) return null
+  let p = rewritePrefix !== undefined && rewritePrefix !== '' ? rewritePrefix : '/'
+  if (!scopePrefix.endsWith('/') && p.endsWith('/')) p = p.slice(0, -1)
+  if (p === '') return '/'
+  return simplePath(p) ? p : null
+}
+
+/** Whether a destination path passes @fastify/http-proxy's check as its text shows: simple, and the prefix itself or under it. */
+export function withinBoundary (dest: string, prefix: string): boolean {
+  return simplePath(dest) && dest.startsWith(prefix) &&
+    (dest.length === prefix.length || prefix.charCodeAt(prefix.length - 1) === 47 || dest.charCodeAt(prefix.length) === 47)
+}
+
 /** A proxied request waiting for its lease: its own balancer context (its consistent-hash key). */
 class RouteWaiter implements LeaseWaiter {
   deadline = 0
   cancelled = false
   readonly key: string | undefined
   readonly upstream: Upstream
+  readonly #scope: FastifyInstance
   readonly #request: FastifyRequest
   readonly #reply: FastifyReply
   readonly #done: HookHandlerDoneFunction
+  readonly #proceed: Proceed
 
-  constructor (upstream: Upstream, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, key: string | undefined) {
+  constructor (upstream: Upstream, scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction, key: string | undefined, proceed: Proceed) {
     this.upstream = upstream
     this.key = key
+    this.#scope = scope
     this.#request = request
     this.#reply = reply
     this.#done = done
+    this.#proceed = proceed
   }
 
   shouldSelectAnotherHost (_target: Target): boolean {
@@ -246,7 +304,7 @@ class RouteWaiter implements LeaseWaiter {
     const raw = this.#request.raw as LeasedMessage
     raw[kWaiter] = undefined
     raw[kLease] = lease
-    this.#done()
+    this.#proceed(this.#scope, this.#request, this.#reply, this.#done)
   }
 
   fail (err: Error): void {
@@ -321,7 +379,7 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
         return
       }
     }
-    const w = new RouteWaiter(upstream, request, reply, done, keyOf(upstream, request))
+    const w = new RouteWaiter(upstream, this, request, reply, done, keyOf(upstream, request), proceed)
     raw[kWaiter] = w
     upstream.acquire(w)
   }
@@ -513,6 +571,10 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     if (lease === undefined || (body != null && typeof body.pipe !== 'function')) {
       return (reply as unknown as { from: (source: string, opts: object) => unknown }).from(dest, options)
     }
+    if (climbs(dest)) {
+      sendError(reply, new BadRequestError('its path climbs out of the route (a `..` segment)') as unknown as SssonectorError)
+      return undefined
+    }
     if (logRequests) request.log.info({ source: dest }, 'fetching from remote server')
     const url = raw.url!
     const q = url.indexOf('?')
@@ -546,6 +608,43 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
     lease.dispatch(opts, new Relay(relayRoute, request, reply, grpcEnd !== undefined || !hasOnSend(request), grpcEnd !== undefined))
     return undefined
   }
+  /**
+   * Once the request has its lease, on a route the plugin forwards itself: a
+   * destination whose text settles @fastify/http-proxy's check (see
+   * `withinBoundary`) goes out from here, past the handler, whose check
+   * parses three URLs a request; any other goes on to the handler, which
+   * checks it (400 when it escapes the prefix) and forwards it the same way.
+   */
+  let boundary: string | null | undefined
+  function proceed (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    if (lean) {
+      boundary ??= destinationBoundary(scope.prefix, userOpts.rewritePrefix as string | undefined)
+      if (boundary !== null) {
+        let target: { url: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] } } | null
+        try {
+          target = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => typeof target }).fromParameters(request.url, request.params, scope.prefix)
+        } catch {
+          // (the handler answers it)
+          target = null
+        }
+        if (target !== null) {
+          const q = target.url.indexOf('?')
+          const dest = q === -1 ? target.url : target.url.slice(0, q)
+          if (withinBoundary(dest, boundary)) {
+            try {
+              forward(request, reply, dest, target.options)
+            } catch (err) {
+              // (an app's rewriteRequestHeaders that throws: answered as the handler's throw would be)
+              reply.send(err)
+            }
+            return
+          }
+        }
+      }
+    }
+    done()
+  }
+
   const lean = userOpts.handler === undefined && userReply.onResponse === undefined && userReply.queryString === undefined &&
     userReply.method === undefined && userReply.body === undefined && userReply.contentType === undefined
 
