@@ -105,3 +105,45 @@ t.test('target_healthy: a target whose connects fail reads 0 while its trial is 
   const after = await metricsOf(gw)
   t.equal(value(after, 'sssonector_target_healthy', { upstream: 'a', target: dead }), 1, 'target_healthy: 1 once a trial succeeded')
 })
+
+t.test('the attempt histogram reads as prom-client\'s own would: text, JSON, reset, a target forgotten', async (t) => {
+  const { Histogram, Registry } = await import('prom-client')
+  const { Metrics } = await import('../lib/metrics.js')
+  const ours = new Registry()
+  const metrics = new Metrics({ prefix: 'x_', registry: ours, defaultMetrics: false })
+  const theirs = new Registry()
+  const reference = new Histogram({
+    name: 'x_request_duration_seconds',
+    help: 'Duration of each attempt to a target, to its answer\'s end, by status class (error: no answer), on a monotonic sub-millisecond clock',
+    labelNames: ['upstream', 'target', 'status_class'],
+    buckets: [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [theirs]
+  })
+  const classes = ['1xx', '2xx', '3xx', '4xx', '5xx', 'error']
+  const meters = [metrics.target('u', 'http://a:1'), metrics.target('u', 'http://b:2')]
+  const targets = ['http://a:1', 'http://b:2']
+  // Values on and between the bounds, past the last one, and 0.
+  const seconds = [0, 0.00025, 0.0003, 0.001, 0.004, 0.05, 0.7, 12, 31, 100]
+  for (let i = 0; i < 40; i++) {
+    const m = i % 2
+    const cls = i % 3 === 0 ? 5 : 1
+    const v = seconds[i % seconds.length]
+    meters[m].attempt(cls, v)
+    reference.observe({ upstream: 'u', target: targets[m], status_class: classes[cls] }, v)
+  }
+  const pick = async (r: InstanceType<typeof Registry>): Promise<string> =>
+    (await r.metrics()).split('\n').filter((l) => l.includes('x_request_duration_seconds')).join('\n')
+  t.equal(await pick(ours), await pick(theirs), 'the same text, line for line')
+  const json = async (r: InstanceType<typeof Registry>): Promise<unknown> =>
+    JSON.parse(JSON.stringify((await r.getMetricsAsJSON()).find((m) => m.name === 'x_request_duration_seconds')))
+  t.same(await json(ours), await json(theirs), 'the same JSON, as a worker sends it to the cluster aggregator')
+  metrics.forget('u', 'http://b:2')
+  reference.remove({ upstream: 'u', target: 'http://b:2', status_class: '2xx' })
+  reference.remove({ upstream: 'u', target: 'http://b:2', status_class: 'error' })
+  t.equal(await pick(ours), await pick(theirs), 'a forgotten target\'s series are gone')
+  t.notMatch(await pick(ours), 'http://b:2')
+  ours.resetMetrics()
+  t.notMatch(await pick(ours), 'x_request_duration_seconds_count', 'reset: no series until the next attempt')
+  meters[0].attempt(1, 0.002)
+  t.match(await pick(ours), /x_request_duration_seconds_count\{upstream="u",target="http:\/\/a:1",status_class="2xx"\} 1$/m, 'counting again from 0')
+})
