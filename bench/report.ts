@@ -454,7 +454,7 @@ export interface TargetCheck {
 }
 
 /**
- * The project's targets (issue 9), checked against this run. Each one names
+ * The project's targets (issues 9, 18 and 19), checked against this run. Each one names
  * the figure it reads; a scenario not run leaves its targets unmeasured.
  */
 export function targetChecks (results: ScenarioFigures[]): TargetCheck[] {
@@ -471,8 +471,8 @@ export function targetChecks (results: ScenarioFigures[]): TargetCheck[] {
   const x = (v: number): string => `x${v.toFixed(3)}`
   const pct = (v: number): string => fmtSuccess(v)
 
-  const sideBySide = (scenario: string): number | null => {
-    const d = results.find((r) => r.name === scenario && r.error === null)?.duels.find((x) => x.a === 'http-proxy' && x.b === 'sssonector')
+  const sideBySide = (scenario: string, a = 'http-proxy', b = 'sssonector'): number | null => {
+    const d = results.find((r) => r.name === scenario && r.error === null)?.duels.find((x) => x.a === a && x.b === b)
     return d === undefined ? null : duelRatio(d, duelRps).median
   }
   const steady = pair('steady', 'sssonector')
@@ -514,6 +514,14 @@ export function targetChecks (results: ScenarioFigures[]): TargetCheck[] {
     add(`${scenario}: req/s >= 0.95 of plain (interleaved)`, p?.rps.median ?? null, (v) => v >= 0.95, x)
     add(`${scenario}: peak RSS <= 1.1 of plain`, p?.rssPlain == null || p.rssPlugin == null ? null : p.rssPlugin / p.rssPlain, (v) => v <= 1.1, x)
   }
+  // The lean forwarding path (issue 18): side by side against plain http-proxy, and against the bare Node proxy.
+  add('lean: steady GETs, req/s >= 1.3 of plain (side by side)', sideBySide('steady'), (v) => v >= 1.3, x)
+  add('lean: 1 MiB answers, req/s >= 1.3 of plain (side by side)', sideBySide('big'), (v) => v >= 1.3, x)
+  add('lean: 64 KiB POSTs, req/s >= 1.2 of plain (side by side)', sideBySide('post64k'), (v) => v >= 1.2, x)
+  for (const scenario of ['steady', 'post64k', 'big']) {
+    add(`lean: ${scenario}, req/s >= 0.85 of the bare proxy (side by side)`, sideBySide(scenario, 'bare', 'sssonector'), (v) => v >= 0.85, x)
+  }
+  add('lean: steady, three targets, req/s >= 0.85 of the bare proxy (side by side)', sideBySide('steady', 'bare-balanced', 'sssonector-balanced'), (v) => v >= 0.85, x)
   return checks
 }
 
