@@ -91,7 +91,7 @@ export interface Scenario {
   disruption?: Disruption
   /** also run each arm at a fixed rate (BENCH_RATE), for the tails a client sees short of saturation */
   rate?: boolean
-  /** [plain, plugin] pairs also loaded side by side, both at once (the plugin against the bare proxy, and the A-vs-A pair, too) */
+  /** [plain, plugin] pairs also loaded side by side, both at once (the plugin and plain http-proxy against the bare proxy, Node's ceiling, and the A-vs-A pair, too) */
   duels?: Array<[string, string]>
 }
 
@@ -125,7 +125,7 @@ export const scenarios: readonly Scenario[] = [
     pairs: [...ONE_TARGET_PAIRS, ...BALANCED_PAIR, ['bare-balanced', 'sssonector-balanced']],
     noise: ['http-proxy', "http-proxy'"],
     rate: true,
-    duels: [['http-proxy', 'sssonector'], ['http-proxy-balanced', 'sssonector-balanced'], ['bare', 'sssonector'], ['bare-balanced', 'sssonector-balanced'], ['http-proxy', "http-proxy'"]]
+    duels: [['http-proxy', 'sssonector'], ['http-proxy-balanced', 'sssonector-balanced'], ['bare', 'sssonector'], ['bare-balanced', 'sssonector-balanced'], ['http-proxy', 'bare'], ['http-proxy-balanced', 'bare-balanced'], ['http-proxy', "http-proxy'"]]
   },
   {
     name: 'dead',
@@ -178,7 +178,7 @@ export const scenarios: readonly Scenario[] = [
     arms: ONE_TARGET,
     pairs: ONE_TARGET_PAIRS,
     noise: ['http-proxy', "http-proxy'"],
-    duels: [['http-proxy', 'sssonector'], ['bare', 'sssonector'], ['http-proxy', "http-proxy'"]]
+    duels: [['http-proxy', 'sssonector'], ['bare', 'sssonector'], ['http-proxy', 'bare'], ['http-proxy', "http-proxy'"]]
   },
   {
     name: 'big',
@@ -189,7 +189,7 @@ export const scenarios: readonly Scenario[] = [
     arms: ONE_TARGET,
     pairs: ONE_TARGET_PAIRS,
     noise: ['http-proxy', "http-proxy'"],
-    duels: [['http-proxy', 'sssonector'], ['bare', 'sssonector'], ['http-proxy', "http-proxy'"]],
+    duels: [['http-proxy', 'sssonector'], ['bare', 'sssonector'], ['http-proxy', 'bare'], ['http-proxy', "http-proxy'"]],
     connections: 10
   }
 ]
