@@ -564,14 +564,15 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
   const logRequests = userOpts.disableRequestLogging === false
   let relayRoute: RelayRoute | null = null
   const timeout = userReply.timeout as number | undefined
-  function forward (request: FastifyRequest, reply: FastifyReply, dest: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] }): unknown {
+  function forward (request: FastifyRequest, reply: FastifyReply, dest: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] }, simple?: true): unknown {
     const raw = request.raw as LeasedMessage
     const lease = raw[kLease]
     const body = request.body as (Readable & { buffer?: Buffer }) | null | undefined
     if (lease === undefined || (body != null && typeof body.pipe !== 'function')) {
       return (reply as unknown as { from: (source: string, opts: object) => unknown }).from(dest, options)
     }
-    if (climbs(dest)) {
+    // (a simple path, from `proceed`, has no segment that starts with a dot)
+    if (simple !== true && climbs(dest)) {
       sendError(reply, new BadRequestError('its path climbs out of the route (a `..` segment)') as unknown as SssonectorError)
       return undefined
     }
@@ -617,32 +618,31 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
    */
   let boundary: string | null | undefined
   function proceed (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
-    if (lean) {
-      boundary ??= destinationBoundary(scope.prefix, userOpts.rewritePrefix as string | undefined)
-      if (boundary !== null) {
-        let target: { url: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] } } | null
-        try {
-          target = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => typeof target }).fromParameters(request.url, request.params, scope.prefix)
-        } catch {
-          // (the handler answers it)
-          target = null
-        }
-        if (target !== null) {
-          const q = target.url.indexOf('?')
-          const dest = q === -1 ? target.url : target.url.slice(0, q)
-          if (withinBoundary(dest, boundary)) {
-            try {
-              forward(request, reply, dest, target.options)
-            } catch (err) {
-              // (an app's rewriteRequestHeaders that throws: answered as the handler's throw would be)
-              reply.send(err)
-            }
-            return
-          }
-        }
-      }
+    if (lean) boundary ??= destinationBoundary(scope.prefix, userOpts.rewritePrefix as string | undefined)
+    if (!lean || boundary === null) {
+      done()
+      return
     }
-    done()
+    let target: { url: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] } }
+    try {
+      target = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => typeof target }).fromParameters(request.url, request.params, scope.prefix)
+    } catch {
+      // (the handler answers it)
+      done()
+      return
+    }
+    const q = target.url.indexOf('?')
+    const dest = q === -1 ? target.url : target.url.slice(0, q)
+    if (!withinBoundary(dest, boundary!)) {
+      done()
+      return
+    }
+    try {
+      forward(request, reply, dest, target.options, true)
+    } catch (err) {
+      // (an app's rewriteRequestHeaders that throws: answered as the handler's throw would be)
+      reply.send(err)
+    }
   }
 
   const lean = userOpts.handler === undefined && userReply.onResponse === undefined && userReply.queryString === undefined &&
