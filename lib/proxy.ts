@@ -268,6 +268,28 @@ export function destinationBoundary (scopePrefix: string, rewritePrefix: string 
   return simplePath(p) ? p : null
 }
 
+/**
+ * The destination @fastify/http-proxy's `fromParameters` makes of a request
+ * path, when the path's text settles it: simple (see `simplePath`), no `//`,
+ * and the route's prefix at its start. Then http-proxy's character-by-character
+ * prefix match (decoding, case, duplicate slashes) ends where the prefix ends,
+ * and the destination is the rewrite prefix (as http-proxy derives it, see
+ * `rewritePrefixOf`) and the rest. Null for any other path: it takes
+ * `fromParameters` itself.
+ */
+export function rewriteSimple (path: string, scopePrefix: string, rewritePrefix: string): string | null {
+  if (!path.startsWith(scopePrefix) || !simplePath(path) || path.includes('//') || scopePrefix.includes('//')) return null
+  const dest = rewritePrefix + path.slice(scopePrefix.length)
+  // (none left: http-proxy's turns on the query string; it decides)
+  return dest === '' ? null : dest
+}
+
+/** The rewrite prefix @fastify/http-proxy derives for a route (its `generateRewritePrefix`, the upstream's path being `/`). */
+export function rewritePrefixOf (scopePrefix: string, rewritePrefix: string | undefined): string {
+  const p = rewritePrefix !== undefined && rewritePrefix !== '' ? rewritePrefix : '/'
+  return !scopePrefix.endsWith('/') && p.endsWith('/') ? p.slice(0, -1) : p
+}
+
 /** Whether a destination path passes @fastify/http-proxy's check as its text shows: simple, and the prefix itself or under it. */
 export function withinBoundary (dest: string, prefix: string): boolean {
   return simplePath(dest) && dest.startsWith(prefix) &&
@@ -617,28 +639,41 @@ export function registerRoute (fastify: FastifyInstance, route: ResolvedRoute, u
    * checks it (400 when it escapes the prefix) and forwards it the same way.
    */
   let boundary: string | null | undefined
+  // http-proxy's reply options (the same object for every request: its Location rewrite wraps ours), from the first fromParameters
+  let fromOptions: { rewriteHeaders: RelayRoute['rewriteHeaders'] } | undefined
+  let rewriteTo: string | undefined
+  const ownRewrite = typeof userOpts.preRewrite !== 'function'
   function proceed (scope: FastifyInstance, request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     if (lean) boundary ??= destinationBoundary(scope.prefix, userOpts.rewritePrefix as string | undefined)
     if (!lean || boundary === null) {
       done()
       return
     }
-    let target: { url: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] } }
-    try {
-      target = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => typeof target }).fromParameters(request.url, request.params, scope.prefix)
-    } catch {
-      // (the handler answers it)
-      done()
-      return
+    // A simple path is rewritten here as http-proxy would (no URL checks to run: withinBoundary below is stricter)
+    const url = request.url
+    const q = url.indexOf('?')
+    let dest = fromOptions !== undefined && ownRewrite
+      ? rewriteSimple(q === -1 ? url : url.slice(0, q), scope.prefix, rewriteTo ??= rewritePrefixOf(scope.prefix, userOpts.rewritePrefix as string | undefined))
+      : null
+    if (dest === null) {
+      let target: { url: string, options: { rewriteHeaders: RelayRoute['rewriteHeaders'] } }
+      try {
+        target = (reply as unknown as { fromParameters: (url: string, params: unknown, prefix: string) => typeof target }).fromParameters(url, request.params, scope.prefix)
+      } catch {
+        // (the handler answers it)
+        done()
+        return
+      }
+      fromOptions = target.options
+      const tq = target.url.indexOf('?')
+      dest = tq === -1 ? target.url : target.url.slice(0, tq)
     }
-    const q = target.url.indexOf('?')
-    const dest = q === -1 ? target.url : target.url.slice(0, q)
     if (!withinBoundary(dest, boundary!)) {
       done()
       return
     }
     try {
-      forward(request, reply, dest, target.options, true)
+      forward(request, reply, dest, fromOptions!, true)
     } catch (err) {
       // (an app's rewriteRequestHeaders that throws: answered as the handler's throw would be)
       reply.send(err)

@@ -5,8 +5,11 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { getGlobalDispatcher } from 'undici'
-import { climbs, destinationBoundary, withinBoundary } from '../lib/proxy.js'
+import Fastify from 'fastify'
+import httpProxy from '@fastify/http-proxy'
+import { climbs, destinationBoundary, rewritePrefixOf, rewriteSimple, withinBoundary } from '../lib/proxy.js'
 import { startGateway, startPlainProxy, startUpstream } from './helpers/servers.js'
+import type { Teardown } from './helpers/servers.js'
 
 const BASE = 'http://upstream.sssonector.invalid'
 
@@ -69,6 +72,57 @@ t.test(`property (seed ${seed}, replay with PROPERTY_SEED=${seed}): what passes 
     return urlCheck(dest, p) === dest
   }), { seed, numRuns: 20_000 })
   t.ok(passed > 100, `the property met paths that pass by their text (${passed})`)
+})
+
+type FromParameters = (url: string, params: unknown, prefix: string) => { url: string }
+
+/** @fastify/http-proxy's own `reply.fromParameters` for a route (a Fastify app with it registered, the reply of one request). */
+async function fromParametersOf (t: Teardown, prefix: string, rewritePrefix: string | undefined, caseSensitive: boolean): Promise<FromParameters> {
+  const app = Fastify({ routerOptions: { caseSensitive, ignoreDuplicateSlashes: !caseSensitive, ignoreTrailingSlash: !caseSensitive } })
+  t.teardown(async () => { await app.close() })
+  let from: FromParameters | undefined
+  await app.register(httpProxy, {
+    upstream: BASE,
+    prefix,
+    ...(rewritePrefix === undefined ? {} : { rewritePrefix }),
+    preHandler: (_req, reply, done) => {
+      from = (reply as unknown as { fromParameters: FromParameters }).fromParameters.bind(reply)
+      reply.code(204).send()
+      done()
+    }
+  })
+  await app.inject({ url: prefix.endsWith('/') ? prefix + 'x' : prefix + '/x' })
+  if (from === undefined) throw new Error(`no reply reached the preHandler of a route on ${prefix}`)
+  return from
+}
+
+t.test(`property (seed ${seed}, replay with PROPERTY_SEED=${seed}): a simple path rewritten by its text, and within its boundary, gets the destination http-proxy's fromParameters gives it`, async (t) => {
+  t.comment(`fast-check seed ${seed}`)
+  const piece = fc.constantFrom('/', '.', '..', '%2e', '%2f', '\\', 'a', 'A', 'v1', 'x', ':', '@', '?', '?a=1', '#', ' ', '%', '~', '\u00e9', '//')
+  const start = fc.constantFrom('', '/', '/api', '/api/', '/API/', '/apix', '//api/', '/v1')
+  const path = fc.tuple(start, fc.array(piece, { maxLength: 8 })).map(([s, parts]) => s + parts.join(''))
+  const configs: Array<[string, string | undefined, boolean]> = []
+  for (const prefix of ['/api', '/api/']) {
+    for (const rewritePrefix of [undefined, '', '/', '/v1', '/v1/', '/a/b']) configs.push([prefix, rewritePrefix, true])
+  }
+  configs.push(['/api', '/v1', false], ['/API', undefined, false])
+  let rewritten = 0
+  for (const [prefix, rewritePrefix, caseSensitive] of configs) {
+    const from = await fromParametersOf(t, prefix, rewritePrefix, caseSensitive)
+    const rp = rewritePrefixOf(prefix, rewritePrefix)
+    const boundary = destinationBoundary(prefix, rewritePrefix)!
+    fc.assert(fc.property(path, (url) => {
+      const q = url.indexOf('?')
+      const ours = rewriteSimple(q === -1 ? url : url.slice(0, q), prefix, rp)
+      // (one that does not stay within the boundary goes to http-proxy's handler)
+      if (ours === null || !withinBoundary(ours, boundary)) return true
+      rewritten++
+      const theirs = from(url, {}, prefix).url
+      const tq = theirs.indexOf('?')
+      return (tq === -1 ? theirs : theirs.slice(0, tq)) === ours
+    }), { seed, numRuns: 2_000 })
+  }
+  t.ok(rewritten > 1000, `the property met paths rewritten by their text (${rewritten})`)
 })
 
 interface Echo { url: string }
