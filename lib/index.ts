@@ -1,3 +1,5 @@
+// first: it holds a nextTick tick object as the module is evaluated (see the file)
+import './tick-shape.js'
 import fp from 'fastify-plugin'
 import { beginClose, closeMargin, closeOnSignal } from './graceful.js'
 import Fastify from 'fastify'
@@ -13,7 +15,6 @@ import { routeUpgrades } from './upgrade.js'
 import { CLOSE_GRACE } from './tunnel.js'
 import { DEFAULTS } from './options/defaults.js'
 import { SharedState, clusterTransport, redisTransport } from './shared-state.js'
-import { holdTickShape } from './tick-shape.js'
 
 export type * from '../types/index.js'
 export * as errors from './errors.js'
@@ -29,7 +30,6 @@ export { relayClusterState } from './shared-state.js'
  */
 async function sssonector (fastify: FastifyInstance, options: SssonectorOptions): Promise<void> {
   const opts = resolveOptions(options)
-  holdTickShape()
   const metrics = new Metrics({ prefix: opts.metrics.prefix, registry: opts.metrics.registry, defaultMetrics: opts.metrics.defaultMetrics })
   const upstreams = new Map<string, Upstream>()
   for (const u of opts.upstreams) upstreams.set(u.name, new Upstream(u, { log: fastify.log, meter: metrics }))

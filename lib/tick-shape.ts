@@ -18,7 +18,10 @@ import { executionAsyncResource } from 'node:async_hooks'
  * (each one holds its parent), and the slots stay monomorphic.
  *
  * The tick object is the async resource of its own callback, which is how it
- * is reached. Idempotent; costs one small object.
+ * is reached. Idempotent; costs one small object. It runs when this module is
+ * evaluated (the plugin's entry imports it first), as early as the plugin can:
+ * slots that turned before that stay megamorphic, and a full GC can fall
+ * anywhere in an app's start (a memory reducer's, on a busy machine).
  */
 let held: object | undefined
 let asked = false
@@ -34,3 +37,5 @@ export function holdTickShape (): void {
 export function heldTickObject (): object | undefined {
   return held
 }
+
+holdTickShape()
