@@ -30,7 +30,15 @@ async function literalSlots (mode: 'plugin' | 'control'): Promise<string[]> {
   const file = join(dir, 'print.txt')
   const out = await open(file, 'w')
   try {
-    const child = spawn(process.execPath, ['--allow-natives-syntax', '--expose-gc', 'test/fixtures/tick-shape.mjs', mode], { cwd: root, stdio: ['ignore', out.fd, 'inherit'], timeout: 30_000 })
+    // Old space large enough that no full GC falls in the start (before the plugin is imported:
+    // on a busy machine an incremental one can, and slots it turns stay turned); the GCs are the
+    // fixture's. No NODE_OPTIONS: the test runner's loaders stay out of the child.
+    const child = spawn(process.execPath, ['--initial-old-space-size=256', '--allow-natives-syntax', '--expose-gc', 'test/fixtures/tick-shape.mjs', mode], {
+      cwd: root,
+      env: { PATH: process.env.PATH ?? '' },
+      stdio: ['ignore', out.fd, 'inherit'],
+      timeout: 30_000
+    })
     const [code, signal] = await once(child, 'exit') as [number | null, string | null]
     if (code !== 0) throw new Error(`the ${mode} fixture exited with ${code ?? signal}`)
     const print = await readFile(file, 'utf8')
