@@ -262,8 +262,7 @@ export function climbs (dest: string): boolean {
  */
 export function destinationBoundary (scopePrefix: string, rewritePrefix: string | undefined): string | null {
   if (scopePrefix.includes(':')) return null
-  let p = rewritePrefix !== undefined && rewritePrefix !== '' ? rewritePrefix : '/'
-  if (!scopePrefix.endsWith('/') && p.endsWith('/')) p = p.slice(0, -1)
+  const p = rewritePrefixOf(scopePrefix, rewritePrefix)
   if (p === '') return '/'
   return simplePath(p) ? p : null
 }

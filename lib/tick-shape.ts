@@ -20,8 +20,8 @@ import { executionAsyncResource } from 'node:async_hooks'
  * The tick object is the async resource of its own callback, which is how it
  * is reached. Idempotent; costs one small object. It runs when this module is
  * evaluated (the plugin's entry imports it first), as early as the plugin can:
- * slots that turned before that stay megamorphic, and a full GC can fall
- * anywhere in an app's start (a memory reducer's, on a busy machine).
+ * slots that turned before that (a full GC earlier in the app's start, or V8's
+ * precise coverage, which turns them by itself) stay megamorphic.
  */
 let held: object | undefined
 let asked = false

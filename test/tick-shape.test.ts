@@ -53,9 +53,9 @@ async function literalSlots (mode: 'plugin' | 'control'): Promise<{ before: stri
 const allMono = (slots: string[]): boolean => slots.length >= 4 && slots.every((s) => s === 'MONOMORPHIC')
 
 /**
- * A run whose start left the slots monomorphic: a full GC in a process's start
- * (an incremental one, on a busy machine) can turn them before any module of
- * the app runs, and nothing can turn them back. Up to 5 runs.
+ * A run whose start left the slots monomorphic: something in a process's start
+ * (a full GC, or coverage, which the env -i above keeps out) can turn them
+ * before any module of the app runs, and nothing can turn them back. Up to 5 runs.
  */
 async function cleanStart (mode: 'plugin' | 'control'): Promise<{ before: string[], after: string[], runs: number }> {
   let last: { before: string[], after: string[] } = { before: [], after: [] }
