@@ -794,7 +794,8 @@ export class Exchange implements PickContext<Target> {
   /**
    * Cancels the attempt that lost the race: aborted through its controller,
    * its connection closed (its answer may still be on the way: never back in
-   * the pool), its result not its target's (it was not a failure).
+   * the pool), its result not its target's (it was not a failure); only its
+   * time so far, a bound from below on its target's latency, is kept.
    */
   #cancel (loser: Attempt): void {
     loser.cancel(new Error('another attempt of the request answered first'))
@@ -802,6 +803,7 @@ export class Exchange implements PickContext<Target> {
     target.putConnection(loser.conn, false)
     target.attemptEnded()
     target.abandon(loser.ticket)
+    target.unansweredFor(this.#host.clock() - (loser.sentAt < 0 ? loser.startedAt : loser.sentAt))
   }
 
   /** A retry that could not happen: a kept answer goes to the caller as it came; otherwise the last failure does. */

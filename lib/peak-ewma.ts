@@ -159,6 +159,20 @@ export class PeakEwma {
   }
 
   /**
+   * An attempt let go unanswered after `elapsed` ms (it lost a hedge's race):
+   * its answer would have taken at least that long, so the estimate rises to
+   * it when it is lower, as for an answer that slow (Finagle's balancer times
+   * an interrupted request like any other). A bound from below never lowers
+   * the estimate, and is not a failure.
+   */
+  atLeast (elapsed: number, now: number): void {
+    if (elapsed <= this.estimate(now)) return
+    this.#estimate = elapsed
+    this.#stamp = now
+    this.#heard = now
+  }
+
+  /**
    * A failure of its own after `latency` ms: its failure ratio rises, held at
    * 1 for `retryAfter` ms when the answer asked for that. A failure slower
    * than the estimate also raises it (a timeout is a slow target); a fast one

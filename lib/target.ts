@@ -396,6 +396,15 @@ export class Target implements Pickable {
     if (breaker.failure(overlaps)) down.fail(ticket, 'breaker', `failures: ${category ?? `status ${status}`}`, now)
   }
 
+  /**
+   * An attempt of this target's was let go unanswered after `elapsed` ms, for
+   * another that answered first (a hedge's race): not a result, but its
+   * latency is at least that (see PeakEwma#atLeast); nothing else moves.
+   */
+  unansweredFor (elapsed: number): void {
+    if (this.#down.isUp) this.score.atLeast(elapsed, this.#owner.now())
+  }
+
   /** A request given this target left before its attempt (the client went away): a trial it held may run again. */
   abandon (ticket: Ticket): void {
     this.#down.abandon(ticket)

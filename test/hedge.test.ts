@@ -114,6 +114,27 @@ t.test('a stalled first attempt is hedged to another target after the delay; the
   t.match(await page.body.text(), 'hedges: 1 sent, 1 won, 1 cancelled, 0 denied', 'on the status page')
 })
 
+t.test('the loser\'s time so far raises its target\'s peak-EWMA estimate (a bound from below), so the next requests go to the winner\'s; nothing else is counted against it', async (t) => {
+  const pair = await startPair(t)
+  const gw = await startGateway(t, options(pair, { delay: 80 }, { balance: 'peak-ewma' }))
+  // both targets timed on fast answers first
+  for (let i = 0; i < 6; i++) await get(gw)
+  const before = statsOf(gw).targets
+  t.ok(before.every((x) => x.score !== null && x.score.estimate < 40), `both estimates fast before the stall (${before.map((x) => x.score?.estimate.toFixed(1)).join(', ')} ms)`)
+  const r = await get(gw, { 'x-hold-1': 'forever' })
+  t.equal(r.json.n, 2, 'the hedge answered')
+  const loser = r.json.from === 'a' ? 1 : 0
+  const winner = 1 - loser
+  const s = statsOf(gw)
+  t.same(s.hedges, { sent: 1, won: 1, cancelled: 1, denied: 0 })
+  t.ok(s.targets[loser]!.score!.estimate >= 80, `the loser's target is estimated at its attempt's time at least (${s.targets[loser]!.score!.estimate.toFixed(1)} ms, the delay 80)`)
+  t.equal(s.targets[loser]!.score!.penalty, 0, 'not a failure: no penalty')
+  t.same(s.targets[loser]!.errors, {}, 'no error counted')
+  t.equal(s.targets[loser]!.window.attempts, before[loser]!.window.attempts, 'its window holds its answered attempts alone')
+  const next = await get(gw)
+  t.equal(next.json.from, winner === 0 ? 'a' : 'b', 'the next request goes to the winner\'s target')
+})
+
 t.test('the first attempt answering first wins: the hedge is cancelled and its connection closed', async (t) => {
   const pair = await startPair(t)
   const gw = await startGateway(t, options(pair, { delay: 5 }))

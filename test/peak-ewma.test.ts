@@ -28,6 +28,22 @@ t.test('the estimate: the default before the first answer, which replaces it; a 
   t.ok(s.estimate(now + 5 * DECAY) < 0.02, 'with no answer for a long while it falls toward zero (a shunned target gets tried again)')
 })
 
+t.test('a bound from below (an attempt let go unanswered): raises the estimate when lower, never lowers it, no failure; below the default it leaves a target not heard from at the default', async (t) => {
+  const s = new PeakEwma()
+  s.atLeast(5, 0)
+  t.equal(s.estimate(0), DEFAULT_RTT, 'a bound under the default RTT says nothing of a target not heard from')
+  t.notOk(s.sampled)
+  s.atLeast(80, 10)
+  t.equal(s.estimate(10), 80, 'a bound over it sets it')
+  s.observe(2, 20)
+  t.ok(close(s.estimate(20), 80 * Math.exp(-10 / DECAY)), 'then an answer decays from there, as from a slow answer')
+  s.atLeast(3, 30)
+  t.ok(close(s.estimate(30), 80 * Math.exp(-20 / DECAY)), 'a bound under the estimate moves nothing')
+  t.equal(s.failureRatio(30), 0, 'no failure')
+  t.equal(s.penalty(30), 0)
+  t.ok(s.current(30), 'it was heard from: its estimate is being measured')
+})
+
 t.test('the penalty: (the estimate times 100 + 5 s times f) times f, f the failure ratio of about the last 10 attempts, decaying by e^(-t/2 s) without attempts; Retry-After holds it', async (t) => {
   const s = new PeakEwma()
   s.observe(1, 0)
