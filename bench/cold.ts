@@ -3,7 +3,10 @@
 // loaded at once, with no warm-up excluded: every figure counts from the first
 // request. Plain @fastify/http-proxy (over undici's BalancedPool), twice (A and
 // A', two processes: their difference is the noise), side by side with this
-// plugin under each balance policy asked for.
+// plugin under each balance policy asked for, the bare Node proxy (bench/bare.ts:
+// node:http and undici, round robin, no framework: Node's own ceiling here) and,
+// where `haproxy` is on the PATH, HAProxy with `balance leastconn` (the proxy the
+// issue measured against; its threads are its default, one per core).
 //
 //   npm run bench:cold
 //   COLD_SCENARIOS=slow COLD_POLICIES=peak-ewma,least-request,round-robin npm run bench:cold
@@ -16,12 +19,14 @@
 //
 // Environment: COLD_SCENARIOS (slow, flaky, equal: all), COLD_POLICIES
 // (peak-ewma,least-request), COLD_DURATION (s, 10), COLD_CONNECTIONS (64),
-// COLD_ROUNDS (3), COLD_SPLIT (ms, 1000: "after the first second").
+// COLD_ROUNDS (3), COLD_SPLIT (ms, 1000: "after the first second"),
+// COLD_HAPROXY (0: no HAProxy arm even where it is installed).
 // Results also go to .bench/cold.json.
 import { mkdir, writeFile } from 'node:fs/promises'
 import { askUsage, forkTracked, listening, stopChild } from './children.js'
 import type { Child } from './children.js'
 import { childrenKilledOnExit } from './protocol.js'
+import { haproxyPath, startHaproxy } from './haproxy.js'
 import { runLoad, stopAllLoad } from './load.js'
 import type { GatewayConfig, UpstreamBehaviour, UpstreamConfig } from './scenarios.js'
 import type { BalancePolicy } from '../types/index.js'
@@ -93,7 +98,8 @@ function list (name: string, fallback: string[]): string[] {
   return raw.split(',').map((s) => s.trim()).filter((s) => s !== '')
 }
 
-interface Arm { name: string, config: (targets: string[]) => GatewayConfig }
+/** A gateway: a child of gateway.js with `config`, or one `start` starts (HAProxy). */
+type Arm = { name: string, config: (targets: string[]) => GatewayConfig } | { name: string, start: (targets: string[]) => Promise<Child> }
 
 interface RunFigures { rps: number, p50: number, p99: number, p999: number, share: number | null, shareAfter: number | null, spread: number, non2xx: number, errors: number, counts: number[] }
 
@@ -105,7 +111,7 @@ const median = (xs: number[]): number => {
 
 async function runArm (arm: Arm, scenario: ColdScenario, ups: Child[], duration: number, connections: number, split: number): Promise<RunFigures> {
   const urls = ups.map((u) => `http://127.0.0.1:${u.port}`)
-  const gateway = await startChild(arm.name, './gateway.js', arm.config(urls))
+  const gateway = 'start' in arm ? await arm.start(urls) : await startChild(arm.name, './gateway.js', arm.config(urls))
   try {
     const before = await Promise.all(ups.map(received))
     let atSplit: Promise<number[]> | null = null
@@ -151,8 +157,12 @@ async function main (): Promise<void> {
   const arms: Arm[] = [
     { name: 'http-proxy', config: (targets) => ({ kind: 'http-proxy', targets, prefix: '/' }) },
     ...policies.map((balance): Arm => ({ name: `sssonector ${balance}`, config: (targets) => ({ kind: 'sssonector', targets, prefix: '/', balance }) })),
+    { name: 'bare (round robin)', config: (targets) => ({ kind: 'bare', targets, prefix: '/' }) },
     { name: "http-proxy'", config: (targets) => ({ kind: 'http-proxy', targets, prefix: '/' }) }
   ]
+  const haproxy = process.env.COLD_HAPROXY === '0' ? null : haproxyPath()
+  if (haproxy !== null) arms.splice(arms.length - 1, 0, { name: 'haproxy leastconn', start: async (targets) => await startHaproxy('haproxy', haproxy, targets, children, START_TIMEOUT) })
+  else if (process.env.COLD_HAPROXY !== '0') console.log('(no haproxy on the PATH: its arm is left out)')
   console.log(`cold start: a fresh gateway per run, ${connections} connections, ${duration} s from the first request, ${rounds} rounds (arms interleaved, the order turning), node ${process.version}`)
   const out: Record<string, Record<string, RunFigures[]>> = {}
   for (const scenario of chosen) {
