@@ -33,6 +33,8 @@ export interface RateResult extends LoadResult {
   lag: { p999: number, max: number }
   /** the latency of the 2xx answers alone (the requests a gateway admitted and the upstream served), ms */
   okLatency: LoadResult['latency']
+  /** requests sent in the lead-in, before the measure (their upstream requests are not the measure's) */
+  leadInSent: number
 }
 
 const TIMEOUT = 10_000
@@ -145,6 +147,7 @@ export async function runAtRate (opts: RateOptions): Promise<RateResult> {
     statusCodes,
     seconds: result.seconds,
     lag: { p999: percentile(lagSorted, 99.9), max: lagged > 0 ? lagSorted[lagged - 1]! : 0 },
-    okLatency: latencyOf(okLatencies.subarray(0, ok).sort())
+    okLatency: latencyOf(okLatencies.subarray(0, ok).sort()),
+    leadInSent: Math.min(sent, skip)
   }
 }

@@ -28,8 +28,10 @@ export interface Run extends LoadResult {
   gatewayCpuPerResponse: number | null
   /** connections the upstreams accepted during the run */
   upstreamConnections: number | null
-  /** requests each target received during the run (a dead one: 0) */
+  /** requests each target received during the run (a dead one: 0), the lead-in's included */
   upstreamRequests: number[] | null
+  /** requests sent before the measure (a fixed-rate run's lead-in; 0 for a closed loop) */
+  leadInSent: number
   disruption: DisruptionRecord | null
 }
 
@@ -220,7 +222,7 @@ function shareOf (runs: Run[]): number[] | null {
   return sums === null || all === null || all === 0 ? null : sums.map((n) => n / all)
 }
 
-/** Requests the targets received per answer, pooled over runs; null when a run lacks counts. */
+/** Requests the targets received per request sent (answers, and a fixed-rate run's lead-in), pooled over runs; null when a run lacks counts. */
 function perAnswer (runs: Run[]): number | null {
   let received = 0
   let answers = 0
@@ -228,7 +230,7 @@ function perAnswer (runs: Run[]): number | null {
     const n = total(r.upstreamRequests)
     if (n === null) return null
     received += n
-    answers += r.responses
+    answers += r.responses + (r.leadInSent ?? 0)
   }
   return answers > 0 ? received / answers : null
 }

@@ -57,7 +57,7 @@ const DEFAULT_CONNECTIONS = 50
 /** the load generator's scheduling priority, when pinned (children run at 0) */
 const LOAD_PRIORITY = -10
 const DEFAULT_RATE = 1000
-/** seconds of each fixed-rate run before its measure starts */
+/** seconds of each fixed-rate run before its measure starts (a scenario's `rateLeadIn` apart) */
 const RATE_LEAD_IN = 1
 const DEFAULT_RATE_DURATION = 6
 const DEFAULT_RATE_CONNECTIONS = 512
@@ -86,7 +86,7 @@ interface Plan {
   rounds: number
   warmup: number
   /** the fixed-rate phase, when the scenario has one */
-  rate: { rate: number, duration: number, connections: number } | null
+  rate: { rate: number, duration: number, connections: number, leadIn: number } | null
 }
 
 /** One target of a scenario: its port and, unless it is dead, its upstream child. */
@@ -165,7 +165,7 @@ function planFor (scenario: Scenario, settings: Settings): Plan {
     rounds: settings.rounds,
     warmup: settings.warmup,
     rate: scenario.rate === true && settings.rate > 0
-      ? { rate: settings.rate, duration: settings.rateDuration, connections: settings.rateConnections }
+      ? { rate: settings.rate, duration: settings.rateDuration, connections: settings.rateConnections, leadIn: scenario.rateLeadIn ?? RATE_LEAD_IN }
       : null
   }
 }
@@ -389,16 +389,16 @@ async function measure (arm: Arm, slots: Slot[], plan: Plan, phase: Phase): Prom
         connections: plan.connections,
         pipelining: plan.pipelining,
         duration
-      }).then((r) => ({ ...r, lagP999: null }))
+      }).then((r) => ({ ...r, lagP999: null, leadInSent: 0 }))
       : runAtRate({
         urls: arm.urls,
         request: plan.scenario.request,
         rate: fixed.rate,
         duration,
-        leadIn: RATE_LEAD_IN,
+        leadIn: fixed.leadIn,
         connections: fixed.connections
-      }).then((r) => ({ ...r, lagP999: r.lag.p999 })),
-    restart === null ? Promise.resolve(null) : restart.run(duration * 1000, startedAt + (fixed === null ? 0 : RATE_LEAD_IN * 1000))
+      }).then((r) => ({ ...r, lagP999: r.lag.p999, leadInSent: r.leadInSent })),
+    restart === null ? Promise.resolve(null) : restart.run(duration * 1000, startedAt + (fixed === null ? 0 : fixed.leadIn * 1000))
   ])
   if (disruption.status === 'rejected') throw new Error(`restart of a target failed: ${errorLine(disruption.reason)}`)
   if (load.status === 'rejected') throw load.reason
