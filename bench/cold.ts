@@ -12,7 +12,8 @@
 //   COLD_SCENARIOS=slow COLD_POLICIES=peak-ewma,least-request,round-robin npm run bench:cold
 //
 // Per arm, the median over the rounds of: requests per second, p50 / p99 /
-// p99.9 latency (ms) over the whole run, the odd target's share of the
+// p99.9 latency (ms) over the whole run, the p99 of the answers after its
+// first second (past the process's own cold start), the odd target's share of the
 // requests the targets received (over the whole run, and after the first
 // second), the spread between the targets' counts (max / min - 1; with all
 // targets equal), and answers that were not 2xx.
@@ -101,7 +102,7 @@ function list (name: string, fallback: string[]): string[] {
 /** A gateway: a child of gateway.js with `config`, or one `start` starts (HAProxy). */
 type Arm = { name: string, config: (targets: string[]) => GatewayConfig } | { name: string, start: (targets: string[]) => Promise<Child> }
 
-interface RunFigures { rps: number, p50: number, p99: number, p999: number, share: number | null, shareAfter: number | null, spread: number, non2xx: number, errors: number, counts: number[] }
+interface RunFigures { rps: number, p50: number, p99: number, p999: number, p99After: number, share: number | null, shareAfter: number | null, spread: number, non2xx: number, errors: number, counts: number[] }
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b)
@@ -116,7 +117,7 @@ async function runArm (arm: Arm, scenario: ColdScenario, ups: Child[], duration:
     const before = await Promise.all(ups.map(received))
     let atSplit: Promise<number[]> | null = null
     const timer = setTimeout(() => { atSplit = Promise.all(ups.map(received)) }, split)
-    const load = await runLoad({ urls: [`http://127.0.0.1:${gateway.port}`], request: { method: 'GET', path: '/hello' }, connections, pipelining: 1, duration })
+    const load = await runLoad({ urls: [`http://127.0.0.1:${gateway.port}`], request: { method: 'GET', path: '/hello' }, connections, pipelining: 1, duration, splitAt: split })
     clearTimeout(timer)
     const after = await Promise.all(ups.map(received))
     const mid = atSplit === null ? before : await (atSplit as Promise<number[]>)
@@ -129,6 +130,7 @@ async function runArm (arm: Arm, scenario: ColdScenario, ups: Child[], duration:
       p50: load.latency.p50,
       p99: load.latency.p99,
       p999: load.latency.p999,
+      p99After: load.latencyAfter?.p99 ?? NaN,
       share: odd === null ? null : counts[odd]! / Math.max(1, sum(counts)),
       shareAfter: odd === null ? null : later[odd]! / Math.max(1, sum(later)),
       spread: Math.max(...counts) / Math.max(1, Math.min(...counts)) - 1,
@@ -178,16 +180,16 @@ async function main (): Promise<void> {
         for (const arm of order) {
           const f = await runArm(arm, scenario, ups, duration, connections, split)
           runs[arm.name]!.push(f)
-          process.stderr.write(`  round ${r + 1} ${arm.name}: ${f.rps.toFixed(0)} req/s, p99 ${f.p99.toFixed(1)} ms, counts ${f.counts.join('/')}\n`)
+          process.stderr.write(`  round ${r + 1} ${arm.name}: ${f.rps.toFixed(0)} req/s, p99 ${f.p99.toFixed(1)} ms (after the 1st s ${f.p99After.toFixed(1)}), counts ${f.counts.join('/')}\n`)
         }
       }
       out[scenario.name] = runs
-      const head = ['arm', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'odd share', 'after 1st s', 'spread', 'non-2xx']
+      const head = ['arm', 'req/s', 'p50 ms', 'p99 ms', 'p99.9 ms', 'p99 after 1st s', 'odd share', 'after 1st s', 'spread', 'non-2xx']
       const rows = arms.map((a) => {
         const fs = runs[a.name]!
         const m = (pick: (f: RunFigures) => number): number => median(fs.map(pick))
         const odd = scenario.odd !== null
-        return [a.name, m((f) => f.rps).toFixed(0), m((f) => f.p50).toFixed(2), m((f) => f.p99).toFixed(2), m((f) => f.p999).toFixed(2),
+        return [a.name, m((f) => f.rps).toFixed(0), m((f) => f.p50).toFixed(2), m((f) => f.p99).toFixed(2), m((f) => f.p999).toFixed(2), m((f) => f.p99After).toFixed(2),
           odd ? pct(m((f) => f.share!), 3) : '-', odd ? pct(m((f) => f.shareAfter!), 3) : '-', pct(m((f) => f.spread), 1), m((f) => f.non2xx).toFixed(0)]
       })
       const all = [head, ...rows]

@@ -42,6 +42,8 @@ export interface LoadOptions {
   pipelining: number
   /** seconds */
   duration: number
+  /** also the latency of the responses that came `splitAt` ms or more after the start (LoadResult#latencyAfter) */
+  splitAt?: number
 }
 
 export interface LoadResult {
@@ -69,6 +71,8 @@ export interface LoadResult {
   success: number
   statusCodes: Record<string, number>
   seconds: number
+  /** with LoadOptions#splitAt: the latency of the responses from then on, ms */
+  latencyAfter?: LoadResult['latency']
 }
 
 const running = new Set<AutocannonInstance>()
@@ -81,6 +85,10 @@ export function stopAllLoad (): void {
 export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
   let latencies = new Float64Array(1 << 16)
   let count = 0
+  const splitAt = opts.splitAt
+  let later = new Float64Array(splitAt === undefined ? 0 : 1 << 16)
+  let laterCount = 0
+  const startedAt = performance.now()
   return await new Promise<LoadResult>((resolve, reject) => {
     const instance = autocannon({
       url: opts.urls.map((u) => new URL(opts.request.path, u).href),
@@ -119,7 +127,8 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
         dropped,
         success: attempts > 0 ? ok / attempts : 0,
         statusCodes,
-        seconds: result.duration
+        seconds: result.duration,
+        ...(splitAt !== undefined ? { latencyAfter: latencyOf(later.subarray(0, laterCount).sort()) } : {})
       })
     })
     running.add(instance)
@@ -130,6 +139,14 @@ export async function runLoad (opts: LoadOptions): Promise<LoadResult> {
         latencies = bigger
       }
       latencies[count++] = ms
+      if (splitAt !== undefined && performance.now() - startedAt >= splitAt) {
+        if (laterCount === later.length) {
+          const bigger = new Float64Array(later.length * 2)
+          bigger.set(later)
+          later = bigger
+        }
+        later[laterCount++] = ms
+      }
     })
   })
 }
