@@ -16,7 +16,7 @@
 // first second (past the process's own cold start), the odd target's share of the
 // requests the targets received (over the whole run, and after the first
 // second), the spread between the targets' counts (max / min - 1; with all
-// targets equal), and answers that were not 2xx.
+// targets equal, the only scenario it means anything in), and answers that were not 2xx.
 //
 // Environment: COLD_SCENARIOS (slow, flaky, equal: all), COLD_POLICIES
 // (peak-ewma,least-request), COLD_DURATION (s, 10), COLD_CONNECTIONS (64),
@@ -190,7 +190,7 @@ async function main (): Promise<void> {
         const m = (pick: (f: RunFigures) => number): number => median(fs.map(pick))
         const odd = scenario.odd !== null
         return [a.name, m((f) => f.rps).toFixed(0), m((f) => f.p50).toFixed(2), m((f) => f.p99).toFixed(2), m((f) => f.p999).toFixed(2), m((f) => f.p99After).toFixed(2),
-          odd ? pct(m((f) => f.share!), 3) : '-', odd ? pct(m((f) => f.shareAfter!), 3) : '-', pct(m((f) => f.spread), 1), m((f) => f.non2xx).toFixed(0)]
+          odd ? pct(m((f) => f.share!), 3) : '-', odd ? pct(m((f) => f.shareAfter!), 3) : '-', odd ? '-' : pct(m((f) => f.spread), 1), m((f) => f.non2xx).toFixed(0)]
       })
       const all = [head, ...rows]
       const widths = head.map((_, c) => Math.max(...all.map((r) => r[c]!.length)))
