@@ -339,6 +339,8 @@ export class Exchange implements PickContext<Target> {
   /** A hedge in flight beside `#attempt`, racing it to the first answer. */
   #hedge: Attempt | null = null
   #hedgeTimer: NodeJS.Timeout | null = null
+  /** Its hedge waits in line for room in the budget (counted `denied` if the request ends first). */
+  #hedgeWaits = false
   #tried: Target[] | null = null
   /** After a backoff, a target already tried may be taken again. */
   #allowTried = false
@@ -731,16 +733,35 @@ export class Exchange implements PickContext<Target> {
    */
   sendHedge (): void {
     this.#hedgeTimer = null
+    if (!this.#wantsHedge()) return
+    if (!this.#host.hedge!.allows(this)) {
+      this.#hedgeWaits = true
+      return
+    }
+    this.#hedgeNow()
+  }
+
+  /** Room in the hedge budget came for this request, which waited in line for it (see Hedging). */
+  hedgeFromLine (): void {
+    if (!this.#hedgeWaits) return
+    this.#hedgeWaits = false
+    if (this.#wantsHedge()) this.#hedgeNow()
+    else if (!this.#done) this.#host.hedge!.denied++
+  }
+
+  /** The first attempt is still the only one and has no answer: a hedge would race it. */
+  #wantsHedge (): boolean {
     const first = this.#attempt
-    if (this.#done || this.#aborted !== null || first === null || first.status !== 0 || this.#record.attempts !== 1) return
+    return !this.#done && this.#aborted === null && first !== null && first.status === 0 && this.#record.attempts === 1
+  }
+
+  #hedgeNow (): void {
     const host = this.#host
-    const hedging = host.hedge!
-    if (!hedging.allows()) return
     const tried = this.#tried ??= []
-    tried.push(first.target)
+    tried.push(this.#attempt!.target)
     const slot = host.take(this, null)
     if (slot === null) return
-    hedging.spend()
+    host.hedge!.spend()
     this.#run(slot, true)
   }
 
@@ -876,6 +897,10 @@ export class Exchange implements PickContext<Target> {
     if (this.#wait !== null) clearTimeout(this.#wait)
     if (this.#deadline !== null) clearTimeout(this.#deadline)
     if (this.#hedgeTimer !== null) clearTimeout(this.#hedgeTimer)
+    if (this.#hedgeWaits) {
+      this.#hedgeWaits = false
+      this.#host.hedge!.denied++
+    }
     this.#wait = null
     this.#deadline = null
     this.#hedgeTimer = null

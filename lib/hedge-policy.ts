@@ -5,6 +5,12 @@ export const HEDGE_RESERVE = 10
 /** A percentile delay needs this many attempts in the target's window; with fewer, no hedge. */
 export const HEDGE_MIN_SAMPLES = 20
 
+/** A request whose hedge waits for room in the budget. */
+export interface HedgeWaiter {
+  /** Room was made: sends the hedge if the request still wants one (it may have ended, or had its answer). */
+  hedgeFromLine (): void
+}
+
 /** What the hedge delay reads of a target: its recent latency. */
 export interface LatencySource {
   latencyQuantile (q: number, min: number): number | null
@@ -16,7 +22,14 @@ export interface LatencySource {
  * and the budget that caps the extra load, with its counts. The budget is a
  * token bucket in hundredths of a hedge: each request that may be hedged adds
  * `budget` (percent), a hedge takes 100; it starts with one hedge and keeps
- * HEDGE_RESERVE at most. Pure: no clock, no chance.
+ * HEDGE_RESERVE at most. A hedge the budget has no room for at its delay
+ * waits in line while its first attempt runs, and the room each new request
+ * makes goes to the oldest in line: a request whose first attempt has
+ * outlasted its delay by the most, the likeliest to be caught in a stall
+ * (with a `'p95'` delay and a 5% budget the room is about what the hedges
+ * past the delay ask for, so a hedge turned away at once, as first built,
+ * left many stalls unhedged: the p99.9 stayed at the stall's). Pure: no
+ * clock, no chance.
  */
 export class Hedging {
   readonly methods: ReadonlySet<string>
@@ -24,6 +37,10 @@ export class Hedging {
   readonly #quantile: number | null
   readonly #percent: number
   #balance = 100
+  /** Hedges waiting for room, oldest first, from #head on (served ones are cleared to null). */
+  #line: Array<HedgeWaiter | null> = []
+  #head = 0
+  #waking = false
   sent = 0
   won = 0
   cancelled = 0
@@ -44,15 +61,48 @@ export class Hedging {
    */
   delayFor (target: LatencySource): number | null {
     this.#balance = Math.min(this.#balance + this.#percent, HEDGE_RESERVE * 100)
+    if (this.#balance >= 100 && this.#head < this.#line.length) this.#wake()
     const q = this.#quantile
     return q === null ? this.#delay : target.latencyQuantile(q, HEDGE_MIN_SAMPLES)
   }
 
-  /** Whether the budget holds a hedge now; counted as denied when not. */
-  allows (): boolean {
-    if (this.#balance >= 100) return true
-    this.denied++
+  /**
+   * Whether the budget holds a hedge for `waiter` now. When not, or while
+   * older hedges wait for room, `waiter` waits in line: its `hedgeFromLine`
+   * is called when room is made for it (never from inside this call).
+   */
+  allows (waiter: HedgeWaiter): boolean {
+    if (this.#balance >= 100 && this.#head === this.#line.length) return true
+    this.#line.push(waiter)
+    if (this.#balance >= 100) this.#wake()
     return false
+  }
+
+  /** Hedges waiting for room now (requests that ended are cleared as room is made). */
+  get waiting (): number {
+    return this.#line.length - this.#head
+  }
+
+  /** Serves the line in a microtask: the caller (a request being set up) is not re-entered. */
+  #wake (): void {
+    if (this.#waking) return
+    this.#waking = true
+    queueMicrotask(() => {
+      this.#waking = false
+      const line = this.#line
+      while (this.#balance >= 100 && this.#head < line.length) {
+        const waiter = line[this.#head]!
+        line[this.#head++] = null
+        waiter.hedgeFromLine()
+      }
+      if (this.#head === line.length) {
+        line.length = 0
+        this.#head = 0
+      } else if (this.#head >= 1024 && this.#head * 2 >= line.length) {
+        this.#line = line.slice(this.#head)
+        this.#head = 0
+      }
+    })
   }
 
   /** A hedge was sent: it takes its share of the budget. */

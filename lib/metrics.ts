@@ -328,7 +328,7 @@ export class Metrics implements Meter {
     })
     new Counter({ // eslint-disable-line no-new
       name: `${prefix}hedges_total`,
-      help: 'Hedged requests, of upstreams with hedge on, by event (each a count of its own): sent, won (requests the hedge answered), cancelled (attempts that lost the race), denied (by the hedge budget)',
+      help: 'Hedged requests, of upstreams with hedge on, by event (each a count of its own): sent, won (requests the hedge answered), cancelled (attempts that lost the race), denied (no room in the hedge budget before the request ended)',
       labelNames: ['upstream', 'event'],
       registers,
       collect () {

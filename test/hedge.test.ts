@@ -7,6 +7,7 @@ import { request } from 'undici'
 import sssonectorPool from '../lib/index.js'
 import { resolveOptions } from '../lib/options/index.js'
 import { Hedging, HEDGE_MIN_SAMPLES, HEDGE_RESERVE } from '../lib/hedge-policy.js'
+import type { HedgeWaiter } from '../lib/hedge-policy.js'
 import { RollingWindow } from '../lib/rolling-window.js'
 import type { SssonectorOptions, UpstreamStats } from '../types/index.js'
 import { startGateway, startUpstream, until } from './helpers/servers.js'
@@ -241,6 +242,26 @@ t.test('the budget caps hedges: one in reserve at start, then budget percent of 
   t.ok(pair.total() <= n + h.sent, `the upstreams saw one extra request per hedge at most (${pair.total()} for ${n} requests)`)
 })
 
+t.test('a hedge the budget has no room for waits in line while its first attempt runs: the next room goes to it', async (t) => {
+  const pair = await startPair(t)
+  // 10%: each request adds a tenth of a hedge; one hedge at start.
+  const gw = await startGateway(t, options(pair, { delay: 5, budget: 10 }))
+  const r1 = await get(gw, { 'x-hold-1': '30' })
+  t.equal(r1.json.n, 2, 'the first slow request takes the hedge in reserve (a tenth of one left, and this one\'s tenth)')
+  // Stalled for good: its hedge at 5 ms finds two tenths, and waits in line.
+  const stuck = request(`${gw.url}/x`, { headers: { 'x-id': String(++ids), 'x-hold-1': 'forever' }, dispatcher: gw.agent, headersTimeout: 5_000 })
+  // Started after it, its first attempt answers at 30 ms: by then the stalled one's 5 ms are long over (one process, timers in order).
+  const slow = await get(gw, { 'x-hold-1': '30' })
+  t.equal(slow.json.n, 1, 'no room for this one either: answered by its first attempt')
+  t.same(statsOf(gw).hedges, { sent: 1, won: 1, cancelled: 1, denied: 1 }, 'it ended in line: denied; the stalled one still waits')
+  // Seven quick requests make the room for one hedge (3 + 7 tenths): it goes to the oldest in line.
+  for (let i = 0; i < 7; i++) t.equal((await get(gw)).json.n, 1)
+  const res = await stuck
+  const body = JSON.parse(await res.body.text())
+  t.equal(body.n, 2, `the stalled request was answered by its hedge (from ${body.from})`)
+  t.same(statsOf(gw).hedges, { sent: 2, won: 2, cancelled: 2, denied: 1 })
+})
+
 t.test("a percentile delay ('p95') reads the first attempt's target's recent latency", async (t) => {
   const pair = await startPair(t)
   const gw = await startGateway(t, options(pair, { delay: 'p95' }))
@@ -274,21 +295,40 @@ t.test('hedging off: nothing is hedged, stats say null', async (t) => {
 t.test('the budget and the delay, as pure policy', async (t) => {
   const h = new Hedging({ delay: 7, quantile: null, budget: 50, methods: new Set(['GET']) })
   const latency = { latencyQuantile: () => { throw new Error('not read for a fixed delay') } }
+  const served: string[] = []
+  /** A request in line: when room comes it sends its hedge (spends), unless it has ended. */
+  const waiter = (name: string, ended = false): HedgeWaiter => ({ hedgeFromLine: () => { served.push(name); if (!ended) h.spend() } })
+  const turn = async (): Promise<void> => { await Promise.resolve() }
   t.equal(h.delayFor(latency), 7)
   // 100 (reserve at start) + 50
-  t.ok(h.allows())
+  t.ok(h.allows(waiter('a')))
   h.spend()
-  t.notOk(h.allows(), '50 hundredths left: denied')
-  t.equal(h.delayFor(latency), 7)
-  t.ok(h.allows(), 'two more requests, one more hedge')
+  t.notOk(h.allows(waiter('b')), '50 hundredths left: b waits in line')
+  t.notOk(h.allows(waiter('c')), 'and c behind it')
+  t.equal(h.waiting, 2)
+  h.delayFor(latency)
+  t.same(served, [], 'room made, but not from inside the call that made it')
+  await turn()
+  t.same(served, ['b'], 'the room went to the oldest in line')
+  h.delayFor(latency)
+  h.delayFor(latency)
+  t.notOk(h.allows(waiter('d')), 'room for one, but c was first: d lines up behind it')
+  await turn()
+  t.same(served, ['b', 'c'], 'c served, d still waits')
+  t.equal(h.waiting, 1)
+  t.notOk(h.allows(waiter('e', true)))
+  for (let i = 0; i < 4; i++) h.delayFor(latency)
+  await turn()
+  t.same(served, ['b', 'c', 'd', 'e'], 'd served; e had ended, so the room passed on and is still there')
+  t.equal(h.waiting, 0, 'the line is empty')
   for (let i = 0; i < 100; i++) h.delayFor(latency)
   let spent = 0
-  while (h.allows()) {
+  while (h.allows(waiter('never'))) {
     h.spend()
     spent++
   }
   t.equal(spent, HEDGE_RESERVE, 'a long quiet spell keeps HEDGE_RESERVE hedges at most')
-  t.same(h.stats(), { sent: HEDGE_RESERVE + 1, won: 0, cancelled: 0, denied: 2 })
+  t.same(h.stats(), { sent: 3 + 1 + HEDGE_RESERVE, won: 0, cancelled: 0, denied: 0 }, 'denied is the request\'s to count, when it ends still in line')
   const p = new Hedging({ delay: 0, quantile: 0.95, budget: 5, methods: new Set(['GET']) })
   t.equal(p.delayFor({ latencyQuantile: (q, min) => q === 0.95 && min === HEDGE_MIN_SAMPLES ? 12 : null }), 12)
 })

@@ -649,7 +649,8 @@ export interface UpstreamStats {
    * Hedged requests since start (null when `hedge` is off): hedges `sent`;
    * `won`, requests the hedge answered; `cancelled`, attempts that lost the
    * race (the first attempt or the hedge) and were cancelled; `denied`, hedges
-   * the budget refused.
+   * the budget had no room for before their request ended (a hedge waits in
+   * line for room while its first attempt runs).
    */
   hedges: { sent: number, won: number, cancelled: number, denied: number } | null
   /** The adaptive concurrency limit; null when `adaptiveConcurrency` is off. */
