@@ -7,7 +7,7 @@ import type { Target } from './target.js'
 import type { Connection } from './connection-pool.js'
 import type { Ticket } from './down-state.js'
 import type { PickContext } from './balancer.js'
-import type { Hedging } from './hedge-policy.js'
+import type { Hedging, LineEntry } from './hedge-policy.js'
 import { keyedRequest, retryAfterError, retryAfterStatus } from './retry-policy.js'
 import { retryAfterMs } from './peak-ewma.js'
 import type { RetryBudget, RetryVerdict } from './retry-policy.js'
@@ -339,8 +339,8 @@ export class Exchange implements PickContext<Target> {
   /** A hedge in flight beside `#attempt`, racing it to the first answer. */
   #hedge: Attempt | null = null
   #hedgeTimer: NodeJS.Timeout | null = null
-  /** Its hedge waits in line for room in the budget (counted `denied` if the request ends first). */
-  #hedgeWaits = false
+  /** Its hedge's place in line for room in the budget (counted `denied` if the request ends first). */
+  #inLine: LineEntry | null = null
   #tried: Target[] | null = null
   /** After a backoff, a target already tried may be taken again. */
   #allowTried = false
@@ -734,8 +734,9 @@ export class Exchange implements PickContext<Target> {
   sendHedge (): void {
     this.#hedgeTimer = null
     if (!this.#wantsHedge()) return
-    if (!this.#host.hedge!.allows(this)) {
-      this.#hedgeWaits = true
+    const hedging = this.#host.hedge!
+    if (!hedging.allows()) {
+      this.#inLine = hedging.wait(this)
       return
     }
     this.#hedgeNow()
@@ -743,10 +744,9 @@ export class Exchange implements PickContext<Target> {
 
   /** Room in the hedge budget came for this request, which waited in line for it (see Hedging). */
   hedgeFromLine (): void {
-    if (!this.#hedgeWaits) return
-    this.#hedgeWaits = false
+    this.#inLine = null
     if (this.#wantsHedge()) this.#hedgeNow()
-    else if (!this.#done) this.#host.hedge!.denied++
+    else this.#host.hedge!.denied++
   }
 
   /** The first attempt is still the only one and has no answer: a hedge would race it. */
@@ -897,8 +897,9 @@ export class Exchange implements PickContext<Target> {
     if (this.#wait !== null) clearTimeout(this.#wait)
     if (this.#deadline !== null) clearTimeout(this.#deadline)
     if (this.#hedgeTimer !== null) clearTimeout(this.#hedgeTimer)
-    if (this.#hedgeWaits) {
-      this.#hedgeWaits = false
+    if (this.#inLine !== null) {
+      this.#inLine.waiter = null
+      this.#inLine = null
       this.#host.hedge!.denied++
     }
     this.#wait = null

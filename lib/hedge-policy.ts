@@ -11,6 +11,11 @@ export interface HedgeWaiter {
   hedgeFromLine (): void
 }
 
+/** A place in the hedge line: its waiter is cleared when served, or by its request ending first (so an ended request is not held). */
+export interface LineEntry {
+  waiter: HedgeWaiter | null
+}
+
 /** What the hedge delay reads of a target: its recent latency. */
 export interface LatencySource {
   latencyQuantile (q: number, min: number): number | null
@@ -38,7 +43,7 @@ export class Hedging {
   readonly #percent: number
   #balance = 100
   /** Hedges waiting for room, oldest first, from #head on (served ones are cleared to null). */
-  #line: Array<HedgeWaiter | null> = []
+  #line: Array<LineEntry | null> = []
   #head = 0
   #waking = false
   sent = 0
@@ -66,21 +71,28 @@ export class Hedging {
     return q === null ? this.#delay : target.latencyQuantile(q, HEDGE_MIN_SAMPLES)
   }
 
-  /**
-   * Whether the budget holds a hedge for `waiter` now. When not, or while
-   * older hedges wait for room, `waiter` waits in line: its `hedgeFromLine`
-   * is called when room is made for it (never from inside this call).
-   */
-  allows (waiter: HedgeWaiter): boolean {
-    if (this.#balance >= 100 && this.#head === this.#line.length) return true
-    this.#line.push(waiter)
-    if (this.#balance >= 100) this.#wake()
-    return false
+  /** Whether the budget holds a hedge now, with none older waiting in line for room. */
+  allows (): boolean {
+    return this.#balance >= 100 && this.#head === this.#line.length
   }
 
-  /** Hedges waiting for room now (requests that ended are cleared as room is made). */
+  /**
+   * Puts a hedge the budget has no room for in line: `waiter.hedgeFromLine`
+   * is called when room is made for it (never from inside this call). Its
+   * request clears the entry's waiter if it ends first.
+   */
+  wait (waiter: HedgeWaiter): LineEntry {
+    const entry: LineEntry = { waiter }
+    this.#line.push(entry)
+    if (this.#balance >= 100) this.#wake()
+    return entry
+  }
+
+  /** Hedges waiting in line now. Reads the line: for tests and stats, not a hot path. */
   get waiting (): number {
-    return this.#line.length - this.#head
+    let n = 0
+    for (let i = this.#head; i < this.#line.length; i++) if (this.#line[i]!.waiter !== null) n++
+    return n
   }
 
   /** Serves the line in a microtask: the caller (a request being set up) is not re-entered. */
@@ -91,8 +103,11 @@ export class Hedging {
       this.#waking = false
       const line = this.#line
       while (this.#balance >= 100 && this.#head < line.length) {
-        const waiter = line[this.#head]!
+        const entry = line[this.#head]!
         line[this.#head++] = null
+        const waiter = entry.waiter
+        if (waiter === null) continue
+        entry.waiter = null
         waiter.hedgeFromLine()
       }
       if (this.#head === line.length) {

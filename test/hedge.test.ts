@@ -301,10 +301,11 @@ t.test('the budget and the delay, as pure policy', async (t) => {
   const turn = async (): Promise<void> => { await Promise.resolve() }
   t.equal(h.delayFor(latency), 7)
   // 100 (reserve at start) + 50
-  t.ok(h.allows(waiter('a')))
+  t.ok(h.allows())
   h.spend()
-  t.notOk(h.allows(waiter('b')), '50 hundredths left: b waits in line')
-  t.notOk(h.allows(waiter('c')), 'and c behind it')
+  t.notOk(h.allows(), '50 hundredths left')
+  h.wait(waiter('b'))
+  h.wait(waiter('c'))
   t.equal(h.waiting, 2)
   h.delayFor(latency)
   t.same(served, [], 'room made, but not from inside the call that made it')
@@ -312,18 +313,21 @@ t.test('the budget and the delay, as pure policy', async (t) => {
   t.same(served, ['b'], 'the room went to the oldest in line')
   h.delayFor(latency)
   h.delayFor(latency)
-  t.notOk(h.allows(waiter('d')), 'room for one, but c was first: d lines up behind it')
+  t.notOk(h.allows(), 'room for one, but c was first')
+  h.wait(waiter('d'))
   await turn()
   t.same(served, ['b', 'c'], 'c served, d still waits')
   t.equal(h.waiting, 1)
-  t.notOk(h.allows(waiter('e', true)))
+  h.wait(waiter('e', true))
+  const left = h.wait(waiter('f'))
+  left.waiter = null // its request ended in line
   for (let i = 0; i < 4; i++) h.delayFor(latency)
   await turn()
-  t.same(served, ['b', 'c', 'd', 'e'], 'd served; e had ended, so the room passed on and is still there')
+  t.same(served, ['b', 'c', 'd', 'e'], 'd served; e no longer wanted it and f had left, so the room is still there')
   t.equal(h.waiting, 0, 'the line is empty')
   for (let i = 0; i < 100; i++) h.delayFor(latency)
   let spent = 0
-  while (h.allows(waiter('never'))) {
+  while (h.allows()) {
     h.spend()
     spent++
   }
