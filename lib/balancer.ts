@@ -20,6 +20,8 @@ export interface Scored {
   readonly sampled: boolean
   /** Whether it answered or failed lately: its score is measured now, not only decaying. */
   current (now: number): boolean
+  /** The mean age of its attempts waiting for an answer now, ms (0 with none): a bound from below on its latency. */
+  waitedFor (now: number): number
 }
 
 /**
@@ -30,14 +32,17 @@ export interface Scored {
  */
 function costOf (t: Pickable & { readonly score?: Scored }, score: number): number {
   const s = t.score
-  if (s === undefined || !s.sampled) return t.outstanding === 0 ? 0 : DEFAULT_RTT * (t.outstanding + 1)
+  if ((s === undefined || !s.sampled) && t.outstanding === 0) return 0
   return score * (t.outstanding + 1)
 }
 
-/** A target's score now (ms per outstanding request): DEFAULT_RTT before its first answer. */
+/** A target's score now (ms per outstanding request): before its first answer DEFAULT_RTT, or its attempts' mean wait when longer. */
 function scoreOf (t: Pickable, now: number): number {
   const s = t.score
-  return s === undefined || !s.sampled ? DEFAULT_RTT : s.score(now)
+  if (s === undefined) return DEFAULT_RTT
+  if (s.sampled) return s.score(now)
+  const w = s.waitedFor(now)
+  return w > DEFAULT_RTT ? w : DEFAULT_RTT
 }
 
 /**

@@ -42,6 +42,13 @@ function onHeadersTimeout (attempt: Attempt): void {
   else attempt.controller.abort(err)
 }
 
+/** The attempt has its answer's headers, or ended without: its wait no longer bounds its target's estimate. */
+function answered (attempt: Attempt): void {
+  if (attempt.waitingSince < 0) return
+  attempt.target.score.answered(attempt.waitingSince)
+  attempt.waitingSince = -1
+}
+
 /** The hedge delay is over (see Exchange#sendHedge). */
 function onHedgeDelay (exchange: Exchange): void {
   exchange.sendHedge()
@@ -219,6 +226,8 @@ class Attempt implements Handler {
   sentAt = -1
   /** Milliseconds from then to its answer's headers (connecting is not the answer's time); -1 before they came. */
   headers = -1
+  /** While it waits for its answer: when it began, on the host's `now` (its target's estimate reads its age, see PeakEwma#sent); -1 after. */
+  waitingSince = -1
   /** Milliseconds its answer's `Retry-After` asked for (a 429 or 5xx), 0 when none. */
   retryAfter = 0
   /** Body bytes of the answer passed on. */
@@ -455,6 +464,8 @@ export class Exchange implements PickContext<Target> {
     else this.#attempt = attempt
     this.#record.attempts++
     slot.target.attemptStarted()
+    attempt.waitingSince = host.now()
+    slot.target.score.sent(attempt.waitingSince)
     if (headersTimeout > 0 && headersTimeout < PRECISE_HEADERS_BELOW) attempt.timeHeaders(headersTimeout)
     slot.conn.client.dispatch(o, attempt)
   }
@@ -467,6 +478,7 @@ export class Exchange implements PickContext<Target> {
   }
 
   onAttemptHeaders (attempt: Attempt, controller: Controller, status: number, headers: IncomingHttpHeaders, statusText: string): void {
+    if (status >= 200) answered(attempt)
     if (this.#hedge !== null && this.#race(attempt, controller, status)) return
     if (attempt !== this.#attempt || this.#done) return
     // 1xx (103 Early Hints): not passed on; the final answer follows.
@@ -632,6 +644,7 @@ export class Exchange implements PickContext<Target> {
       target.putConnection(attempt.conn, false)
     }
     const latency = host.clock() - attempt.startedAt
+    answered(attempt)
     target.attemptEnded()
     target.putResult(attempt.ticket, { category, status: attempt.status, latency, retried, headers: attempt.headers < 0 ? latency : attempt.headers, retryAfter: attempt.retryAfter })
     const record = this.#record
@@ -822,6 +835,7 @@ export class Exchange implements PickContext<Target> {
     loser.cancel(new Error('another attempt of the request answered first'))
     const target = loser.target
     target.putConnection(loser.conn, false)
+    answered(loser)
     target.attemptEnded()
     target.abandon(loser.ticket)
     target.unansweredFor(this.#host.clock() - (loser.sentAt < 0 ? loser.startedAt : loser.sentAt))

@@ -11,7 +11,12 @@
  * there. With no answer at all for a while it keeps falling toward zero, so a
  * target shunned for being slow is tried again, and set back at once if it
  * still is. Before its first answer a target is scored at DEFAULT_RTT; its
- * first answer replaces that prior.
+ * first answer replaces that prior. Its attempts still waiting for an answer
+ * bound it from below: each will take at least its age, so the estimate read
+ * is at least their mean age (a target that stops answering does not look
+ * faster the longer it keeps its requests; without this, as in Finagle's and
+ * Linkerd's, its estimate decays toward zero while they hang, and only the
+ * outstanding count holds it back).
  *
  * The penalty: the estimate times FAILURE_FACTOR times the target's failure
  * ratio f, plus FAILURE_FLOOR times f² (so a target failing fast and often
@@ -75,6 +80,9 @@ export class PeakEwma {
   #heldUntil = 0
   /** When it last answered or failed (ms), -Infinity before that. */
   #heard = -Infinity
+  /** Attempts sent and not answered yet, and the sum of when they began (ms). */
+  #waiting = 0
+  #waitingSince = 0
 
   /** The latency estimate now, ms. */
   /** Whether an answer has been timed yet (else the estimate is the default). */
@@ -83,10 +91,36 @@ export class PeakEwma {
   }
 
   estimate (now: number): number {
+    const e = this.#decayed(now)
+    if (this.#waiting === 0) return e
+    const w = this.waitedFor(now)
+    return w > e ? w : e
+  }
+
+  /** The estimate from its answers alone (DEFAULT_RTT before the first). */
+  #decayed (now: number): number {
     const e = this.#estimate
     if (Number.isNaN(e)) return DEFAULT_RTT
     const dt = now - this.#stamp
     return dt <= 0 ? e : e * Math.exp(-dt / DECAY)
+  }
+
+  /** An attempt began at `at` (ms): until `answered(at)`, its age bounds the estimate from below. */
+  sent (at: number): void {
+    this.#waiting++
+    this.#waitingSince += at
+  }
+
+  /** The attempt that began at `at` has its answer's headers, or ended without (failed, cancelled). */
+  answered (at: number): void {
+    if (--this.#waiting === 0) this.#waitingSince = 0
+    else this.#waitingSince -= at
+  }
+
+  /** The mean age of its attempts waiting for an answer now, ms; 0 with none. */
+  waitedFor (now: number): number {
+    const n = this.#waiting
+    return n === 0 ? 0 : now - this.#waitingSince / n
   }
 
   /** The share of its recent attempts that failed (0 to 1), decaying while it gets none; 1 while a `Retry-After` holds. */
@@ -148,7 +182,7 @@ export class PeakEwma {
 
   /** An answer that took `latency` ms (to its headers). */
   observe (latency: number, now: number): void {
-    const e = this.estimate(now)
+    const e = this.#decayed(now)
     this.#estimate = Number.isNaN(this.#estimate) || latency > e ? latency : e
     this.#stamp = now
     this.#heard = now
@@ -166,7 +200,7 @@ export class PeakEwma {
    * the estimate, and is not a failure.
    */
   atLeast (elapsed: number, now: number): void {
-    if (elapsed <= this.estimate(now)) return
+    if (elapsed <= this.#decayed(now)) return
     this.#estimate = elapsed
     this.#stamp = now
     this.#heard = now
@@ -179,7 +213,7 @@ export class PeakEwma {
    * never lowers it.
    */
   fail (latency: number, now: number, retryAfter = 0): void {
-    if (Number.isNaN(this.#estimate) || latency > this.estimate(now)) {
+    if (Number.isNaN(this.#estimate) || latency > this.#decayed(now)) {
       this.#estimate = latency
       this.#stamp = now
     }

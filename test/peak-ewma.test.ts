@@ -131,7 +131,7 @@ interface SimResult { picks: number, servedAfter: number[], total: number[] }
  * each target answers after its service time. Counts what each target served,
  * and what it served from `after` ms on.
  */
-function simulate (b: Balancer<Sim>, targets: Sim[], opts: { connections: number, ms: number, after: number, random: () => number, clock: { now: number } }): SimResult {
+function simulate (b: Balancer<Sim>, targets: Sim[], opts: { connections: number, ms: number, after: number, random: () => number, clock: { now: number }, untimedWaits?: boolean }): SimResult {
   b.update(targets)
   const due = new Float64Array(opts.connections)
   const started = new Float64Array(opts.connections)
@@ -145,6 +145,8 @@ function simulate (b: Balancer<Sim>, targets: Sim[], opts: { connections: number
     x.outstanding++
     on[c] = x
     started[c] = opts.clock.now
+    // As the gateway's attempts do (unless the run asks to see the balancer without it).
+    if (opts.untimedWaits !== true) x.score.sent(opts.clock.now)
     due[c] = opts.clock.now + x.latency(opts.random)
   }
   for (let c = 0; c < opts.connections; c++) send(c)
@@ -156,6 +158,7 @@ function simulate (b: Balancer<Sim>, targets: Sim[], opts: { connections: number
     const x = on[c]!
     opts.clock.now = due[c]
     const latency = due[c] - started[c]
+    if (opts.untimedWaits !== true) x.score.answered(started[c])
     x.outstanding--
     x.served++
     if (opts.clock.now >= opts.after) servedAfter[count.get(x)!]++
@@ -182,6 +185,48 @@ t.test('one target 200 ms slow, 64 connections, from a cold start: it gets under
   }
   t.ok(shares['peak-ewma'] < 0.005, `peak EWMA: under 0.5% (${(100 * shares['peak-ewma']).toFixed(3)}%)`)
   t.ok(shares['least-request'] > 5 * shares['peak-ewma'], 'least request sends it at least five times as many')
+})
+
+t.test('a known fast target that stops answering (its requests hang), 64 connections: the age of its waiting attempts bounds its estimate, so it stops drawing requests; without, its estimate decays toward zero and it takes every client', async (t) => {
+  const got: Record<string, number> = {}
+  const served: Record<string, number> = {}
+  for (const untimedWaits of [false, true]) {
+    const clock = { now: 0 }
+    const random = seeded(SEED + 3)
+    // It answers its first 20 requests as fast as the others (it is known, and fast), then none.
+    let answeredSoFar = 0
+    const hung = new Sim('hung', (r) => ++answeredSoFar <= 20 ? fast(r) : Infinity)
+    const ts = [new Sim('a', fast), new Sim('b', fast), hung]
+    const b = new PeakEwmaP2C<Sim>(random, () => clock.now)
+    const r = simulate(b, ts, { connections: 64, ms: 10_000, after: 0, random, clock, untimedWaits })
+    const hanging = hung.outstanding
+    got[String(untimedWaits)] = hanging
+    served[String(untimedWaits)] = r.total[0] + r.total[1]
+    t.comment(`${untimedWaits ? 'without' : 'with'} the bound: ${hanging} requests hang on it (of 64 clients), ${r.total[0] + r.total[1]} served by the others`)
+  }
+  t.ok(got.false < 32, `with its waits timed, fewer than half the clients hang on it (${got.false}: those sent before their age told, at the moment it stopped)`)
+  t.equal(got.true, 64, 'without, every client ends up waiting on it')
+  t.ok(served.false >= 5 * served.true, `the others served ${served.false} with the bound, ${served.true} without`)
+})
+
+t.test('the bound from below of waiting attempts: their mean age while any waits; none left, the estimate as before; never written into the estimate', async (t) => {
+  const p = new PeakEwma()
+  p.observe(2, 1_000)
+  p.sent(1_000)
+  p.sent(1_010)
+  t.equal(p.estimate(1_000), 2, 'younger than the estimate: no effect')
+  t.equal(p.waitedFor(1_110), 105, 'the mean age')
+  t.equal(p.estimate(1_110), 105, 'the estimate reads it when longer')
+  t.equal(p.score(1_110), 105)
+  p.observe(3, 1_110)
+  t.equal(p.estimate(1_110), 105, 'an answer meanwhile (3 ms) does not lower it')
+  p.answered(1_000)
+  p.answered(1_010)
+  t.equal(p.waitedFor(1_110), 0)
+  t.ok(close(p.estimate(1_110), 3), 'none waiting: the estimate of its answers, the bound not kept in it')
+  p.sent(2_000)
+  t.equal(p.estimate(2_000 + 500), 500, 'a target not heard from for a while: the one waiting attempt\'s age')
+  p.answered(2_000)
 })
 
 t.test('one target answering 503 to every second request: under 1% of requests after the first second', async (t) => {
