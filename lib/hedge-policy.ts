@@ -88,7 +88,7 @@ export class Hedging {
     return entry
   }
 
-  /** Hedges waiting in line now. Reads the line: for tests and stats, not a hot path. */
+  /** Hedges waiting in line now. Reads the whole line: for tests, not a hot path. */
   get waiting (): number {
     let n = 0
     for (let i = this.#head; i < this.#line.length; i++) if (this.#line[i]!.waiter !== null) n++
@@ -99,25 +99,28 @@ export class Hedging {
   #wake (): void {
     if (this.#waking) return
     this.#waking = true
-    queueMicrotask(() => {
-      this.#waking = false
-      const line = this.#line
-      while (this.#balance >= 100 && this.#head < line.length) {
-        const entry = line[this.#head]!
-        line[this.#head++] = null
-        const waiter = entry.waiter
-        if (waiter === null) continue
-        entry.waiter = null
-        waiter.hedgeFromLine()
-      }
-      if (this.#head === line.length) {
-        line.length = 0
-        this.#head = 0
-      } else if (this.#head >= 1024 && this.#head * 2 >= line.length) {
-        this.#line = line.slice(this.#head)
-        this.#head = 0
-      }
-    })
+    queueMicrotask(this.#serve)
+  }
+
+  /** Gives the room there is to the oldest in line (made once: no closure per wake). */
+  readonly #serve = (): void => {
+    this.#waking = false
+    const line = this.#line
+    while (this.#balance >= 100 && this.#head < line.length) {
+      const entry = line[this.#head]!
+      line[this.#head++] = null
+      const waiter = entry.waiter
+      if (waiter === null) continue
+      entry.waiter = null
+      waiter.hedgeFromLine()
+    }
+    if (this.#head === line.length) {
+      line.length = 0
+      this.#head = 0
+    } else if (this.#head >= 1024 && this.#head * 2 >= line.length) {
+      this.#line = line.slice(this.#head)
+      this.#head = 0
+    }
   }
 
   /** A hedge was sent: it takes its share of the budget. */

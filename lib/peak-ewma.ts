@@ -82,14 +82,14 @@ export class PeakEwma {
   #heard = -Infinity
   /** Attempts sent and not answered yet, and the sum of when they began (ms). */
   #waiting = 0
-  #waitingSince = 0
+  #waitingSum = 0
 
-  /** The latency estimate now, ms. */
   /** Whether an answer has been timed yet (else the estimate is the default). */
   get sampled (): boolean {
     return !Number.isNaN(this.#estimate)
   }
 
+  /** The latency estimate now, ms: from its answers, or its waiting attempts' mean age when longer. */
   estimate (now: number): number {
     const e = this.#decayed(now)
     if (this.#waiting === 0) return e
@@ -108,19 +108,19 @@ export class PeakEwma {
   /** An attempt began at `at` (ms): until `answered(at)`, its age bounds the estimate from below. */
   sent (at: number): void {
     this.#waiting++
-    this.#waitingSince += at
+    this.#waitingSum += at
   }
 
   /** The attempt that began at `at` has its answer's headers, or ended without (failed, cancelled). */
   answered (at: number): void {
-    if (--this.#waiting === 0) this.#waitingSince = 0
-    else this.#waitingSince -= at
+    if (--this.#waiting === 0) this.#waitingSum = 0
+    else this.#waitingSum -= at
   }
 
   /** The mean age of its attempts waiting for an answer now, ms; 0 with none. */
   waitedFor (now: number): number {
     const n = this.#waiting
-    return n === 0 ? 0 : now - this.#waitingSince / n
+    return n === 0 ? 0 : now - this.#waitingSum / n
   }
 
   /** The share of its recent attempts that failed (0 to 1), decaying while it gets none; 1 while a `Retry-After` holds. */
